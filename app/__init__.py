@@ -1,0 +1,1 @@
+"""cxr-review web service."""

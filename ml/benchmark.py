@@ -1,0 +1,91 @@
+"""The paper's experiment: train and evaluate several architectures under the same settings.
+
+Writes `<out>/<arch>/` (checkpoints, history, `eval.json`) and, across architectures,
+`comparison.json`, `comparison.md` and `sensitivity.png` (per-class sensitivity bars). Interrupted
+runs resume: a finished architecture (its `eval.json` exists) is skipped, a half-trained one
+continues from its `last.pt`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ml import CLASSES
+from ml.evaluate import evaluate_checkpoint, format_table
+from ml.train import TrainConfig, train
+
+
+def run_benchmark(configs: list[TrainConfig], *, out_dir: str, split: str = "test") -> dict[str, Any]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    for config in configs:
+        arch_dir = Path(config.out_dir)
+        eval_path = arch_dir / "eval.json"
+        if eval_path.is_file():
+            print(f"{config.arch}: already evaluated, skipping ({eval_path})")
+            results[config.arch] = json.loads(eval_path.read_text())
+            continue
+        summary = train(config)
+        report = evaluate_checkpoint(summary["best_checkpoint"], config.data_dir, split=split)
+        report["training"] = {"seconds": summary["seconds"], "best_val": summary["best_val"],
+                              "hparams": config.hparams()}
+        eval_path.write_text(json.dumps(report, indent=2))
+        print(format_table(report))
+        results[config.arch] = report
+    write_comparison(results, out, split=split)
+    return results
+
+
+def write_comparison(results: dict[str, Any], out: Path, *, split: str) -> None:
+    rows = []
+    for arch, rep in results.items():
+        rows.append({
+            "arch": arch,
+            "sensitivity": {c: rep["per_class"][c]["sensitivity"] for c in CLASSES},
+            "specificity": {c: rep["per_class"][c]["specificity"] for c in CLASSES},
+            "f1": {c: rep["per_class"][c]["f1"] for c in CLASSES},
+            "accuracy": rep["accuracy"],
+            "macro_sensitivity": rep["macro_sensitivity"],
+            "error_ci95": rep["error_ci95"],
+            "n": rep["n"],
+        })
+    (out / "comparison.json").write_text(json.dumps({"split": split, "results": rows}, indent=2))
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.1f}"
+
+    md = [f"# Architecture comparison ({split} split)", "",
+          "| Network | " + " | ".join(f"Sn {c}" for c in CLASSES) + " | Macro Sn | Accuracy | 95% CI of error |",
+          "|---" * (len(CLASSES) + 4) + "|"]
+    for r in rows:
+        ci = r["error_ci95"]
+        md.append(f"| {r['arch']} | " + " | ".join(pct(r["sensitivity"][c]) for c in CLASSES)
+                  + f" | {pct(r['macro_sensitivity'])} | {pct(r['accuracy'])} | "
+                  + (f"{pct(ci[0])}–{pct(ci[1])}" if ci else "–") + " |")
+    (out / "comparison.md").write_text("\n".join(md) + "\n")
+    _bar_chart(rows, out / "sensitivity.png")
+
+
+def _bar_chart(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows) + 2), 4))
+    width = 0.8 / len(CLASSES)
+    x = np.arange(len(rows))
+    for i, c in enumerate(CLASSES):
+        values = [100 * (r["sensitivity"][c] or 0.0) for r in rows]
+        ax.bar(x + (i - (len(CLASSES) - 1) / 2) * width, values, width, label=c)
+    ax.set_xticks(x, [r["arch"] for r in rows], rotation=20)
+    ax.set_ylabel("sensitivity (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(ncol=len(CLASSES), loc="upper center", bbox_to_anchor=(0.5, 1.15), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

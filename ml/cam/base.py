@@ -1,0 +1,84 @@
+"""The algorithm shared by every CAM method; each method overrides `class_maps` only.
+
+Nothing here registers hooks: the network is split into `forward_features` and `forward_head`
+(`ml.architectures.CXRNet`), so concurrent requests on one shared model cannot see each other's
+feature maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ml.architectures import CXRNet
+from ml.registry import ArchSpec
+
+
+@dataclass
+class CAMOutput:
+    """One forward pass, explained.
+
+    logits: B×K class scores (before any class mask).
+    raw:    B×K×h×w maps at the feature map's resolution, unnormalised, in logit units.
+    bias:   K per-class offsets such that `reduce(raw) + bias == logits` (see `identity`).
+    method: "cam", "gradcam" or "linear-decomposition".
+    identity: "mean" when logit = spatial mean of the map + bias (CAM, eq. 6 of the paper),
+              "sum" when logit = spatial sum + bias (CNN-X's linear decomposition),
+              None when no such identity holds (Grad-CAM).
+    """
+
+    logits: torch.Tensor
+    raw: torch.Tensor
+    bias: torch.Tensor
+    method: str
+    identity: str | None
+
+
+class BaseCAM:
+    method = ""
+    identity: str | None = None
+
+    def __init__(self, model: CXRNet, spec: ArchSpec) -> None:
+        self.model = model
+        self.spec = spec
+
+    def __call__(self, x: torch.Tensor) -> CAMOutput:
+        with torch.no_grad():
+            features = self.model.forward_features(x)
+        logits, raw, bias = self.class_maps(features)
+        return CAMOutput(logits.detach(), raw.detach(), bias.detach(), self.method, self.identity)
+
+    def class_maps(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """From the feature map A (B×C×h×w): logits (B×K), maps (B×K×h×w), bias (K)."""
+        raise NotImplementedError
+
+
+def cam_for(model: CXRNet, spec: ArchSpec) -> BaseCAM:
+    from ml.cam.cam import ClassActivationMap
+    from ml.cam.decomposition import LinearDecomposition
+    from ml.cam.gradcam import GradCAM
+
+    methods: dict[str, type[BaseCAM]] = {
+        "cam": ClassActivationMap, "gradcam": GradCAM, "linear-decomposition": LinearDecomposition,
+    }
+    return methods[spec.cam_method](model, spec)
+
+
+def explain(model: CXRNet, spec: ArchSpec, x: torch.Tensor) -> CAMOutput:
+    return cam_for(model, spec)(x)
+
+
+def upsample_normalize(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """B×K×h×w raw maps → B×K×H×W maps in [0, 1]: bilinear upsampling, then per-map min-max scaling.
+
+    A constant map (no spatial evidence at all) becomes all zeros.
+    """
+    up = F.interpolate(raw.float(), size=size, mode="bilinear", align_corners=False)
+    flat = up.flatten(2)
+    lo = flat.min(dim=2, keepdim=True).values
+    hi = flat.max(dim=2, keepdim=True).values
+    span = hi - lo
+    scaled = torch.where(span > 1e-12, (flat - lo) / span.clamp_min(1e-12), torch.zeros_like(flat))
+    return scaled.clamp_(0.0, 1.0).view_as(up)

@@ -1,0 +1,232 @@
+"""Command line of the ML core: `archs`, `train`, `evaluate`, `benchmark`.
+
+`app.cli` adds the service commands (`serve`, `users`, ...) to the same parser, so `cxr-review`
+offers both; `python -m ml` offers only these and needs nothing from the web service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class CLIError(Exception):
+    """A user error: printed as `error: ...` with exit status 2, no traceback."""
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def default_dataset_dir() -> str:
+    """`$CXR_DATASET_DIR`, else `../shared/data/cxr` beside the project root."""
+    return os.environ.get("CXR_DATASET_DIR") or str(project_root().parent / "shared" / "data" / "cxr")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenario", default="s2", choices=["s1", "s2", "s3"],
+                   help="s1 normal vs COVID-19; s2 all four classes; s3 four classes, <=350 per non-COVID class")
+    p.add_argument("--data", default=None, help="dataset folder with manifest.csv (default: $CXR_DATASET_DIR "
+                   "or ../shared/data/cxr)")
+    p.add_argument("--epochs", type=_positive_int, default=20, help="paper default: 20")
+    p.add_argument("--batch-size", type=_positive_int, default=15, help="paper default: 15")
+    p.add_argument("--lr", type=_positive_float, default=3e-4, help="initial learning rate (Adam), paper: 3e-4")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
+    p.add_argument("--warmup-epochs", type=int, default=0)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-size", type=_positive_int, default=None, help="override the architecture's input size")
+    p.add_argument("--no-augment", action="store_true", help="turn off the light affine/contrast augmentation")
+    p.add_argument("--class-weighting", choices=["inverse-frequency", "none"], default="inverse-frequency")
+    p.add_argument("--max-steps-per-epoch", type=_positive_int, default=None, help="cap steps (smoke tests)")
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    pre = p.add_mutually_exclusive_group()
+    pre.add_argument("--pretrained", dest="pretrained", action="store_true",
+                     help="start from ImageNet weights (local cache or the library's download)")
+    pre.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="train from scratch (default)")
+    p.set_defaults(pretrained=False)
+
+
+def cmd_archs(args: argparse.Namespace) -> int:
+    from ml.pretrained import pretrained_available
+    from ml.registry import get_arch, list_archs
+
+    rows = []
+    for name in list_archs():
+        spec = get_arch(name)
+        model = spec.build(pretrained=False)
+        params = sum(p.numel() for p in model.parameters())
+        rows.append({
+            "name": name, "input_size": spec.input_size, "parameters": params, "cam_method": spec.cam_method,
+            "cam_layer": spec.cam_layer, "family": spec.family,
+            "pretrained_available": pretrained_available(spec.pretrained_weights),
+            "pretrained_weights": spec.pretrained_weights,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<20} {'input':>5} {'params':>12}  {'cam method':<21} {'cam layer':<18} pretrained")
+    for r in rows:
+        pre = "yes" if r["pretrained_available"] else ("n/a" if r["pretrained_weights"] is None else "no")
+        print(f"{r['name']:<20} {r['input_size']:>5} {r['parameters']:>12,}  {r['cam_method']:<21} "
+              f"{r['cam_layer']:<18} {pre}")
+    return 0
+
+
+def _train_config(args: argparse.Namespace, out_dir: str, arch: str | None = None):  # type: ignore[no-untyped-def]
+    from ml.train import TrainConfig
+
+    return TrainConfig(
+        arch=arch or args.arch, data_dir=args.data or default_dataset_dir(), out_dir=out_dir,
+        scenario=args.scenario, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing, seed=args.seed, pretrained=args.pretrained,
+        input_size=args.input_size, augment=not args.no_augment, class_weighting=args.class_weighting,
+        max_steps_per_epoch=args.max_steps_per_epoch, num_workers=args.workers, device=args.device,
+        half_checkpoint=getattr(args, "half", False), resume=getattr(args, "resume", False),
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ml.train import train
+
+    config = _train_config(args, args.out)
+    try:
+        config.validate()
+    except (KeyError, ValueError) as exc:
+        raise CLIError(str(exc).strip("'\"")) from exc
+    summary = train(config)
+    best = summary["best_val"] or {}
+    if best:
+        print(f"best epoch {best.get('epoch')}: val macro sensitivity {best.get('macro_sensitivity'):.3f} "
+              f"-> {summary['best_checkpoint']}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ml.checkpoints import DEFAULT_CHECKPOINT
+    from ml.evaluate import evaluate_checkpoint, format_table
+
+    checkpoint = args.checkpoint or str(DEFAULT_CHECKPOINT)
+    if not Path(checkpoint).is_file():
+        raise CLIError(f"checkpoint not found: {checkpoint}")
+    report = evaluate_checkpoint(checkpoint, args.data or default_dataset_dir(), split=args.split,
+                                 batch_size=args.batch_size, predictions_csv=args.predictions)
+    print(format_table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from ml.benchmark import run_benchmark
+    from ml.registry import list_archs
+
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    unknown = [a for a in archs if a not in list_archs()]
+    if not archs or unknown:
+        raise CLIError(f"unknown architecture(s): {', '.join(unknown) or '(none given)'}; "
+                       f"known: {', '.join(list_archs())}")
+    configs = [_train_config(args, str(Path(args.out) / arch), arch) for arch in archs]
+    for c in configs:
+        c.resume = True
+        try:
+            c.validate()
+        except (KeyError, ValueError) as exc:
+            raise CLIError(str(exc)) from exc
+    run_benchmark(configs, out_dir=args.out, split=args.split)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxr-review", description="Chest X-ray CNNs with clinician-reviewed CAMs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("archs", help="list the architecture registry")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=cmd_archs)
+
+    p = sub.add_parser("train", help="train one architecture on one scenario")
+    p.add_argument("--arch", required=True, help="registry name, see `cxr-review archs`")
+    p.add_argument("--out", required=True, help="output folder (best.pt, last.pt, history.json)")
+    p.add_argument("--half", action="store_true", help="store best.pt weights in float16")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if present")
+    add_training_options(p)
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on one split (default: the bundled model)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the bundled default model)")
+    p.add_argument("--data", default=None, help="dataset folder with manifest.csv")
+    p.add_argument("--split", default="test")
+    p.add_argument("--json", default=None, help="write the full report as JSON here")
+    p.add_argument("--predictions", default=None, help="write per-image predictions as CSV here")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser("benchmark", help="the paper's experiment: train and evaluate several architectures")
+    p.add_argument("--archs", required=True, help="comma-separated registry names")
+    p.add_argument("--out", required=True, help="output folder (one sub-folder per architecture)")
+    p.add_argument("--split", default="test", help="split the comparison is evaluated on")
+    add_training_options(p)
+    p.set_defaults(handler=cmd_benchmark)
+    return parser
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except CLIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # known user-facing failures carry a clear message
+        from ml.checkpoints import CheckpointError
+        from ml.data import ManifestError
+        from ml.pretrained import PretrainedWeightsUnavailable
+
+        if isinstance(exc, CheckpointError | ManifestError | PretrainedWeightsUnavailable | FileNotFoundError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""Classification metrics as the paper reports them.
+
+All rates are fractions in [0, 1]. A rate whose denominator is zero (a class with no images in the
+evaluated set) is `None`, never a made-up 0 or 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ml import CLASSES
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int = len(CLASSES)) -> np.ndarray:
+    """Rows are the true class, columns the predicted class."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for t, p in zip(y_true, y_pred, strict=True):
+        cm[t, p] += 1
+    return cm
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return float(num / den) if den > 0 else None
+
+
+def error_ci95(errors: int, n: int) -> tuple[float, float] | None:
+    """The paper's 95% confidence interval of the error rate: e ± 1.96·sqrt(e(1−e)/n), clipped to [0, 1]."""
+    if n <= 0:
+        return None
+    e = errors / n
+    half = 1.96 * math.sqrt(e * (1.0 - e) / n)
+    return (max(0.0, e - half), min(1.0, e + half))
+
+
+def report_from_confusion(cm: np.ndarray, classes: Sequence[str] = CLASSES) -> dict[str, Any]:
+    """Per-class sensitivity, specificity, precision, F1 and support, accuracy, macro sensitivity, error CI.
+
+    `macro_sensitivity` averages the sensitivities of the classes present in the data (support > 0).
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    n = int(cm.sum())
+    per_class: dict[str, dict[str, float | int | None]] = {}
+    for i, name in enumerate(classes):
+        tp = int(cm[i, i])
+        fn = int(cm[i, :].sum() - tp)
+        fp = int(cm[:, i].sum() - tp)
+        tn = n - tp - fn - fp
+        sens = _ratio(tp, tp + fn)
+        prec = _ratio(tp, tp + fp)
+        f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+        per_class[name] = {
+            "sensitivity": sens,
+            "specificity": _ratio(tn, tn + fp),
+            "precision": prec,
+            "f1": f1,
+            "support": tp + fn,
+        }
+    correct = int(np.trace(cm))
+    present = [v["sensitivity"] for v in per_class.values() if v["support"]]
+    ci = error_ci95(n - correct, n)
+    return {
+        "n": n,
+        "per_class": per_class,
+        "accuracy": _ratio(correct, n),
+        "macro_sensitivity": float(np.mean(present)) if present else None,  # type: ignore[arg-type]
+        "error_ci95": list(ci) if ci else None,
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def classification_report(
+    y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str] = CLASSES
+) -> dict[str, Any]:
+    return report_from_confusion(confusion_matrix(y_true, y_pred, len(classes)), classes)
