@@ -20,7 +20,7 @@ class LinearDecomposition(BaseCAM):
         fc = self.model.get_submodule(self.spec.classifier)
         if not isinstance(fc, nn.Linear):
             raise TypeError(f"{self.spec.name}: linear decomposition needs a Linear classifier")
-        b, c, h, w = features.shape
+        _b, c, h, w = features.shape
         with torch.no_grad():
             weight = fc.weight.view(fc.out_features, c, h, w)
             raw = torch.einsum("kchw,bchw->bkhw", weight, features)
