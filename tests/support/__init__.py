@@ -1,0 +1,1 @@
+"""Test helpers that are not fixtures of one test module (throwaway PostgreSQL clusters, ...)."""
