@@ -30,7 +30,7 @@ import pytest
 
 SUPERUSER = "cxr_test"
 DATABASE = "cxr_test"
-DEBIAN_BINDIRS = "/usr/lib/postgresql/*/bin"
+DEBIAN_ROOT = Path("/usr/lib/postgresql")  # Debian's layout: /usr/lib/postgresql/<major>/bin
 START_TIMEOUT_S = 60
 START_ATTEMPTS = 3  # a free port can be taken between probing it and the server binding it
 
@@ -49,13 +49,13 @@ class PostgresUnavailable(RuntimeError):
 
 def find_bindir() -> Path:
     """Folder holding `initdb` and `pg_ctl`: the newest Debian /usr/lib/postgresql/N/bin, else PATH."""
-    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_major_version, reverse=True)
+    debian = sorted(DEBIAN_ROOT.glob("*/bin"), key=_major_version, reverse=True)
     on_path = [Path(p).parent for p in [shutil.which("initdb")] if p]
     for bindir in [*debian, *on_path]:
         if (bindir / "initdb").is_file() and (bindir / "pg_ctl").is_file():
             return bindir
     raise PostgresUnavailable(
-        f"PostgreSQL server binaries (initdb, pg_ctl) not found in {DEBIAN_BINDIRS} or on PATH; "
+        f"PostgreSQL server binaries (initdb, pg_ctl) not found in {DEBIAN_ROOT}/*/bin or on PATH; "
         "run `make install` (scripts/install-system-deps.sh installs Debian's postgresql package)"
     )
 
@@ -181,7 +181,8 @@ class PostgresCluster:
         for attempt in range(1, START_ATTEMPTS + 1):
             self.port = _free_port()
             settings = {**_SERVER_SETTINGS, "port": str(self.port), "unix_socket_directories": f"'{self.socket_dir}'"}
-            conf.write_text(base_conf + "\n# cxr-review test cluster\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+            lines = "".join(f"{key} = {value}\n" for key, value in settings.items())
+            conf.write_text(f"{base_conf}\n# cxr-review test cluster\n{lines}")
             result = self._run(
                 "pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", str(START_TIMEOUT_S),
                 check=False,
