@@ -1,0 +1,126 @@
+"""Service settings: one pydantic-settings class, environment prefix `CXR_`.
+
+Nothing reads the environment at import time: `create_app(settings=None)` and the CLI build a
+`Settings()` when they start, and tests pass their own. Paths are resolved once by
+`Settings.prepared()`, which also settles the secret key (see `resolve_secret_key`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Secrets that show up in examples and must never guard a production deployment.
+_KNOWN_WEAK_SECRETS = {"", "changeme", "change-me", "changethis", "secret", "dev", "development", "test"}
+SECRET_KEY_FILE = "secret_key"
+MIN_SECRET_LENGTH = 32
+
+
+class SettingsError(ValueError):
+    """The settings cannot run a service (e.g. production without a real secret key)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Path("var")
+    """SQLite database, content-addressed images, CAM maps, overlay cache, the development secret key."""
+    database_url: str | None = None
+    """Default: SQLite at DATA_DIR/cxr-review.sqlite3. `postgresql+psycopg://user:pw@host/db` switches."""
+    models_dir: Path | None = None
+    """Extra checkpoints (*.pt) registered at start. Default: DATA_DIR/models."""
+    default_checkpoint: Path | None = None
+    """Registered (and made active if no model is) at start. Default: ml.checkpoints.DEFAULT_CHECKPOINT."""
+    dataset_dir: Path | None = None
+    lungseg_dir: Path | None = None
+    pretrained_dir: Path | None = None
+    cache_dir: Path | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    secret_key: str | None = None
+    """Required when ENV=production. In development a random key is generated and kept in DATA_DIR."""
+
+    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(40_000_000, gt=0)
+    """Largest accepted width×height, checked from the file header before any pixel is decoded."""
+
+    session_hours: float = Field(12.0, gt=0)
+    login_max_failures: int = Field(5, gt=0)
+    login_window_seconds: int = Field(15 * 60, gt=0)
+    bootstrap_admin: str = "admin"
+    """Name of the admin account created (with a one-time password) on the first start with no users."""
+    preload_models: bool = True
+    """Load the active model's weights at start (the first prediction is then as fast as the rest)."""
+
+    @model_validator(mode="after")
+    def _refuse_default_secret_in_production(self) -> Settings:
+        if self.env == "production":
+            key = self.secret_key or ""
+            if key.strip().lower() in _KNOWN_WEAK_SECRETS or len(key) < MIN_SECRET_LENGTH:
+                raise SettingsError(
+                    "CXR_SECRET_KEY must be set to a random value of at least "
+                    f"{MIN_SECRET_LENGTH} characters when CXR_ENV=production "
+                    '(e.g. python -c "import secrets; print(secrets.token_urlsafe(48))")'
+                )
+        return self
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "cxr-review.sqlite3"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.sqlite_path.resolve()}"
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir if self.models_dir is not None else self.data_dir / "models"
+
+    @property
+    def resolved_default_checkpoint(self) -> Path:
+        if self.default_checkpoint is not None:
+            return self.default_checkpoint
+        from ml.checkpoints import DEFAULT_CHECKPOINT
+
+        return DEFAULT_CHECKPOINT
+
+    def prepared(self) -> Settings:
+        """A copy with absolute paths, the data dir created and the secret key settled."""
+        data_dir = self.data_dir.expanduser().resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        prepared = self.model_copy(update={"data_dir": data_dir})
+        return prepared.model_copy(update={"secret_key": resolve_secret_key(prepared)})
+
+
+def resolve_secret_key(settings: Settings) -> str:
+    """The configured key; in development without one, a random key persisted in DATA_DIR/secret_key.
+
+    Persisting it keeps sessions valid across restarts without anyone having to invent a secret.
+    """
+    if settings.secret_key:
+        return settings.secret_key
+    if settings.production:  # unreachable through the validator; kept as a guard for model_copy users
+        raise SettingsError("CXR_SECRET_KEY is required when CXR_ENV=production")
+    path = settings.data_dir / SECRET_KEY_FILE
+    if path.is_file():
+        key = path.read_text().strip()
+        if key:
+            return key
+    key = secrets.token_urlsafe(48)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(key + "\n")
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return key

@@ -1,0 +1,192 @@
+"""The app factory: `create_app(settings=None)`.
+
+`create_app` reads settings (from the environment unless given), applies migrations, registers
+the bundled and extra checkpoints, creates the first admin when there are no users (printing its
+one-time password once), and wires routes, error handlers and the security-headers middleware.
+The active model's weights are loaded in the lifespan (or on first use when no lifespan runs).
+
+Run: `cxr-review serve` (or `uvicorn --factory app.main:create_app`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.config import Settings
+from app.db import make_engine, make_session_factory, upgrade_database
+from app.deps import CSRF_COOKIE, AppContext, pending_csrf_cookie
+from app.services import accounts, model_registry
+from app.services.errors import ServiceError, ThrottledError
+from app.services.model_registry import ModelManager
+from app.services.storage import FileStore
+from ml.imageio import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+STATIC_DIR = ROOT / "static"
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; object-src 'none'; "
+    "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = (
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+)
+
+
+class SecurityHeadersMiddleware:
+    """Adds CSP and friends to every HTTP response (pure ASGI: no buffering of streamed bodies).
+
+    Also sets the anonymous CSRF cookie when a page asked for one (`app.deps.csrf_token`).
+    """
+
+    def __init__(self, app: ASGIApp, *, secure_cookies: bool) -> None:
+        self.app = app
+        self.secure_cookies = secure_cookies
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers.extend((name, value) for name, value in SECURITY_HEADERS if name not in present)
+                if scope.get("path", "").startswith("/api/") and b"cache-control" not in present:
+                    headers.append((b"cache-control", b"no-store"))
+                new_cookie = pending_csrf_cookie(scope["state"])
+                if new_cookie:
+                    cookie = f"{CSRF_COOKIE}={new_cookie}; Path=/; HttpOnly; SameSite=Strict"
+                    if self.secure_cookies:
+                        cookie += "; Secure"
+                    headers.append((b"set-cookie", cookie.encode("latin-1")))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ThrottledError) else None
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(ImageDecodeError)
+    async def image_error(_request: Request, exc: ImageDecodeError) -> JSONResponse:
+        if isinstance(exc, UnsupportedImageError):
+            code = 415
+        elif isinstance(exc, ImageTooLargeError):
+            code = 413
+        else:
+            code = 422
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Same shape as FastAPI's default ({"detail": [...]}) without echoing the input back
+        # (an upload or a password must not be reflected into error bodies or logs).
+        errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def build_context(settings: Settings, *, announce: Any = None) -> AppContext:
+    """Migrate, register models, bootstrap the admin; returns the shared objects of one app.
+
+    `announce(text)` receives the one-time admin password line (default: print to stdout once).
+    """
+    engine = make_engine(settings.resolved_database_url)
+    upgrade_database(engine)
+    session_factory = make_session_factory(engine)
+    with session_factory() as session:
+        model_registry.sync_models(session=session, settings=settings)
+        admin = accounts.ensure_bootstrap_admin(session=session, settings=settings)
+    if admin is not None:
+        line = (
+            f"Created admin account {admin.username!r} with one-time password: {admin.password}\n"
+            "  (shown only now; log in and change it)"
+        )
+        if announce is None:
+            print(line, file=sys.stdout, flush=True)
+        else:
+            announce(line)
+    return AppContext(
+        settings=settings,
+        engine=engine,
+        session_factory=session_factory,
+        store=FileStore(settings.data_dir),
+        models=ModelManager(),
+    )
+
+
+def preload_active_model(ctx: AppContext) -> None:
+    """Load the active model's weights now, so the first request does not pay for it."""
+    with ctx.session_factory() as session:
+        try:
+            ctx.models.get(model_registry.get_active_model(session=session))
+        except ServiceError as exc:
+            log.error("active model unavailable: %s", exc)
+
+
+def create_app(settings: Settings | None = None, *, announce: Any = None) -> FastAPI:
+    settings = (settings or Settings()).prepared()
+    ctx = build_context(settings, announce=announce)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.preload_models:
+            import anyio.to_thread
+
+            await anyio.to_thread.run_sync(preload_active_model, ctx)
+        yield
+        ctx.engine.dispose()
+
+    app = FastAPI(
+        title="cxr-review",
+        summary="Chest X-ray CNN predictions with class activation maps, reviewed by clinicians.",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.ctx = ctx
+    _error_handlers(app)
+
+    from app.routes import api, docs, pages
+
+    app.include_router(api.router)
+    app.include_router(docs.router)
+    app.include_router(pages.router)
+    if STATIC_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(SecurityHeadersMiddleware, secure_cookies=settings.production)
+    return app

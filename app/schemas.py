@@ -1,0 +1,126 @@
+"""Pydantic request/response models of the REST API (the contract documented at /docs)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ClassName = Literal["normal", "bacterial", "viral", "covid19"]
+ReasonTag = Literal["outside_lungs", "text_or_marker", "device_or_line", "image_border", "other"]
+VerdictValue = Literal["approve", "reject"]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ErrorOut(BaseModel):
+    detail: Any
+
+
+class ModelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True, protected_namespaces=())
+
+    id: int
+    name: str
+    architecture: str
+    version: int
+    active: bool
+    classes: list[str]
+    metrics: dict[str, Any]
+    checkpoint_sha256: str
+    cam_method: str
+    input_size: int
+    created_at: datetime
+
+
+class Probabilities(BaseModel):
+    normal: float
+    bacterial: float
+    viral: float
+    covid19: float
+
+
+class ResultOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_id: int
+    model_name: str
+    model_version: int
+    checkpoint_sha256: str
+    architecture: str
+    probabilities: Probabilities
+    predicted_class: ClassName
+    cam_method: str
+    overlays: dict[str, str] = Field(description="class → overlay PNG URL, predicted class first")
+
+
+class VerdictIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_id: int
+    verdict: VerdictValue
+    reasons: list[ReasonTag] = Field(default_factory=list)
+    comment: str = Field("", max_length=4000)
+    diagnosis: ClassName | None = None
+
+
+class VerdictOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: int
+    prediction_id: int
+    model_id: int
+    reviewer: str
+    verdict: VerdictValue
+    reasons: list[str]
+    comment: str
+    diagnosis: ClassName | None
+    created_at: datetime
+    is_latest: bool = Field(description="the latest verdict of this reviewer on this (prediction, model)")
+
+
+class PredictionOut(BaseModel):
+    id: int
+    image_sha256: str
+    image_url: str
+    width: int
+    height: int
+    format: str
+    filename: str | None
+    created_at: datetime
+    created_by: str | None
+    results: list[ResultOut]
+
+
+class PredictionDetailOut(PredictionOut):
+    verdicts: list[VerdictOut]
+
+
+class WorklistItemOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    prediction_id: int
+    model_id: int
+    model_name: str
+    model_version: int
+    image_sha256: str
+    filename: str | None
+    predicted_class: ClassName
+    top_probability: float
+    probabilities: Probabilities
+    created_at: datetime
+    verdict_count: int
+    latest_verdict: VerdictValue | None
+    detail_url: str
+
+
+class WorklistOut(BaseModel):
+    items: list[WorklistItemOut]
+    total: int
+    limit: int
+    offset: int
+    sort: str
+    priority: str = Field(description="how 'priority' sorting orders the worklist")

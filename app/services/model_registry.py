@@ -1,0 +1,209 @@
+"""The `models` table and the in-memory `ModelManager` that hands out loaded Predictors.
+
+Registration is by checkpoint sha256: the same file is never registered twice, and a changed file
+at a known path becomes a new version of that name. Exactly one model is `active` (the default for
+predictions); `models=all` runs every registered model whose checkpoint is present and unchanged.
+A Predictor is loaded once per model (under a lock, so concurrent first requests load it once) and
+is verified against the recorded sha256, so a prediction's recorded hash is always the one used.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.models import MLModel
+from app.services.errors import InvalidInputError, ModelUnavailableError, NotFoundError
+from ml import CLASSES
+from ml.checkpoints import CheckpointError, file_sha256, read_meta
+from ml.inference import Predictor
+
+log = logging.getLogger(__name__)
+
+
+def list_models(*, session: Session) -> list[MLModel]:
+    """All registered models, active first, then newest first."""
+    return list(session.scalars(select(MLModel).order_by(MLModel.active.desc(), MLModel.id.desc())))
+
+
+def get_model(*, session: Session, model_id: int) -> MLModel:
+    model = session.get(MLModel, model_id)
+    if model is None:
+        raise NotFoundError(f"model {model_id} not found")
+    return model
+
+
+def get_active_model(*, session: Session) -> MLModel:
+    model = session.scalar(select(MLModel).where(MLModel.active.is_(True)).order_by(MLModel.id.desc()))
+    if model is None:
+        raise ModelUnavailableError("no active model is registered")
+    return model
+
+
+def set_active_model(*, session: Session, model: MLModel) -> MLModel:
+    """Make `model` the only active one (admin action; the retraining issue promotes this way)."""
+    session.execute(update(MLModel).where(MLModel.id != model.id).values(active=False))
+    model.active = True
+    session.commit()
+    return model
+
+
+def resolve_models(*, session: Session, spec: str | None) -> list[MLModel]:
+    """The models a prediction request asks for.
+
+    `None`/"" → the active model; "all" → every registered model whose checkpoint is available;
+    "3,5" → those ids (each must exist, else InvalidInputError → HTTP 422). Order is kept, no duplicates.
+    """
+    text = (spec or "").strip()
+    if not text:
+        return [get_active_model(session=session)]
+    if text.lower() == "all":
+        models = [m for m in list_models(session=session) if Path(m.checkpoint_path).is_file()]
+        if not models:
+            raise ModelUnavailableError("no registered model has its checkpoint available")
+        return models
+    ids: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit():
+            raise InvalidInputError(f"models must be 'all' or comma-separated model ids, got {part!r}")
+        if int(part) not in ids:
+            ids.append(int(part))
+    found = {m.id: m for m in session.scalars(select(MLModel).where(MLModel.id.in_(ids)))}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise InvalidInputError(f"unknown model id(s): {', '.join(map(str, missing))}")
+    return [found[i] for i in ids]
+
+
+def register_checkpoint(
+    *, session: Session, path: Path, name: str | None = None, parent_id: int | None = None, sha256: str | None = None
+) -> tuple[MLModel, bool]:
+    """Register `path` unless a model with the same sha256 exists. Returns (model, created). Commits."""
+    path = Path(path).resolve()
+    sha = sha256 or file_sha256(path)
+    existing = session.scalar(select(MLModel).where(MLModel.checkpoint_sha256 == sha))
+    if existing is not None:
+        if existing.checkpoint_path != str(path) and not Path(existing.checkpoint_path).is_file():
+            existing.checkpoint_path = str(path)  # the same weights moved: follow them
+            session.commit()
+        return existing, False
+    meta = read_meta(path)
+    name = name or str(meta.get("name") or path.stem)
+    version = (session.scalar(select(func.max(MLModel.version)).where(MLModel.name == name)) or 0) + 1
+    metrics: dict[str, Any] = meta.get("metrics") or {}
+    data: dict[str, Any] = meta.get("data") or {}
+    model = MLModel(
+        name=name,
+        architecture=str(meta["arch"]),
+        version=version,
+        checkpoint_path=str(path),
+        checkpoint_sha256=sha,
+        active=False,
+        metrics=metrics,
+        classes=list(meta.get("active_classes") or meta.get("classes") or CLASSES),
+        input_size=int(meta["input_size"]),
+        cam_method=str(meta.get("cam_method") or ""),
+        data_manifest_sha256=data.get("manifest_sha256"),
+        hparams=meta.get("hparams") or {},
+        parent_id=parent_id,
+    )
+    session.add(model)
+    session.commit()
+    return model, True
+
+
+def sync_models(*, session: Session, settings: Settings) -> list[MLModel]:
+    """Register the bundled checkpoint and every *.pt in the models dir; make sure one model is active.
+
+    The bundled model becomes active when no model is, or when the active one's checkpoint is gone
+    or changed on disk (it could no longer serve). Unreadable checkpoints are logged and skipped.
+    Returns the newly registered models.
+    """
+    created: list[MLModel] = []
+    bundled_model: MLModel | None = None
+    candidates: list[Path] = []
+    bundled = settings.resolved_default_checkpoint
+    if bundled.is_file():
+        candidates.append(bundled)
+    else:
+        log.warning("bundled checkpoint %s not found", bundled)
+    models_dir = settings.resolved_models_dir
+    if models_dir.is_dir():
+        candidates.extend(sorted(p for p in models_dir.glob("*.pt") if p.is_file()))
+    for path in candidates:
+        try:
+            model, was_created = register_checkpoint(session=session, path=path)
+        except (CheckpointError, KeyError, OSError) as exc:
+            log.warning("skipping checkpoint %s: %s", path, exc)
+            session.rollback()
+            continue
+        if was_created:
+            log.info("registered model %s v%s (%s) from %s", model.name, model.version, model.architecture, path)
+            created.append(model)
+        if path == bundled:
+            bundled_model = model
+    active = session.scalar(select(MLModel).where(MLModel.active.is_(True)))
+    if (active is None or not checkpoint_matches(active)) and bundled_model is not None and active != bundled_model:
+        set_active_model(session=session, model=bundled_model)
+    elif active is None:
+        first = session.scalar(select(MLModel).order_by(MLModel.id))
+        if first is not None:
+            set_active_model(session=session, model=first)
+    return created
+
+
+def checkpoint_matches(model: MLModel) -> bool:
+    path = Path(model.checkpoint_path)
+    try:
+        return path.is_file() and file_sha256(path) == model.checkpoint_sha256
+    except OSError:
+        return False
+
+
+class ModelManager:
+    """Loads each model's Predictor once and hands it out; safe to share between request threads."""
+
+    def __init__(self) -> None:
+        self._predictors: dict[int, Predictor] = {}
+        self._lock = threading.Lock()
+
+    def loaded_ids(self) -> list[int]:
+        return sorted(self._predictors)
+
+    def get(self, model: MLModel) -> Predictor:
+        predictor = self._predictors.get(model.id)
+        if predictor is not None:
+            return predictor
+        with self._lock:  # one load per model even when the first requests arrive together
+            predictor = self._predictors.get(model.id)
+            if predictor is None:
+                predictor = self._load(model)
+                self._predictors[model.id] = predictor
+        return predictor
+
+    @staticmethod
+    def _load(model: MLModel) -> Predictor:
+        path = Path(model.checkpoint_path)
+        if not path.is_file():
+            raise ModelUnavailableError(f"model {model.id} ({model.name} v{model.version}): checkpoint missing")
+        try:
+            predictor = Predictor.from_checkpoint(path)
+        except CheckpointError as exc:
+            raise ModelUnavailableError(f"model {model.id} ({model.name} v{model.version}): {exc}") from exc
+        if predictor.checkpoint_sha256 != model.checkpoint_sha256:
+            raise ModelUnavailableError(
+                f"model {model.id} ({model.name} v{model.version}): the checkpoint file changed since it was "
+                "registered; register the new file as a new model version"
+            )
+        return predictor
+
+    def clear(self) -> None:
+        with self._lock:
+            self._predictors.clear()

@@ -1,0 +1,227 @@
+"""Uploads → stored predictions (one result per model) and the images/overlays that show them.
+
+`create_prediction` is the one write path: decode (limits checked before pixels are decoded) →
+run each requested model → write files atomically → insert rows → commit. If anything fails after
+files were written, the files this call created are removed unless a committed row references
+them. Blocking (numpy/torch) work: call from sync (`def`) routes or a worker, never `async def`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import exists, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.models import Image, MLModel, Prediction, PredictionResult, User
+from app.services.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
+from app.services.model_registry import ModelManager, resolve_models
+from app.services.storage import FileStore, is_sha256
+from ml import CLASSES
+from ml.cam.overlay import overlay_png
+from ml.imageio import decode_image
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+OVERLAY_ALPHA = 0.5
+OVERLAY_MAX_SIDE = 1024
+OVERLAY_COLORMAP = "jet"
+
+
+# ------------------------------------------------------------------------------------ URLs
+def image_url(image_sha256: str) -> str:
+    """Authenticated URL of the decoded grayscale film (PNG)."""
+    return f"{API_PREFIX}/images/{image_sha256}.png"
+
+
+def overlay_url(prediction_id: int, model_id: int, cls: str) -> str:
+    """Authenticated URL of one class's CAM overlay (PNG, the film's aspect, longest side ≤ 1024 px)."""
+    return f"{API_PREFIX}/predictions/{prediction_id}/overlays/{model_id}/{cls}.png"
+
+
+def overlay_classes(result: PredictionResult) -> list[str]:
+    """Classes in display order: the predicted class first, then by decreasing probability."""
+    rest = sorted((c for c in CLASSES if c != result.predicted_class), key=lambda c: -result.probabilities[c])
+    return [result.predicted_class, *rest]
+
+
+# ---------------------------------------------------------------------------------- writing
+def create_prediction(
+    *,
+    session: Session,
+    settings: Settings,
+    store: FileStore,
+    manager: ModelManager,
+    data: bytes,
+    filename: str | None,
+    models: str | None,
+    user: User | None,
+) -> Prediction:
+    """Decode `data`, run the requested models (see `resolve_models`), store everything, commit.
+
+    Raises ml.imageio errors (415/422/413), PayloadTooLargeError, InvalidInputError (unknown model id),
+    ModelUnavailableError. Nothing is left behind on failure.
+    """
+    if len(data) > settings.max_upload_bytes:
+        raise PayloadTooLargeError(too_large_message(settings.max_upload_bytes))
+    targets = resolve_models(session=session, spec=models)
+    decoded = decode_image(data, max_pixels=settings.max_pixels)
+    outputs = [(model, manager.get(model).predict_one(decoded.gray)) for model in targets]
+
+    batch = store.batch()
+    try:
+        image_sha = store.put_image(batch, original=data, gray=decoded.gray)
+        cam_shas = [store.put_cam(batch, out.cam_raw) for _model, out in outputs]
+        image = _get_or_create_image(
+            session, image_sha, decoded.format, decoded.width, decoded.height, len(data), decoded.meta
+        )
+        prediction = Prediction(
+            image_id=image.id, filename=_clean_filename(filename), created_by_id=user.id if user else None
+        )
+        session.add(prediction)
+        session.flush()
+        for (model, out), cam_sha in zip(outputs, cam_shas, strict=True):
+            session.add(
+                PredictionResult(
+                    prediction_id=prediction.id,
+                    model_id=model.id,
+                    model_version=model.version,
+                    checkpoint_sha256=model.checkpoint_sha256,
+                    architecture=model.architecture,
+                    probabilities={c: out.probabilities[c] for c in CLASSES},
+                    predicted_class=out.predicted_class,
+                    top_probability=out.probabilities[out.predicted_class],
+                    cam_method=out.cam_method,
+                    cam_sha256=cam_sha,
+                )
+            )
+        session.commit()
+    except BaseException:
+        session.rollback()
+        removed = batch.discard(lambda path: _file_referenced(session, store, path))
+        if removed:
+            log.info("removed %d file(s) of a failed prediction", len(removed))
+        raise
+    session.refresh(prediction)
+    return prediction
+
+
+def too_large_message(limit: int) -> str:
+    return f"the file is larger than the {limit / (1024 * 1024):.1f} MiB upload limit"
+
+
+def _clean_filename(name: str | None) -> str | None:
+    if not name:
+        return None
+    return Path(name.replace("\\", "/")).name[:255] or None
+
+
+def _get_or_create_image(
+    session: Session, sha: str, fmt: str, width: int, height: int, size: int, meta: dict[str, object]
+) -> Image:
+    image = session.scalar(select(Image).where(Image.sha256 == sha))
+    if image is not None:
+        return image
+    try:
+        with session.begin_nested():
+            image = Image(sha256=sha, format=fmt, width=width, height=height, byte_size=size, meta=meta)
+            session.add(image)
+    except IntegrityError:  # the same image uploaded concurrently: use the committed row
+        image = session.scalar(select(Image).where(Image.sha256 == sha))
+        if image is None:
+            raise
+    return image
+
+
+def _file_referenced(session: Session, store: FileStore, path: Path) -> bool:
+    """Whether a committed row names this file (so a failed request must not delete it)."""
+    sha = path.name.split(".", 1)[0]
+    try:
+        if path.parent.parent.name == "cams":
+            return bool(session.scalar(select(exists().where(PredictionResult.cam_sha256 == sha))))
+        return bool(session.scalar(select(exists().where(Image.sha256 == sha))))
+    except Exception:  # cannot tell: keep the file (an orphan is harmless, a dangling row is not)
+        session.rollback()
+        return True
+
+
+# ---------------------------------------------------------------------------------- reading
+def get_prediction(*, session: Session, prediction_id: int) -> Prediction:
+    prediction = session.get(Prediction, prediction_id)
+    if prediction is None:
+        raise NotFoundError(f"prediction {prediction_id} not found")
+    return prediction
+
+
+def get_result(*, session: Session, prediction_id: int, model_id: int) -> PredictionResult:
+    result = session.scalar(
+        select(PredictionResult).where(
+            PredictionResult.prediction_id == prediction_id, PredictionResult.model_id == model_id
+        )
+    )
+    if result is None:
+        if session.get(Prediction, prediction_id) is None:
+            raise NotFoundError(f"prediction {prediction_id} not found")
+        raise NotFoundError(f"prediction {prediction_id} has no result of model {model_id}")
+    return result
+
+
+def list_recent_predictions(*, session: Session, limit: int = 50) -> list[Prediction]:
+    return list(session.scalars(select(Prediction).order_by(Prediction.id.desc()).limit(limit)))
+
+
+@dataclass
+class ResultView:
+    """A result with the model's identity and the overlay URLs in display order (for API and pages)."""
+
+    result: PredictionResult
+    model: MLModel
+    overlays: dict[str, str]
+
+
+def result_views(prediction: Prediction) -> list[ResultView]:
+    return [
+        ResultView(
+            result=r, model=r.model, overlays={c: overlay_url(prediction.id, r.model_id, c) for c in overlay_classes(r)}
+        )
+        for r in prediction.results
+    ]
+
+
+def film_png(*, session: Session, store: FileStore, image_sha256: str) -> bytes:
+    """The decoded grayscale film of a stored image, as PNG bytes."""
+    if not is_sha256(image_sha256) or session.scalar(select(Image.id).where(Image.sha256 == image_sha256)) is None:
+        raise NotFoundError("image not found")
+    try:
+        return store.gray_path(image_sha256).read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError("image file missing from the data directory") from None
+
+
+def render_overlay_png(*, session: Session, store: FileStore, prediction_id: int, model_id: int, cls: str) -> bytes:
+    """PNG of the film with `cls`'s CAM blended on top (rendered once, then served from the cache)."""
+    if cls not in CLASSES:
+        raise NotFoundError(f"unknown class {cls!r}; expected one of {', '.join(CLASSES)}")
+    result = get_result(session=session, prediction_id=prediction_id, model_id=model_id)
+    image_sha = result.prediction.image.sha256
+    key = f"{image_sha}:{result.cam_sha256}:{cls}:{OVERLAY_ALPHA}:{OVERLAY_COLORMAP}:{OVERLAY_MAX_SIDE}"
+    cached = store.read_cache(key)
+    if cached is not None:
+        return cached
+    try:
+        gray = store.read_gray(image_sha)
+        cam = store.read_cam(result.cam_sha256)
+    except FileNotFoundError:
+        raise NotFoundError("stored image or CAM missing from the data directory") from None
+    if cam.ndim != 3 or cam.shape[0] != len(CLASSES):
+        raise InvalidInputError(f"stored CAM has unexpected shape {cam.shape}")
+    png = overlay_png(
+        gray, cam[CLASSES.index(cls)], alpha=OVERLAY_ALPHA, colormap=OVERLAY_COLORMAP, max_side=OVERLAY_MAX_SIDE
+    )
+    store.put_cache(key, png)
+    return png

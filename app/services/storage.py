@@ -1,0 +1,148 @@
+"""Content-addressed files under the data dir, written atomically.
+
+Layout (sha = sha256 hex of the file's bytes):
+    images/<sha[:2]>/<sha>          original upload bytes, exactly as received
+    images/<sha[:2]>/<sha>.png      the decoded 8-bit grayscale film (what overlays are drawn on)
+    cams/<sha[:2]>/<sha>.npy        raw CAM maps of one result, K×h×w float32 in CLASSES order
+    cache/overlays/<..>/<key>.png   rendered overlays; disposable, re-rendered when missing
+
+Files are written to a temp name and `os.replace`d into place before the database row that names
+them is committed. A `WriteBatch` remembers what it newly created, so a failed commit can remove
+exactly those files (if no committed row references them meanwhile). Existing files are never
+rewritten: same name means same content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SHA256_HEX_LEN = 64
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_sha256(text: str) -> bool:
+    return len(text) == SHA256_HEX_LEN and all(c in "0123456789abcdef" for c in text)
+
+
+def write_atomic(path: Path, data: bytes) -> bool:
+    """Write `data` to `path` via a temp file + os.replace. False (and nothing written) if it exists."""
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+@dataclass
+class WriteBatch:
+    """Files created during one unit of work; `discard()` removes them after a failed commit."""
+
+    store: FileStore
+    created: list[Path] = field(default_factory=list)
+
+    def put(self, path: Path, data: bytes) -> Path:
+        if write_atomic(path, data):
+            self.created.append(path)
+        return path
+
+    def discard(self, still_referenced: Callable[[Path], bool] = lambda _p: False) -> list[Path]:
+        """Remove created files that no committed row references; returns what was removed."""
+        removed = []
+        for path in reversed(self.created):
+            if still_referenced(path):
+                continue
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        self.created.clear()
+        return removed
+
+
+class FileStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # -- paths ------------------------------------------------------------------------------
+    def _sharded(self, folder: str, sha: str, suffix: str = "") -> Path:
+        if not is_sha256(sha):
+            raise ValueError(f"not a sha256 hex digest: {sha!r}")
+        return self.root / folder / sha[:2] / f"{sha}{suffix}"
+
+    def original_path(self, image_sha: str) -> Path:
+        return self._sharded("images", image_sha)
+
+    def gray_path(self, image_sha: str) -> Path:
+        return self._sharded("images", image_sha, ".png")
+
+    def cam_path(self, cam_sha: str) -> Path:
+        return self._sharded("cams", cam_sha, ".npy")
+
+    def overlay_cache_path(self, key: str) -> Path:
+        digest = sha256_bytes(key.encode("utf-8"))
+        return self.root / "cache" / "overlays" / digest[:2] / f"{digest}.png"
+
+    # -- writing ----------------------------------------------------------------------------
+    def batch(self) -> WriteBatch:
+        return WriteBatch(self)
+
+    def put_image(self, batch: WriteBatch, *, original: bytes, gray: np.ndarray) -> str:
+        """Store the upload and its decoded film; returns the image sha256 (of the original bytes)."""
+        sha = sha256_bytes(original)
+        batch.put(self.original_path(sha), original)
+        batch.put(self.gray_path(sha), encode_png(gray))
+        return sha
+
+    def put_cam(self, batch: WriteBatch, cam_raw: np.ndarray) -> str:
+        """Store raw CAM maps (K×h×w float32) as .npy; returns the sha256 of the .npy bytes."""
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(cam_raw, dtype=np.float32), allow_pickle=False)
+        data = buf.getvalue()
+        sha = sha256_bytes(data)
+        batch.put(self.cam_path(sha), data)
+        return sha
+
+    def put_cache(self, key: str, data: bytes) -> Path:
+        path = self.overlay_cache_path(key)
+        write_atomic(path, data)
+        return path
+
+    # -- reading ----------------------------------------------------------------------------
+    def read_gray(self, image_sha: str) -> np.ndarray:
+        with Image.open(self.gray_path(image_sha)) as img:
+            return np.asarray(img.convert("L"), dtype=np.uint8)
+
+    def read_cam(self, cam_sha: str) -> np.ndarray:
+        return np.load(self.cam_path(cam_sha), allow_pickle=False)
+
+    def read_cache(self, key: str) -> bytes | None:
+        path = self.overlay_cache_path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+
+def encode_png(gray: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(gray).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
