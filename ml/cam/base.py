@@ -73,12 +73,15 @@ def explain(model: CXRNet, spec: ArchSpec, x: torch.Tensor) -> CAMOutput:
 def upsample_normalize(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """B×K×h×w raw maps → B×K×H×W maps in [0, 1]: bilinear upsampling, then per-map min-max scaling.
 
-    A constant map (no spatial evidence at all) becomes all zeros.
+    A constant map (no spatial evidence at all) becomes all zeros. "Constant" is judged relative to the
+    map's magnitude: bilinear interpolation of a constant map differs from it by a few float32 ulps,
+    and stretching that rounding noise to [0, 1] would paint a pattern that is not in the data.
     """
     up = F.interpolate(raw.float(), size=size, mode="bilinear", align_corners=False)
     flat = up.flatten(2)
     lo = flat.min(dim=2, keepdim=True).values
     hi = flat.max(dim=2, keepdim=True).values
     span = hi - lo
-    scaled = torch.where(span > 1e-12, (flat - lo) / span.clamp_min(1e-12), torch.zeros_like(flat))
+    flat_enough = 1e-5 * torch.maximum(hi.abs(), lo.abs()) + 1e-12
+    scaled = torch.where(span > flat_enough, (flat - lo) / span.clamp_min(1e-12), torch.zeros_like(flat))
     return scaled.clamp_(0.0, 1.0).view_as(up)
