@@ -1,0 +1,128 @@
+"""Lung focus: how much of a class activation map's positive evidence lies inside the lungs.
+
+The paper's warning (Majeed et al. 2020) is that a network can separate the classes by things outside
+the lungs: age, body habitus, markers, text. For one class's raw CAM (h×w, the network's frame) and a
+lung mask of the film (H×W bool), the lung-focus score is
+
+    score = Σ relu(cam) · coverage  /  Σ relu(cam)
+
+where `coverage` is the lung mask area-averaged down to the CAM's h×w grid: coverage[i, j] is the
+fraction of the film region under CAM cell (i, j) that is lung (exact box averaging, so partial cells
+count partially). The CAM and the mask both span the whole film (the classifier resizes the film to
+its square input with no crop or padding), so cell (i, j) covers rows [i·H/h, (i+1)·H/h) and columns
+[j·W/w, (j+1)·W/w) of the film. Working in the CAM's own frame keeps the score independent of any
+upsampling or display normalisation choice.
+
+`lung_area` is the share of the film that is lung (the mean of the mask; equal to the mean of
+`coverage`). It is the chance level: a map spread uniformly over the film scores `lung_area`.
+
+`flagged` is True when the score is below `threshold` (default 0.5: most positive evidence lies
+outside the lungs), and also when no score can be given:
+- the map has no positive mass (all ≤ 0): score None, reason "no positive activation";
+- the mask has no lung: score 0.0, reason "no lung found in the mask" (a segmentation failure should
+  be looked at, not hidden).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ml import CLASSES
+
+DEFAULT_THRESHOLD = 0.5
+NO_POSITIVE_MASS = "no positive activation"
+NO_LUNG = "no lung found in the mask"
+
+
+@dataclass(frozen=True)
+class LungFocus:
+    score: float | None
+    """Share of the map's positive mass inside the lungs, in [0, 1]; None when the map has no positive mass."""
+    lung_area: float
+    """Share of the film that is lung, in [0, 1] (the score a map spread evenly over the film would get)."""
+    flagged: bool
+    """True when score < threshold, or when no score could be computed (see `reason`)."""
+    threshold: float
+    reason: str | None = None
+    """Why the result is flagged without a meaningful score (`NO_POSITIVE_MASS`, `NO_LUNG`), else None."""
+
+    def as_dict(self) -> dict[str, float | bool | str | None]:
+        return {
+            "score": self.score,
+            "lung_area": self.lung_area,
+            "flagged": self.flagged,
+            "threshold": self.threshold,
+            "reason": self.reason,
+        }
+
+
+def lung_coverage(lung_mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """H×W bool mask → height×width float32: the fraction of each cell's film area that is lung, in [0, 1]."""
+    mask = np.asarray(lung_mask)
+    if mask.ndim != 2 or mask.size == 0:
+        raise ValueError(f"lung mask must be a non-empty 2-D array, got shape {mask.shape}")
+    if height <= 0 or width <= 0:
+        raise ValueError(f"CAM size must be positive, got {height}×{width}")
+    as_float = mask.astype(np.float32) if mask.dtype == bool else (mask != 0).astype(np.float32)
+    if as_float.shape == (height, width):
+        return as_float
+    coverage = _area_weights(height, as_float.shape[0]) @ as_float @ _area_weights(width, as_float.shape[1]).T
+    return np.clip(coverage, 0.0, 1.0).astype(np.float32)
+
+
+def _area_weights(cells: int, pixels: int) -> np.ndarray:
+    """cells×pixels matrix: row i holds the share of cell i's extent covered by each pixel (rows sum to 1)."""
+    step = pixels / cells
+    starts = np.arange(cells)[:, None] * step
+    left = np.arange(pixels)[None, :]
+    overlap = np.clip(np.minimum(left + 1, starts + step) - np.maximum(left, starts), 0.0, None)
+    return (overlap / step).astype(np.float32)
+
+
+def _check_threshold(threshold: float) -> float:
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    return threshold
+
+
+def _score(cam: np.ndarray, coverage: np.ndarray, lung_area: float, threshold: float) -> LungFocus:
+    if cam.shape != coverage.shape:
+        raise ValueError(f"CAM shape {cam.shape} does not match coverage shape {coverage.shape}")
+    if not np.all(np.isfinite(cam)):
+        raise ValueError("CAM contains NaN or infinite values")
+    positive = np.maximum(cam.astype(np.float64), 0.0)
+    mass = float(positive.sum())
+    if mass <= 0.0:
+        return LungFocus(None, lung_area, True, threshold, NO_POSITIVE_MASS)
+    if lung_area <= 0.0:
+        return LungFocus(0.0, lung_area, True, threshold, NO_LUNG)
+    score = float(np.clip((positive * coverage).sum() / mass, 0.0, 1.0))
+    return LungFocus(score, lung_area, score < threshold, threshold)
+
+
+def lung_focus(cam_raw: np.ndarray, lung_mask: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> LungFocus:
+    """Lung focus of one raw CAM (h×w, any real values) against the film's lung mask (H×W bool)."""
+    cam = np.asarray(cam_raw)
+    if cam.ndim != 2 or cam.size == 0:
+        raise ValueError(f"CAM must be a non-empty 2-D array (h×w), got shape {cam.shape}")
+    threshold = _check_threshold(threshold)
+    coverage = lung_coverage(lung_mask, *cam.shape)
+    lung_area = float(np.asarray(lung_mask).astype(bool).mean())
+    return _score(cam, coverage, lung_area, threshold)
+
+
+def lung_focus_by_class(
+    cam_raw: np.ndarray, lung_mask: np.ndarray, threshold: float = DEFAULT_THRESHOLD, classes: Sequence[str] = CLASSES
+) -> dict[str, LungFocus]:
+    """Lung focus of each class's map: K×h×w raw CAMs (in `classes` order, default CLASSES) → {class: LungFocus}."""
+    cams = np.asarray(cam_raw)
+    if cams.ndim != 3 or cams.shape[0] != len(classes) or cams.shape[1] == 0 or cams.shape[2] == 0:
+        raise ValueError(f"CAMs must be {len(classes)}×h×w (one map per class), got shape {cams.shape}")
+    threshold = _check_threshold(threshold)
+    coverage = lung_coverage(lung_mask, cams.shape[1], cams.shape[2])
+    lung_area = float(np.asarray(lung_mask).astype(bool).mean())
+    return {cls: _score(cams[k], coverage, lung_area, threshold) for k, cls in enumerate(classes)}
