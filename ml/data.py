@@ -223,7 +223,8 @@ def load_images(
         log.warning("skipped %d unreadable image(s): %s", len(skipped), "; ".join(p for p, _ in skipped[:5]))
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npz")
+        # per-process temp name: several DDP ranks may build the same cache at once
+        tmp = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.tmp.npz")
         np.savez(tmp, images=images, ok=np.array(ok_flags, dtype=bool),
                  errors=np.array([e for _, e in skipped], dtype=str))
         os.replace(tmp, cache_file)
