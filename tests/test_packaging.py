@@ -122,6 +122,7 @@ def test_console_script_is_installed_and_serve_takes_the_docker_host_option() ->
 
 def test_wheel_ships_the_bundled_model(tmp_path: Path) -> None:
     patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["ml"]
+    assert (ROOT / "ml" / "bundled").is_dir(), "ml/bundled (the bundled default model) is missing"
     bundled = sorted(
         f"ml/{p.relative_to(ROOT / 'ml').as_posix()}"
         for p in (ROOT / "ml" / "bundled").iterdir()
