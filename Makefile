@@ -15,7 +15,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-x tests/test_packaging.py"`.
 PYTEST_ARGS ?=
-LINT_PATHS := app ml tests bench
+LINT_PATHS := $(wildcard app ml tests bench)
 
 .PHONY: help install system-deps run test test-slow lint format bench clean
 
