@@ -67,7 +67,9 @@ def base_meta(spec: ArchSpec, *, input_size: int, scenario_classes: tuple[str, .
     }
 
 
-def save_checkpoint(path: str | os.PathLike[str], model: CXRNet, meta: dict[str, Any], *, half: bool = False) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike[str], model: torch.nn.Module, meta: dict[str, Any], *, half: bool = False
+) -> Path:
     """Write atomically (temp file + rename) so a crash never leaves half a checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -199,7 +199,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="split the comparison is evaluated on")
     add_training_options(p)
     p.set_defaults(handler=cmd_benchmark)
+    add_train_lungs_command(sub)
     return parser
+
+
+def add_train_lungs_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("train-lungs", help="train the lung segmentation network on a lung mask set")
+    p.add_argument("--data", default=None, help="folder with manifest.csv (image,mask,split,patient_id,...); "
+                   "default: $CXR_LUNGSEG_DIR or ../shared/data/lungseg")
+    p.add_argument("--out", required=True, help="output folder (best.pt, last.pt, history.json)")
+    p.add_argument("--epochs", type=_positive_int, default=100)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--lr", type=_positive_float, default=2e-3, help="peak learning rate (Adam, cosine decay)")
+    p.add_argument("--base-channels", type=_positive_int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps-per-epoch", type=_positive_int, default=None, help="cap steps (smoke tests)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto ...")
+    p.add_argument("--no-augment", action="store_true")
+    p.set_defaults(handler=cmd_train_lungs)
+
+
+def cmd_train_lungs(args: argparse.Namespace) -> int:
+    import shlex
+
+    from ml.lungs import LungTrainConfig, default_lungseg_dir, train_lungs
+
+    config = LungTrainConfig(
+        data_dir=args.data or default_lungseg_dir(), out_dir=args.out, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, base_channels=args.base_channels, seed=args.seed,
+        augment=not args.no_augment, max_steps_per_epoch=args.max_steps_per_epoch, device=args.device,
+        threads=args.threads,
+    )
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    command = ["cxr-review", "train-lungs", "--data", config.data_dir, "--out", args.out, "--epochs", str(args.epochs),
+               "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--base-channels", str(args.base_channels),
+               "--seed", str(args.seed), "--device", args.device]
+    command += ["--threads", str(args.threads)] if args.threads else []
+    command += ["--max-steps-per-epoch", str(args.max_steps_per_epoch)] if args.max_steps_per_epoch else []
+    command += ["--no-augment"] if args.no_augment else []
+    summary = train_lungs(config, command=shlex.join(command))
+    print(f"best epoch {summary['best_val']['epoch']}: val Dice {summary['best_val_dice_as_stored']:.4f} "
+          f"-> {summary['best_checkpoint']}")
+    return 0
 
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
