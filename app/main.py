@@ -30,6 +30,7 @@ from app.deps import CSRF_COOKIE, AppContext, pending_csrf_cookie
 from app.services import accounts, model_registry
 from app.services.errors import ServiceError, ThrottledError
 from app.services.model_registry import ModelManager
+from app.services.predictions import too_large_message
 from app.services.storage import FileStore
 from ml.imageio import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 
@@ -85,6 +86,10 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+"""Room for the multipart envelope and small form fields on top of CXR_MAX_UPLOAD_BYTES."""
+
+
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
@@ -109,8 +114,11 @@ def _error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code == 413:  # the framework's body limit says only "Content Too Large"
+            detail = too_large_message(request.app.state.ctx.settings.max_upload_bytes)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -123,6 +131,10 @@ def build_context(settings: Settings, *, announce: Any = None) -> AppContext:
 
     `announce(text)` receives the one-time admin password line (default: print to stdout once).
     """
+    if settings.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     engine = make_engine(settings.resolved_database_url)
     upgrade_database(engine)
     session_factory = make_session_factory(engine)
@@ -177,6 +189,9 @@ def create_app(settings: Settings | None = None, *, announce: Any = None) -> Fas
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # Bodies over the upload limit (plus the multipart envelope) are refused with 413 while they
+        # stream in, before anything is parsed or spooled; the route checks the file size exactly.
+        max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
     )
     app.state.ctx = ctx
     _error_handlers(app)
@@ -188,5 +203,5 @@ def create_app(settings: Settings | None = None, *, announce: Any = None) -> Fas
     app.include_router(pages.router)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.add_middleware(SecurityHeadersMiddleware, secure_cookies=settings.production)
+    app.add_middleware(SecurityHeadersMiddleware, secure_cookies=settings.production)  # outermost: on every reply
     return app

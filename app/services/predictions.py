@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import exists, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -124,17 +125,22 @@ def _clean_filename(name: str | None) -> str | None:
 def _get_or_create_image(
     session: Session, sha: str, fmt: str, width: int, height: int, size: int, meta: dict[str, object]
 ) -> Image:
+    """The row of this content address, inserted if new. Concurrent uploads of the same bytes both
+    succeed: INSERT ... ON CONFLICT DO NOTHING, then read (no savepoint needed; pysqlite's legacy
+    transaction handling does not support savepoints reliably)."""
     image = session.scalar(select(Image).where(Image.sha256 == sha))
     if image is not None:
         return image
-    try:
-        with session.begin_nested():
-            image = Image(sha256=sha, format=fmt, width=width, height=height, byte_size=size, meta=meta)
-            session.add(image)
-    except IntegrityError:  # the same image uploaded concurrently: use the committed row
-        image = session.scalar(select(Image).where(Image.sha256 == sha))
-        if image is None:
-            raise
+    values = {"sha256": sha, "format": fmt, "width": width, "height": height, "byte_size": size, "meta": meta}
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
+        session.execute(insert(Image).values(**values).on_conflict_do_nothing(index_elements=["sha256"]))
+    else:
+        session.add(Image(**values))
+        session.flush()
+    image = session.scalar(select(Image).where(Image.sha256 == sha))
+    assert image is not None
     return image
 
 
