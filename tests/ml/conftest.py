@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,12 @@ from ml.data import REQUIRED_COLUMNS, Record, read_manifest
 from ml.inference import Prediction, Predictor
 from ml.registry import ArchSpec, get_arch
 from ml.transforms import load_grayscale, to_model_input
+
+# One intra-op thread unless told otherwise. On a machine whose cores are busy (a training run, other
+# test processes) two OpenMP threads wait on each other and a forward pass gets 10-40x slower than on
+# one thread (measured: densenet201 at batch 1, 23 s vs 0.3 s); on an idle machine one thread costs
+# less than 2x. Set CXR_TEST_TORCH_THREADS to use more.
+torch.set_num_threads(int(os.environ.get("CXR_TEST_TORCH_THREADS", "1")))
 
 BIG_ARCHS = frozenset({"vgg19", "inception_resnet_v2", "densenet201", "resnet101"})
 """Run at batch 1 to keep the registry tests within about two minutes on two busy cores."""
