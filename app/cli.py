@@ -22,12 +22,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ml.cli import CLIError, run
 from ml.cli import build_parser as build_ml_parser
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
-def _settings():  # type: ignore[no-untyped-def]
+    from app.config import Settings
+    from app.models import User
+
+
+def _settings() -> Settings:
     from pydantic import ValidationError
 
     from app.config import Settings, SettingsError
@@ -39,7 +46,7 @@ def _settings():  # type: ignore[no-untyped-def]
 
 
 @contextmanager
-def _db_session() -> Iterator:  # type: ignore[type-arg]
+def _db_session() -> Iterator[Session]:
     """A session on the configured database, migrated to the latest schema first."""
     from app.db import make_engine, make_session_factory, upgrade_database
 
@@ -66,7 +73,7 @@ def _service_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[a
     return wrapped
 
 
-def _user(session, name: str):  # type: ignore[no-untyped-def]
+def _user(session: Session, name: str) -> User:
     from app.services import accounts
 
     user = accounts.get_user_by_name(session=session, username=name)

@@ -42,20 +42,20 @@ class Settings(BaseSettings):
     cache_dir: Path | None = None
 
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(default=8000, ge=1, le=65535)
     secret_key: str | None = None
     """Required when ENV=production. In development a random key is generated and kept in DATA_DIR."""
 
-    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
-    max_pixels: int = Field(40_000_000, gt=0)
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(default=40_000_000, gt=0)
     """Largest accepted width×height, checked from the file header before any pixel is decoded."""
 
-    session_hours: float = Field(12.0, gt=0)
-    login_max_failures: int = Field(5, gt=0)
-    login_window_seconds: int = Field(15 * 60, gt=0)
+    session_hours: float = Field(default=12.0, gt=0)
+    login_max_failures: int = Field(default=5, gt=0)
+    login_window_seconds: int = Field(default=15 * 60, gt=0)
     bootstrap_admin: str = "admin"
     """Name of the admin account created (with a one-time password) on the first start with no users."""
-    torch_threads: int | None = Field(1, ge=1)
+    torch_threads: int | None = Field(default=1, ge=1)
     """Intra-op threads per forward pass. 1 suits a server: concurrent requests run in parallel
     threads instead, and a CPU shared with other work is not oversubscribed (on the 2-core dev box
     a resnet18 forward took ~2.5 s with torch's default threads under load, ~0.15 s with 1).

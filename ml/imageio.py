@@ -126,11 +126,12 @@ def _decode_raster(data: bytes, fmt: str, *, max_pixels: int) -> DecodedImage:
         except Exception as exc:
             raise InvalidImageError(f"the {label} file is corrupt or truncated: {_reason(exc)}") from exc
         meta: dict[str, Any] = {"mode": img.mode}
+        oriented: Image.Image = img
         try:
-            img = ImageOps.exif_transpose(img)
+            oriented = ImageOps.exif_transpose(img)
         except Exception:  # a broken EXIF block must not reject a readable film
             meta["exif_ignored"] = True
-        gray = pil_to_grayscale(img)
+        gray = pil_to_grayscale(oriented)
     return DecodedImage(gray=gray, format=fmt, width=gray.shape[1], height=gray.shape[0], meta=meta)
 
 

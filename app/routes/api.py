@@ -9,7 +9,7 @@ Torch and file work happens in sync (`def`) endpoints, which FastAPI runs in a t
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, UploadFile, status
 from fastapi.responses import PlainTextResponse, Response
@@ -25,7 +25,7 @@ from app.services.predictions import too_large_message
 router = APIRouter(prefix="/api/v1", tags=["api"])
 
 IMAGE_CACHE_HEADERS = {"Cache-Control": "private, max-age=86400, immutable"}
-ERRORS = {code: {"model": schemas.ErrorOut} for code in (401, 403, 404, 413, 415, 422)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": schemas.ErrorOut} for code in (401, 403, 404, 413, 415, 422)}
 
 
 # ------------------------------------------------------------------------------ presentation

@@ -109,7 +109,9 @@ class FileStore:
         """Store the upload and its decoded film; returns the image sha256 (of the original bytes)."""
         sha = sha256_bytes(original)
         batch.put(self.original_path(sha), original)
-        batch.put(self.gray_path(sha), encode_png(gray))
+        gray_path = self.gray_path(sha)
+        if not gray_path.exists():  # same bytes, same film: skip the (costly) PNG encoding
+            batch.put(gray_path, encode_png(gray))
         return sha
 
     def put_cam(self, batch: WriteBatch, cam_raw: np.ndarray) -> str:
@@ -143,6 +145,7 @@ class FileStore:
 
 
 def encode_png(gray: np.ndarray) -> bytes:
+    # Level 1: ~5x faster than the default 6 for films, ~10-15 % larger; this runs on the upload path.
     buf = io.BytesIO()
-    Image.fromarray(gray).save(buf, format="PNG", compress_level=6)
+    Image.fromarray(gray).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
