@@ -1,0 +1,172 @@
+/* cxr-review reading station: small progressive enhancements. Every page works without this file
+   (forms post, links navigate); with it:
+   - case page: switch heat-map class (1-4), view mode (H heat map / F plain film / S side by side)
+     without reloading; A = approve, R = reject (first R opens the reasons, second R submits),
+     N = next waiting case after a save;
+   - upload page: refuse a file over the size limit before sending it; show progress on submit.
+   Loaded in <head> without `defer` only to mark <html class="js"> before the first paint; the rest
+   waits for DOMContentLoaded. External file only: the Content-Security-Policy forbids inline script. */
+(function () {
+  "use strict";
+  document.documentElement.classList.remove("no-js");
+  document.documentElement.classList.add("js");
+
+  function typingIn(target) {
+    if (!target || !target.tagName) return false;
+    var tag = target.tagName.toLowerCase();
+    return tag === "input" || tag === "textarea" || tag === "select" || target.isContentEditable;
+  }
+
+  function setQuery(params) {
+    var url = new URL(window.location.href);
+    Object.keys(params).forEach(function (k) { url.searchParams.set(k, params[k]); });
+    url.searchParams.delete("saved");
+    window.history.replaceState(null, "", url.pathname + url.search + url.hash);
+  }
+
+  /* ------------------------------------------------------------------ case page */
+  function initCase() {
+    var viewer = document.getElementById("viewer");
+    if (!viewer) return;
+    var overlay = document.getElementById("overlay-main");
+    var caption = document.getElementById("overlay-caption");
+    var shown = document.getElementById("shown-class");
+    var thumbs = Array.prototype.slice.call(document.querySelectorAll(".class-thumb"));
+    var modeLinks = Array.prototype.slice.call(document.querySelectorAll("#view-switch a[data-view]"));
+
+    function selectClass(thumb) {
+      overlay.src = thumb.dataset.src;
+      overlay.alt = thumb.dataset.label + " heat map over the film";
+      overlay.dataset.cls = thumb.dataset.cls;
+      caption.textContent = thumb.dataset.label;
+      if (shown) shown.querySelector("strong").textContent = thumb.dataset.label;
+      thumbs.forEach(function (t) { t.classList.toggle("is-selected", t === thumb); });
+      if (viewer.dataset.view === "film") setView("overlay");
+      setQuery({ cls: thumb.dataset.cls });
+      modeLinks.forEach(function (a) {
+        var u = new URL(a.href, window.location.href);
+        u.searchParams.set("cls", thumb.dataset.cls);
+        a.href = u.pathname + u.search;
+      });
+    }
+
+    function setView(mode) {
+      viewer.dataset.view = mode;
+      modeLinks.forEach(function (a) {
+        if (a.dataset.view === mode) a.setAttribute("aria-current", "true");
+        else a.removeAttribute("aria-current");
+      });
+      thumbs.forEach(function (t) {
+        var u = new URL(t.href, window.location.href);
+        u.searchParams.set("view", mode);
+        t.href = u.pathname + u.search;
+      });
+      setQuery({ view: mode });
+    }
+
+    thumbs.forEach(function (t) {
+      t.addEventListener("click", function (e) {
+        if (e.ctrlKey || e.metaKey || e.shiftKey) return;
+        e.preventDefault();
+        selectClass(t);
+      });
+    });
+    modeLinks.forEach(function (a) {
+      a.addEventListener("click", function (e) {
+        if (e.ctrlKey || e.metaKey || e.shiftKey) return;
+        e.preventDefault();
+        setView(a.dataset.view);
+      });
+    });
+
+    var section = document.getElementById("verdict");
+    var panel = document.getElementById("reject-panel");
+    var rejectBtn = document.getElementById("reject-btn");
+    var approveBtn = document.getElementById("approve-btn");
+    var rejectSubmit = document.getElementById("reject-submit");
+    var form = document.getElementById("verdict-form");
+
+    function openReject() {
+      panel.classList.add("is-open");
+      section.classList.add("rejecting");
+      var first = panel.querySelector("input");
+      if (first) first.focus({ preventScroll: true });
+    }
+    if (rejectBtn && panel) {
+      if (panel.querySelector("input:checked")) openReject();
+      rejectBtn.addEventListener("click", function (e) {
+        if (!panel.classList.contains("is-open")) {
+          e.preventDefault();
+          openReject();
+        }
+      });
+    }
+    if (approveBtn && panel) {
+      approveBtn.addEventListener("click", function () {
+        // Reasons describe a rejection: do not send ticked ones with an approval.
+        panel.querySelectorAll("input[name=reasons]").forEach(function (box) { box.disabled = true; });
+      });
+    }
+    if (form) {
+      form.addEventListener("submit", function () {
+        // One click, one verdict: block double submits while the page reloads.
+        window.setTimeout(function () {
+          form.querySelectorAll("button[type=submit]").forEach(function (b) { b.disabled = true; });
+        }, 0);
+      });
+    }
+
+    document.addEventListener("keydown", function (e) {
+      if (e.ctrlKey || e.metaKey || e.altKey || typingIn(e.target)) return;
+      var key = e.key.toLowerCase();
+      if (key === "a" && approveBtn) {
+        e.preventDefault();
+        approveBtn.click();
+      } else if (key === "r" && rejectBtn) {
+        e.preventDefault();
+        if (panel && panel.classList.contains("is-open") && rejectSubmit) rejectSubmit.click();
+        else rejectBtn.click();
+      } else if (key === "h" || key === "f" || key === "s") {
+        setView({ h: "overlay", f: "film", s: "side" }[key]);
+      } else if (/^[1-4]$/.test(key) && thumbs[Number(key) - 1]) {
+        selectClass(thumbs[Number(key) - 1]);
+      } else if (key === "n" && document.getElementById("next-case")) {
+        window.location.href = document.getElementById("next-case").href;
+      } else if (key === "escape" && panel && panel.classList.contains("is-open")) {
+        panel.classList.remove("is-open");
+        section.classList.remove("rejecting");
+        rejectBtn.focus();
+      }
+    });
+  }
+
+  /* ------------------------------------------------------------------ upload page */
+  function initUpload() {
+    var form = document.getElementById("upload-form");
+    if (!form) return;
+    var limit = Number(form.dataset.maxBytes || 0);
+    var input = form.querySelector("input[type=file]");
+    var message = document.getElementById("upload-client-error");
+    var button = form.querySelector("button[type=submit]");
+    form.addEventListener("submit", function (e) {
+      var file = input.files && input.files[0];
+      if (file && limit && file.size > limit) {
+        e.preventDefault();
+        message.textContent = "The file is larger than the " + (limit / 1048576).toFixed(1) +
+          " MiB upload limit (" + (file.size / 1048576).toFixed(1) + " MiB).";
+        message.hidden = false;
+        return;
+      }
+      message.hidden = true;
+      window.setTimeout(function () {
+        button.disabled = true;
+        button.textContent = button.dataset.busyLabel || "Working…";
+      }, 0);
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    initCase();
+    initUpload();
+  });
+})();
