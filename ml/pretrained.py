@@ -9,11 +9,24 @@ Lookup order for a torchvision checkpoint such as `resnet18-f37072fd.pth`:
 timm models look in `$CXR_PRETRAINED_DIR` for `<model>.safetensors|.pth|.bin` (or the file name in
 timm's URL), then use timm's normal Hugging Face download / cache. When nothing works the caller gets
 `PretrainedWeightsUnavailable`, whose message says which file to put where.
+
+Downloads through torch.hub (all torchvision weights, and timm weights hosted outside the Hugging Face
+hub) use `urlopen` without a timeout: on a network that silently drops packets they would wait for
+the operating system's TCP timeouts on connect and forever on a stalled read. While such a download
+runs, every blocking socket operation is bounded by `$CXR_DOWNLOAD_TIMEOUT` seconds (default 20), so
+an offline machine gets the clear error instead of a hung command. The bound is per operation, not
+per file: a slow but progressing download of a large file still completes. It is set through
+`socket.setdefaulttimeout`, which is process-wide for the download's duration: sockets other threads
+open meanwhile get the same bound. Hugging Face hub downloads keep their own timeouts and retries
+(set HF_HUB_OFFLINE=1 to skip them on a machine known to be offline).
 """
 
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -22,6 +35,29 @@ from torch import nn
 
 class PretrainedWeightsUnavailable(RuntimeError):
     """ImageNet weights were asked for but are neither on disk nor downloadable."""
+
+
+DEFAULT_DOWNLOAD_TIMEOUT_S = 20.0
+
+
+def download_timeout() -> float:
+    """Seconds any one blocking socket operation of a weights download may take (`$CXR_DOWNLOAD_TIMEOUT`)."""
+    try:
+        value = float(os.environ.get("CXR_DOWNLOAD_TIMEOUT") or DEFAULT_DOWNLOAD_TIMEOUT_S)
+    except ValueError:
+        return DEFAULT_DOWNLOAD_TIMEOUT_S
+    return value if value > 0 else DEFAULT_DOWNLOAD_TIMEOUT_S
+
+
+@contextmanager
+def bounded_downloads() -> Iterator[None]:
+    """Bound blocking socket operations opened meanwhile by `download_timeout()` (see module docstring)."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(download_timeout())
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def pretrained_dir() -> Path | None:
@@ -52,7 +88,8 @@ def load_torchvision_state_dict(weights: str) -> dict[str, torch.Tensor]:
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True)
     try:
-        return entry.get_state_dict(progress=True, check_hash=True)
+        with bounded_downloads():
+            return entry.get_state_dict(progress=True, check_hash=True)
     except Exception as exc:  # no network, proxy errors, bad hash: all mean "not available"
         where = " or ".join(str(p) for p in torchvision_candidates(weights))
         raise PretrainedWeightsUnavailable(
@@ -85,7 +122,8 @@ def load_timm_pretrained(model_name: str, *, num_classes: int) -> nn.Module:
                 model_name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay={"file": str(path)}
             )
     try:
-        return timm.create_model(model_name, pretrained=True, num_classes=num_classes)
+        with bounded_downloads():
+            return timm.create_model(model_name, pretrained=True, num_classes=num_classes)
     except Exception as exc:
         where = str(pretrained_dir() or "$CXR_PRETRAINED_DIR")
         raise PretrainedWeightsUnavailable(

@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import gc
 import os
-from collections.abc import Callable, Iterable
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,3 +187,46 @@ def arch_probe(real_films: list[np.ndarray]) -> Callable[[str], ArchProbe]:
         return cache[name]
 
     return get
+
+
+# --------------------------------------------------------------------------- an offline network
+
+
+@pytest.fixture
+def unresponsive_proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Route HTTP(S) through a local proxy that accepts connections and never answers.
+
+    This is the network of a firewalled machine that drops packets: the worst case for a download
+    (DNS failures, as on this machine, fail at once and prove nothing about timeouts). It also makes
+    sure no test ever downloads weights, even on a machine with internet.
+    """
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)  # keep it open, say nothing
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, url)
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(var, "")
+    try:
+        yield url
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in held:
+            conn.close()
+        server.close()
