@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from fastapi import APIRouter, Request
@@ -251,3 +252,19 @@ def test_anonymous_csrf_cookie_protects_the_login_form(env: Env) -> None:
     assert env.client.post("/_csrf_probe", data={"csrf_token": token}).text == "ok"
     env.client.cookies.clear()
     assert env.client.post("/_csrf_probe", data={"csrf_token": token}).status_code == 403  # no cookie: refused
+
+
+@pytest.mark.parametrize("env_name", ["development", "production"])
+def test_session_cookie_flags(env_name: str, tmp_path: Path) -> None:
+    from fastapi import Response
+
+    from app.config import Settings
+    from app.deps import set_session_cookie
+
+    settings = Settings(env=env_name, secret_key="s" * 48, data_dir=tmp_path, session_hours=2)
+    response = Response()
+    set_session_cookie(response, "tok", settings)
+    cookie = next(v for k, v in response.raw_headers if k == b"set-cookie" and v.startswith(b"cxr_session="))
+    flags = cookie.decode().lower()
+    assert "httponly" in flags and "samesite=lax" in flags and "max-age=7200" in flags and "path=/" in flags
+    assert ("secure" in flags) is (env_name == "production")
