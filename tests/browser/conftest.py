@@ -1,0 +1,147 @@
+"""Fixtures of the browser tests: a live uvicorn server and headless Debian Chromium driven by Playwright.
+
+The server runs in its own process (`uvicorn --factory app.main:create_app`) on a free local port
+with a temp data dir, the bundled model plus a small untrained CNN-X (so "compare all models" has
+two rows) and a reviewer created through `app.services.accounts` before it starts. Chromium is
+Debian's (/usr/bin/chromium, installed by `make install` via scripts/install-system-deps.sh); no
+browser is ever downloaded. Its absence fails the test with the fix, it is not skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.config import Settings
+from app.main import build_context
+from app.services import accounts
+from tests.support.checkpoints import write_untrained_cnnx
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+CHROMIUM = Path(os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOTS_COPY_DIR = Path(os.environ.get("CXR_UI_SHOTS_DIR", "/tmp/ui-shots"))
+"""Screenshots are also copied here, where a person (or an agent) can look at them after a run."""
+SERVER_START_SECONDS = 180
+
+
+@dataclass
+class LiveServer:
+    url: str
+    data_dir: Path
+    username: str
+    password: str
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_SECONDS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited with {proc.returncode} before answering:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/v1/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.3)
+    pytest.fail(f"the server did not answer within {SERVER_START_SECONDS} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    data_dir = tmp_path_factory.mktemp("browser-data")
+    write_untrained_cnnx(data_dir / "models" / "cnnx-untrained.pt")
+    settings = Settings(data_dir=data_dir, env="development").prepared()
+    ctx = build_context(settings, announce=lambda _line: None)  # migrate, register models, bootstrap admin
+    username, password = "dr.reader", "reading room 4"
+    with ctx.session_factory() as session:
+        accounts.create_user(session=session, username=username, password=password, role="reviewer")
+    ctx.engine.dispose()
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "CXR_DATA_DIR": str(data_dir), "CXR_ENV": "development", "PYTHONUNBUFFERED": "1"}
+    log = data_dir / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app",
+             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        _wait_until_up(url, proc, log)
+        yield LiveServer(url=url, data_dir=data_dir, username=username, password=password)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (make install, or apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class Shots:
+    """Screenshots into the test's temp dir, copied to SHOTS_COPY_DIR as well."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.taken: list[Path] = []
+
+    def take(self, page: Any, name: str, *, full_page: bool = False) -> Path:
+        path = self.folder / f"{name}.png"
+        page.screenshot(path=str(path), full_page=full_page)
+        self.taken.append(path)
+        try:
+            SHOTS_COPY_DIR.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, SHOTS_COPY_DIR / path.name)
+        except OSError:  # the copy is a convenience; the test's own folder holds the screenshots
+            pass
+        return path
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Shots:
+    folder = tmp_path / "screenshots"
+    folder.mkdir()
+    return Shots(folder)
