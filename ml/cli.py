@@ -138,8 +138,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or str(DEFAULT_CHECKPOINT)
     if not Path(checkpoint).is_file():
         raise CLIError(f"checkpoint not found: {checkpoint}")
-    report = evaluate_checkpoint(checkpoint, args.data or default_dataset_dir(), split=args.split,
-                                 batch_size=args.batch_size, predictions_csv=args.predictions)
+    try:
+        report = evaluate_checkpoint(checkpoint, args.data or default_dataset_dir(), split=args.split,
+                                     batch_size=args.batch_size, predictions_csv=args.predictions)
+    except ValueError as exc:  # e.g. a split name the manifest does not have
+        raise CLIError(str(exc)) from exc
     print(format_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

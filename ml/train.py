@@ -86,6 +86,8 @@ class TrainConfig:
     def validate(self) -> None:
         spec = get_arch(self.arch)  # raises KeyError for unknown names
         get_scenario(self.scenario)
+        if self.pretrained and spec.pretrained_weights is None:
+            raise ValueError(f"{spec.name} has no ImageNet weights; train it from scratch (--no-pretrained)")
         if self.epochs <= 0:
             raise ValueError("epochs must be > 0")
         if self.batch_size <= 0:
