@@ -1,0 +1,178 @@
+"""`evaluate`: the report's keys are a contract, its numbers agree with its own confusion matrix, and the
+command line prints the paper's Table 2 layout for the bundled model by default."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ml import CLASSES
+from ml.checkpoints import DEFAULT_CHECKPOINT, file_sha256
+from ml.evaluate import evaluate_checkpoint, format_table
+
+RATE_KEYS = {"sensitivity", "specificity", "f1", "support"}
+TOP_LEVEL_KEYS = {
+    "n",
+    "per_class",
+    "accuracy",
+    "macro_sensitivity",
+    "error_ci95",
+    "confusion_matrix",  # the contract
+    "by_source",
+    "skipped_unreadable",
+    "checkpoint",
+    "data",
+    "cam_method",  # provenance
+}
+
+
+@pytest.fixture(scope="module")
+def report(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    csv_path = tmp_path_factory.mktemp("eval") / "predictions.csv"
+    rep = evaluate_checkpoint(DEFAULT_CHECKPOINT, small_dataset, split="test", predictions_csv=csv_path)
+    rep["_csv"] = str(csv_path)
+    return rep
+
+
+def check_contract(rep: dict[str, Any]) -> None:
+    assert set(rep["per_class"]) == set(CLASSES)
+    for c in CLASSES:
+        assert set(rep["per_class"][c]) >= RATE_KEYS
+    cm = np.array(rep["confusion_matrix"])
+    assert cm.shape == (4, 4) and cm.sum() == rep["n"]
+    assert isinstance(rep["accuracy"], float) and isinstance(rep["macro_sensitivity"], float)
+    low, high = rep["error_ci95"]
+    assert 0.0 <= low <= 1.0 - rep["accuracy"] <= high <= 1.0
+
+
+def check_consistent_with_confusion(rep: dict[str, Any]) -> None:
+    """Every number recomputed from the report's own confusion matrix (rows = truth)."""
+    cm = np.array(rep["confusion_matrix"], dtype=float)
+    n = cm.sum()
+    assert rep["accuracy"] == pytest.approx(np.trace(cm) / n)
+    present = []
+    for i, c in enumerate(CLASSES):
+        row, col, tp = cm[i].sum(), cm[:, i].sum(), cm[i, i]
+        pc = rep["per_class"][c]
+        assert pc["support"] == row
+        if row:
+            assert pc["sensitivity"] == pytest.approx(tp / row)
+            present.append(tp / row)
+        else:
+            assert pc["sensitivity"] is None
+        negatives = n - row
+        if negatives:
+            assert pc["specificity"] == pytest.approx((negatives - (col - tp)) / negatives)
+        else:  # e.g. the Hannover films are all COVID-19: no negatives, no specificity
+            assert pc["specificity"] is None
+        if row + col:
+            assert pc["f1"] == pytest.approx(2 * tp / (row + col))
+    assert rep["macro_sensitivity"] == pytest.approx(np.mean(present))
+    e = 1 - rep["accuracy"]
+    half = 1.96 * np.sqrt(e * (1 - e) / n)
+    assert rep["error_ci95"] == pytest.approx([max(0.0, e - half), min(1.0, e + half)])
+
+
+def test_report_keys_are_the_contract(report: dict[str, Any]) -> None:
+    rep = {k: v for k, v in report.items() if k != "_csv"}
+    assert set(rep) == TOP_LEVEL_KEYS
+    check_contract(rep)
+    assert set(rep["by_source"]) == {"kermany", "hannover"}
+    for by in rep["by_source"].values():
+        check_contract(by)
+    json.dumps(rep)  # plain JSON types only
+
+
+def test_report_agrees_with_its_confusion_matrix(report: dict[str, Any]) -> None:
+    check_consistent_with_confusion(report)
+    for by in report["by_source"].values():
+        check_consistent_with_confusion(by)
+
+
+def test_confusion_matrix_rows_are_the_truth(report: dict[str, Any]) -> None:
+    # the small dataset's test split has 3 films of each class; the Hannover films are all COVID-19
+    assert np.array(report["confusion_matrix"]).sum(axis=1).tolist() == [3, 3, 3, 3]
+    assert np.array(report["by_source"]["hannover"]["confusion_matrix"]).sum(axis=1).tolist() == [0, 0, 0, 3]
+    per_source = sum(np.array(r["confusion_matrix"]) for r in report["by_source"].values())
+    assert per_source.tolist() == report["confusion_matrix"]
+
+
+def test_report_names_the_checkpoint_and_data(report: dict[str, Any], small_dataset: Path) -> None:
+    assert report["checkpoint"]["sha256"] == file_sha256(DEFAULT_CHECKPOINT)
+    assert report["checkpoint"]["arch"] == "resnet18"
+    assert report["data"]["split"] == "test"
+    assert report["data"]["data_dir"] == str(small_dataset.resolve())
+    assert report["cam_method"] == "cam"
+    assert report["skipped_unreadable"] == []
+
+
+def test_predictions_csv_matches_the_report(report: dict[str, Any]) -> None:
+    with open(report["_csv"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == report["n"]
+    cm = np.zeros((4, 4), dtype=int)
+    for r in rows:
+        p = [float(r[f"p_{c}"]) for c in CLASSES]
+        assert sum(p) == pytest.approx(1.0, abs=1e-5)
+        assert r["predicted"] == CLASSES[int(np.argmax(p))]
+        cm[CLASSES.index(r["label"]), CLASSES.index(r["predicted"])] += 1
+    assert cm.tolist() == report["confusion_matrix"]
+
+
+def test_empty_split_is_a_clear_error(small_dataset: Path) -> None:
+    with pytest.raises(ValueError, match=r"'validation' of .* has no images"):
+        evaluate_checkpoint(DEFAULT_CHECKPOINT, small_dataset, split="validation")
+
+
+def pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def test_table_has_the_papers_table_2_layout(report: dict[str, Any]) -> None:
+    lines = format_table(report).splitlines()
+    # header: one group per class (in CLASSES order) of Sn / Sp / F1, then accuracy and the error's CI
+    positions = [lines[0].index(c) for c in CLASSES]
+    assert positions == sorted(positions)
+    assert lines[1].split("|")[0].strip() == "Network"
+    assert [cell.split() for cell in lines[1].split("|")[1:5]] == [["Sn", "Sp", "F1"]] * 4
+    assert "Acc" in lines[1] and "95% CI of error" in lines[0]
+    # the model's row and one row per source, numbers in percent as in the paper
+    rows = {line.split("|")[0].strip(): line for line in lines[3:] if "|" in line}
+    assert set(rows) == {"resnet18", "hannover", "kermany"}
+    cells = [c.split() for c in rows["resnet18"].split("|")[1:]]
+    expected = [[pct(report["per_class"][c][k]) for k in ("sensitivity", "specificity", "f1")] for c in CLASSES]
+    assert cells[:4] == expected
+    assert cells[4] == [pct(report["accuracy"])]
+    low, high = report["error_ci95"]
+    assert cells[5] == [f"{100 * low:.1f}–{100 * high:.1f}%"]
+    assert re.search(r"macro sensitivity: +[\d.]+%", lines[-1])
+
+
+def test_cli_evaluate_uses_the_bundled_model_by_default(small_dataset: Path, tmp_path: Path) -> None:
+    """The console script, as a user runs it: no --checkpoint means the bundled default model."""
+    out_json = tmp_path / "report.json"
+    cli = Path(sys.executable).with_name("cxr-review")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(cli), "evaluate", "--data", str(small_dataset), "--split", "test", "--json", str(out_json)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(out_json.read_text())
+    assert Path(rep["checkpoint"]["path"]).resolve() == DEFAULT_CHECKPOINT.resolve()
+    assert rep["checkpoint"]["sha256"] == file_sha256(DEFAULT_CHECKPOINT)
+    check_contract(rep)
+    assert format_table(rep) in proc.stdout
+    assert f"wrote {out_json}" in proc.stdout
