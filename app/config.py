@@ -63,6 +63,21 @@ class Settings(BaseSettings):
     preload_models: bool = True
     """Load the active model's weights at start (the first prediction is then as fast as the rest)."""
 
+    # Retraining (app.worker): jobs are claimed from the database by `cxr-review worker` processes.
+    train_nproc: int = Field(default=1, ge=1)
+    """Processes per training job; above 1 the job runs under `torchrun --standalone --nproc_per_node N`
+    (DistributedDataParallel: gloo on CPU, nccl on GPU)."""
+    train_threads: int | None = Field(default=None, ge=1)
+    """torch/OpenMP threads of each training process (OMP_NUM_THREADS); None leaves torch's default."""
+    train_max_steps: int | None = Field(default=None, ge=1)
+    """A cap on the steps per epoch of every job (smoke runs, tests); a job may ask for fewer."""
+    train_device: str = "auto"
+    worker_poll_seconds: float = Field(default=2.0, gt=0)
+    """How often an idle worker looks for a queued job."""
+    worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    worker_stale_seconds: float = Field(default=30.0, gt=0)
+    """A running job whose worker has not heartbeated for this long is failed by the reaper."""
+
     @model_validator(mode="after")
     def _refuse_default_secret_in_production(self) -> Settings:
         if self.env == "production":
@@ -92,6 +107,18 @@ class Settings(BaseSettings):
     @property
     def resolved_models_dir(self) -> Path:
         return self.models_dir if self.models_dir is not None else self.data_dir / "models"
+
+    @property
+    def resolved_dataset_dir(self) -> Path:
+        """The training/evaluation manifest dataset: CXR_DATASET_DIR, else ../shared/data/cxr beside the project."""
+        if self.dataset_dir is not None:
+            return self.dataset_dir
+        return Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cxr"
+
+    @property
+    def training_dir(self) -> Path:
+        """Work dirs of training jobs (DATA_DIR/training/job-<id>): exported uploads, logs, checkpoints, charts."""
+        return self.data_dir / "training"
 
     @property
     def resolved_default_checkpoint(self) -> Path:

@@ -229,3 +229,78 @@ class Verdict(Base):
 
     reviewer: Mapped[User] = relationship(lazy="joined")
     result: Mapped[PredictionResult] = relationship(lazy="joined")
+
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+JOB_FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+class TrainingJob(Base):
+    """An admin-requested training run. A worker claims it (queued → running), heartbeats while it
+    runs, and finishes it (succeeded with `model_id`, failed with `error`, or cancelled). A job whose
+    worker stops heartbeating is failed by the reaper (`app.services.training.reap_stale_jobs`)."""
+
+    __tablename__ = "training_jobs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="status"
+        ),
+        Index("ix_training_jobs_status_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The validated request (architecture, scenario, epochs, batch size, learning rate, seed, ...)."""
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    """`host:pid` of the worker that claimed the job."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    phase: Mapped[str] = mapped_column(String(32), default="queued")
+    """What a running job is doing: preparing, training, evaluating, registering."""
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    """Share of the training steps done, 0..1 (1 once the job succeeded)."""
+    epoch: Mapped[int | None] = mapped_column(Integer)
+    epochs: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int | None] = mapped_column(Integer)
+    steps_per_epoch: Mapped[int | None] = mapped_column(Integer)
+    loss: Mapped[float | None] = mapped_column(Float)
+    eta_seconds: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """`epochs`: per-epoch train loss and validation figures; `test`: the test-split summary when done."""
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The full report of a succeeded job (test split, per source, the active model on the same split)."""
+    dataset: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """Dataset dir and manifest sha256, reviewed uploads added and excluded."""
+    work_dir: Mapped[str | None] = mapped_column(Text)
+    parent_model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    """The active model when the job was created: the new version's parent."""
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    error: Mapped[str | None] = mapped_column(Text)
+
+    created_by: Mapped[User | None] = relationship(lazy="joined")
+
+    @property
+    def finished(self) -> bool:
+        return self.status in JOB_FINAL_STATUSES
+
+
+class AuditEntry(Base):
+    """Who did what, when: training jobs, promotions, rollbacks. Append-only (database triggers)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    actor: Mapped[str] = mapped_column(String(64))
+    """The user's name at the time, or `system` (reaper, start-up)."""
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[int | None] = mapped_column(Integer)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

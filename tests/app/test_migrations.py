@@ -21,6 +21,8 @@ TABLES = {
     "predictions",
     "prediction_results",
     "verdicts",
+    "training_jobs",
+    "audit_log",
 }
 
 
