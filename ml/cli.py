@@ -119,11 +119,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ml.train import train
 
     config = _train_config(args, args.out)
+    config.extra_train_dirs = list(args.extra_train_dir)
     try:
         config.validate()
     except (KeyError, ValueError) as exc:
         raise CLIError(str(exc).strip("'\"")) from exc
-    summary = train(config)
+    if args.events and int(os.environ.get("RANK", "0")) == 0:
+        with open(args.events, "a", encoding="utf-8") as events:
+
+            def write_event(event: dict[str, object]) -> None:
+                # One line per event, flushed at once: a worker process tails this file for progress.
+                events.write(json.dumps(event, default=str) + "\n")
+                events.flush()
+
+            summary = train(config, callback=write_event)
+    else:
+        summary = train(config)
     best = summary["best_val"] or {}
     if best:
         print(f"best epoch {best.get('epoch')}: val macro sensitivity {best.get('macro_sensitivity'):.3f} "
@@ -184,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (best.pt, last.pt, history.json)")
     p.add_argument("--half", action="store_true", help="store best.pt weights in float16")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if present")
+    p.add_argument("--extra-train-dir", action="append", default=[], metavar="DIR",
+                   help="another manifest folder whose train split is added to the training set (repeatable)")
+    p.add_argument("--events", default=None, metavar="FILE",
+                   help="append progress events (start/step/epoch/end) as JSON lines to FILE (rank 0 only)")
     add_training_options(p)
     p.set_defaults(handler=cmd_train)
 

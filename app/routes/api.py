@@ -97,10 +97,12 @@ def list_models(session: SessionDep, _user: CurrentUser) -> list[schemas.ModelOu
 
 
 @router.post("/models/{model_id}/activate", response_model=schemas.ModelOut, responses=ERRORS)
-def activate_model(model_id: int, session: SessionDep, _admin: AdminUser) -> schemas.ModelOut:
-    """Make this model the default for new predictions (admin)."""
-    model = model_registry.get_model(session=session, model_id=model_id)
-    return schemas.ModelOut.model_validate(model_registry.set_active_model(session=session, model=model))
+def activate_model(model_id: int, session: SessionDep, admin: AdminUser) -> schemas.ModelOut:
+    """Make this model the default for new predictions (admin): promote a new version or roll back to
+    an earlier one, without a restart. Audited. 409 if its checkpoint is missing or changed."""
+    return schemas.ModelOut.model_validate(
+        model_registry.activate_model(session=session, model_id=model_id, actor=admin)
+    )
 
 
 # ------------------------------------------------------------------------------- predictions

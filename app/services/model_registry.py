@@ -18,8 +18,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.models import MLModel
-from app.services.errors import InvalidInputError, ModelUnavailableError, NotFoundError
+from app.models import MLModel, User
+from app.services import audit
+from app.services.errors import ConflictError, InvalidInputError, ModelUnavailableError, NotFoundError
 from ml import CLASSES
 from ml.checkpoints import CheckpointError, file_sha256, read_meta
 from ml.inference import Predictor
@@ -46,12 +47,44 @@ def get_active_model(*, session: Session) -> MLModel:
     return model
 
 
-def set_active_model(*, session: Session, model: MLModel) -> MLModel:
-    """Make `model` the only active one (admin action; the retraining issue promotes this way)."""
+def set_active_model(*, session: Session, model: MLModel, actor: User | None = None) -> MLModel:
+    """Make `model` the only active one and record it in the audit log (`actor=None`: the system).
+
+    Newer than the model it replaces (higher id) is a `model.promote`, older a `model.rollback`.
+    Serving switches without a restart: each request resolves the active model when it starts and
+    keeps the Predictor it got, so requests in flight finish on the model they started with.
+    """
+    previous = session.scalar(select(MLModel).where(MLModel.active.is_(True), MLModel.id != model.id))
     session.execute(update(MLModel).where(MLModel.id != model.id).values(active=False))
+    was_active = model.active
     model.active = True
+    if not was_active or previous is not None:
+        audit.record(
+            session=session,
+            actor=actor,
+            action="model.rollback" if previous is not None and model.id < previous.id else "model.promote",
+            target_type="model",
+            target_id=model.id,
+            details={"model": _model_ref(model), "replaced": _model_ref(previous) if previous else None},
+        )
     session.commit()
     return model
+
+
+def activate_model(*, session: Session, model_id: int, actor: User) -> MLModel:
+    """The admin action (API and pages): any registered version whose checkpoint is present and unchanged
+    becomes active — a promotion of a new version or a rollback to an earlier one. 404 unknown id,
+    409 checkpoint missing or changed."""
+    model = get_model(session=session, model_id=model_id)
+    if not checkpoint_matches(model):
+        raise ConflictError(
+            f"model {model.id} ({model.name} v{model.version}) cannot serve: its checkpoint is missing or changed"
+        )
+    return set_active_model(session=session, model=model, actor=actor)
+
+
+def _model_ref(model: MLModel) -> dict[str, Any]:
+    return {"id": model.id, "name": model.name, "version": model.version, "sha256": model.checkpoint_sha256}
 
 
 def resolve_models(*, session: Session, spec: str | None) -> list[MLModel]:
