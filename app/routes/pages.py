@@ -173,13 +173,9 @@ def page_user(request: Request, user: OptionalUser) -> User:
 PageUser = Annotated[User, Depends(page_user)]
 
 
-def page_admin(user: PageUser) -> User:
-    if not user.is_admin:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="admin role required")
-    return user
-
-
-PageAdmin = Annotated[User, Depends(page_admin)]
+def admin_required(request: Request, user: User) -> Response:
+    """The 403 page of an admin page or action asked for by a reviewer."""
+    return error_page(request, user, status.HTTP_403_FORBIDDEN, "Admins only", "This page needs the admin role.")
 
 
 async def csrf_valid(request: Request, web_session: OptionalWebSession) -> bool:
@@ -694,8 +690,10 @@ def models_page(request: Request, session: SessionDep, manager: ModelManagerDep,
 
 @router.post("/models/{model_id}/activate", response_model=None)
 def activate_model(
-    request: Request, model_id: int, session: SessionDep, admin: PageAdmin, csrf_ok: CsrfValid
+    request: Request, model_id: int, session: SessionDep, admin: PageUser, csrf_ok: CsrfValid
 ) -> Response:
+    if not admin.is_admin:
+        return admin_required(request, admin)
     if not csrf_ok:
         return csrf_failure(request, admin)
     try:
@@ -722,7 +720,9 @@ def _users_page(request: Request, session: Any, admin: User, *, status_code: int
 
 
 @router.get("/admin/users", response_model=None)
-def users_page(request: Request, session: SessionDep, admin: PageAdmin) -> Response:
+def users_page(request: Request, session: SessionDep, admin: PageUser) -> Response:
+    if not admin.is_admin:
+        return admin_required(request, admin)
     return _users_page(request, session, admin)
 
 
@@ -730,12 +730,14 @@ def users_page(request: Request, session: SessionDep, admin: PageAdmin) -> Respo
 def user_create(
     request: Request,
     session: SessionDep,
-    admin: PageAdmin,
+    admin: PageUser,
     csrf_ok: CsrfValid,
     username: Annotated[str, Form()] = "",
     role: Annotated[str, Form()] = "reviewer",
     password: Annotated[str, Form()] = "",
 ) -> Response:
+    if not admin.is_admin:
+        return admin_required(request, admin)
     """Create an account. Without a password one is generated and shown once; either way the new user
     must choose their own password at first login."""
     if not csrf_ok:
@@ -772,10 +774,12 @@ def user_set_active(
     request: Request,
     username: str,
     session: SessionDep,
-    admin: PageAdmin,
+    admin: PageUser,
     csrf_ok: CsrfValid,
     active: Annotated[str, Form()] = "",
 ) -> Response:
+    if not admin.is_admin:
+        return admin_required(request, admin)
     if not csrf_ok:
         return csrf_failure(request, admin)
     target = accounts.get_user_by_name(session=session, username=username)

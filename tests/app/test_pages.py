@@ -30,10 +30,29 @@ PASSWORD = "correct horse"  # the conftest's users
 SECOND_MODEL = UNTRAINED_CNNX
 
 
+def report(n: int, accuracy: float, covid_sensitivity: float) -> dict[str, Any]:
+    """An ml.evaluate-shaped report (illustrative numbers: the second model is untrained)."""
+    return {
+        "n": n,
+        "accuracy": accuracy,
+        "macro_sensitivity": accuracy,
+        "error_ci95": [0.1, 0.2],
+        "per_class": {"covid19": {"sensitivity": covid_sensitivity, "specificity": 0.5, "f1": 0.5, "support": n}},
+    }
+
+
+SECOND_MODEL_METRICS = {
+    "test": {
+        **report(465, 0.61, 0.12),
+        "by_source": {"hannover": report(243, 0.12, 0.12), "kermany": report(222, 0.97, 0.0)},
+    },
+}
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     data_dir = tmp_path_factory.mktemp("pages")
-    write_untrained_cnnx(data_dir / "models" / f"{SECOND_MODEL}.pt")
+    write_untrained_cnnx(data_dir / "models" / f"{SECOND_MODEL}.pt", metrics=SECOND_MODEL_METRICS)
     with ExitStack() as stack:
         yield start_env(stack, data_dir)
 
@@ -463,25 +482,20 @@ def test_models_page_lists_models_metrics_and_the_active_one(env: Env, reviewer:
     metrics = r.context["metrics"][bundled.id]
     assert metrics and metrics[0].split == "val" and metrics[0].accuracy is not None
     assert f"{100 * metrics[0].accuracy:.1f} %" in r.text
-    assert r.context["metrics"][next(m.id for m in models if m.name == SECOND_MODEL)] == []
+    assert "No per-source figures recorded" in r.text  # the bundled model has validation figures only
     assert "Make active" not in r.text  # reviewers cannot switch models
+    assert "pediatric (Kermany)" in r.text
 
 
 def test_models_page_shows_per_source_metrics_when_recorded(env: Env, reviewer: TestClient) -> None:
-    from app.routes.pages import model_metrics
-
-    report = {
-        "n": 10,
-        "accuracy": 0.5,
-        "per_class": {"covid19": {"sensitivity": 0.9, "support": 5}},
-        "by_source": {
-            "hannover": {"n": 5, "accuracy": 0.2, "per_class": {"covid19": {"sensitivity": 0.2, "support": 5}}}
-        },
-    }
-    model = type("M", (), {"metrics": {"test": report, "val": {"n": 3, "accuracy": 1.0}}})()
-    views = model_metrics(model)  # type: ignore[arg-type]
-    assert [v.split for v in views] == ["val", "test"]
-    assert views[1].by_source["hannover"].accuracy == 0.2
+    r = reviewer.get("/models")
+    second = next(m for m in r.context["models"] if m.name == SECOND_MODEL)
+    (test,) = r.context["metrics"][second.id]
+    assert test.split == "test" and test.n == 465
+    assert set(test.by_source) == {"hannover", "kermany"}
+    assert test.by_source["hannover"].accuracy == 0.12
+    section = r.text.split(f'id="model-{second.id}"')[1]
+    assert "Per source" in section and "hannover" in section and "12.0 %" in section and "97.0 %" in section
 
 
 def test_admin_switches_the_active_model(env: Env) -> None:
@@ -542,7 +556,9 @@ def test_admin_creates_and_deactivates_users(env: Env) -> None:
 
 
 def test_users_page_is_for_admins_only(env: Env, reviewer: TestClient) -> None:
-    assert reviewer.get("/admin/users").status_code == 403
+    r = reviewer.get("/admin/users")
+    assert r.status_code == 403 and r.template.name == "error.html"
+    assert "Users" not in reviewer.get("/worklist").text.split("</nav>")[0]  # no admin link for reviewers
     token = token_of(reviewer, "/worklist")
     assert reviewer.post("/admin/users", data={"csrf_token": token, "username": "sneaky"}).status_code == 403
     with env.session() as s:
