@@ -697,8 +697,7 @@ def activate_model(
     if not csrf_ok:
         return csrf_failure(request, admin)
     try:
-        model = model_registry.get_model(session=session, model_id=model_id)
-        model_registry.set_active_model(session=session, model=model)
+        model_registry.activate_model(session=session, model_id=model_id, actor=admin)
     except ServiceError as exc:
         return error_page(request, admin, exc.status_code, "Cannot activate", str(exc))
     return see_other("/models")

@@ -21,7 +21,7 @@ from markupsafe import escape
 from sqlalchemy import select
 
 from app.models import PredictionResult, User, Verdict
-from app.services import accounts
+from app.services import accounts, audit
 from ml import CLASSES
 from tests.app.conftest import Env, Film, png_bytes, png_size, start_env
 from tests.support.checkpoints import UNTRAINED_CNNX, write_untrained_cnnx
@@ -510,6 +510,9 @@ def test_admin_switches_the_active_model(env: Env) -> None:
         r = admin.post(f"/models/{other.id}/activate", data={"csrf_token": token})
         assert r.status_code == 303
         assert admin.get("/models").context["models"][0].id == other.id
+        with env.session() as s:  # the switch is audited with the admin's name
+            (entry,) = audit.list_entries(session=s, limit=1, action_prefix="model.")
+            assert (entry.actor, entry.target_id) == ("admin2", other.id)
     finally:
         admin.post(f"/models/{active.id}/activate", data={"csrf_token": token})
     assert admin.get("/models").context["models"][0].id == active.id
