@@ -93,6 +93,7 @@ def test_review_flow(page: Any, live_server: LiveServer, films: dict[str, Film],
     page.set_input_files("input[type=file]", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"})
     page.click("#upload-form button[type=submit]")
     assert "upload a PNG, JPEG or DICOM image" in page.inner_text("#upload-error")
+    shots.take(page, "01c-upload-error")
 
     # Upload an adult COVID-19 film (Hannover) with the active model: the case page with its heat maps.
     case = upload(page, server, films["hannover"].path)
@@ -184,4 +185,4 @@ def test_review_flow(page: Any, live_server: LiveServer, films: dict[str, Film],
     assert page.failed == [(401, "/login"), (415, "/upload")], page.failed
     unexpected = [e for e in page.errors if not e.startswith("Failed to load resource")]
     assert unexpected == [], unexpected
-    assert len(shots.taken) == 9
+    assert len(shots.taken) == 10
