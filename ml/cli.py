@@ -68,6 +68,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps-per-epoch", type=_positive_int, default=None, help="cap steps (smoke tests)")
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     pre = p.add_mutually_exclusive_group()
     pre.add_argument("--pretrained", dest="pretrained", action="store_true",
                      help="start from ImageNet weights (local cache or the library's download)")
@@ -112,6 +113,7 @@ def _train_config(args: argparse.Namespace, out_dir: str, arch: str | None = Non
         input_size=args.input_size, augment=not args.no_augment, class_weighting=args.class_weighting,
         max_steps_per_epoch=args.max_steps_per_epoch, num_workers=args.workers, device=args.device,
         half_checkpoint=getattr(args, "half", False), resume=getattr(args, "resume", False),
+        threads=args.threads,
     )
 
 
