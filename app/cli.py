@@ -1,6 +1,7 @@
 """`cxr-review` console script: the ML commands (`ml.cli`) plus the service commands.
 
-    cxr-review serve                         migrate, register models, start uvicorn
+    cxr-review serve [--no-worker]           migrate, register models, start uvicorn (+ a training worker)
+    cxr-review worker [--once]               claim and run queued training jobs
     cxr-review users create NAME --role reviewer|admin [--password-stdin]
     cxr-review users list | set-password NAME | disable NAME | enable NAME
     cxr-review tokens create NAME [--label TEXT]
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -109,9 +111,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     app = create_app(settings)  # migrates, registers models, creates the first admin
+    worker = None
+    if not args.no_worker:  # the web process never trains: one worker process runs beside it
+        from app.worker import start_embedded_worker
+
+        worker = start_embedded_worker()
+        print(f"cxr-review: training worker started (pid {worker.pid}; --no-worker to disable)", flush=True)
     print(f"cxr-review: data in {settings.data_dir}; serving on http://{host}:{port}", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=args.log_level, proxy_headers=False)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=args.log_level, proxy_headers=False)
+    finally:
+        if worker is not None:  # SIGTERM: the worker puts a running job back in the queue, then exits
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
     return 0
+
+
+# ------------------------------------------------------------------------------------ worker
+def cmd_worker(args: argparse.Namespace) -> int:
+    import logging
+
+    from app.worker import run_worker_process
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    return run_worker_process(_settings(), once=args.once)
 
 
 # ------------------------------------------------------------------------------------- users
@@ -284,7 +310,12 @@ def add_service_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=None, help="default: $CXR_HOST or 127.0.0.1")
     p.add_argument("--port", type=int, default=None, help="default: $CXR_PORT or 8000")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--no-worker", action="store_true", help="do not start a training worker beside the server")
     p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("worker", help="run queued training jobs (several workers may share one database)")
+    p.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    p.set_defaults(handler=cmd_worker)
 
     users = sub.add_parser("users", help="manage accounts").add_subparsers(
         dest="users_command", required=True, metavar="ACTION"

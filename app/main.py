@@ -174,11 +174,15 @@ def create_app(settings: Settings | None = None, *, announce: Any = None) -> Fas
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        from app.worker import Reaper
+
+        reaper = Reaper(ctx.session_factory, settings).start()  # fails jobs of dead workers; never trains
         if settings.preload_models:
             import anyio.to_thread
 
             await anyio.to_thread.run_sync(preload_active_model, ctx)
         yield
+        reaper.close()
         ctx.engine.dispose()
 
     app = FastAPI(
@@ -196,11 +200,12 @@ def create_app(settings: Settings | None = None, *, announce: Any = None) -> Fas
     app.state.ctx = ctx
     _error_handlers(app)
 
-    from app.routes import api, docs, pages
+    from app.routes import admin_training, api, docs, pages
 
     app.include_router(api.router)
     app.include_router(docs.router)
     app.include_router(pages.router)
+    app.include_router(admin_training.router)  # retraining: /api/v1/training-jobs, /admin/training
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(SecurityHeadersMiddleware, secure_cookies=settings.production)  # outermost: on every reply

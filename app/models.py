@@ -272,7 +272,7 @@ class TrainingJob(Base):
     loss: Mapped[float | None] = mapped_column(Float)
     eta_seconds: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    """`epochs`: per-epoch train loss and validation figures; `test`: the test-split summary when done."""
+    """`history`: per-epoch train loss and validation figures; `test`: the test-split summary when done."""
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     """The full report of a succeeded job (test split, per source, the active model on the same split)."""
     dataset: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

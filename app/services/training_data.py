@@ -1,0 +1,150 @@
+"""Reviewed uploads as extra training data, without leaking held-out images into training.
+
+An upload counts as reviewed when some verdict on it gives a diagnosis; its label is the latest
+such diagnosis (any reviewer, any model). `export_reviewed_uploads` writes them as a manifest
+folder whose rows are all in the `train` split (paths point at the stored decoded films), so
+`ml train --extra-train-dir` adds them to the training set only; the dataset's own splits are
+never touched or reshuffled.
+
+An upload is excluded when its original bytes (sha256) or its decoded pixels equal an image of the
+dataset's validation or test splits: retraining on a held-out film would make the new version's
+test figures meaningless. The exclusions are counted and recorded with the job.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.models import Image, Prediction, Verdict
+from app.services.storage import FileStore, sha256_bytes
+from ml import CLASSES
+from ml.data import manifest_sha256, read_manifest
+from ml.imageio import ImageDecodeError, decode_image
+
+log = logging.getLogger(__name__)
+
+HOLDOUT_MAX_PIXELS = 100_000_000
+MANIFEST_COLUMNS = ("path", "label", "source", "patient_id", "view", "split")
+UPLOAD_SOURCE = "upload"
+
+
+def pixel_sha256(gray: np.ndarray) -> str:
+    """Content hash of a decoded 8-bit film (shape included)."""
+    h = hashlib.sha256(f"{gray.shape[0]}x{gray.shape[1]}|".encode())
+    h.update(np.ascontiguousarray(gray, dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def reviewed_uploads(*, session: Session) -> dict[str, str]:
+    """image sha256 → the latest reviewer diagnosis given for it (verdicts without one are ignored)."""
+    rows = session.execute(
+        select(Image.sha256, Verdict.diagnosis)
+        .join(Prediction, Prediction.id == Verdict.prediction_id)
+        .join(Image, Image.id == Prediction.image_id)
+        .where(Verdict.diagnosis.is_not(None))
+        .order_by(Verdict.id.desc())
+    )
+    latest: dict[str, str] = {}
+    for sha, diagnosis in rows:
+        if sha not in latest and diagnosis in CLASSES:
+            latest[sha] = diagnosis
+    return latest
+
+
+def holdout_hashes(
+    dataset_dir: Path, *, cache_dir: Path, tick: Callable[[], None] = lambda: None
+) -> dict[str, set[str]]:
+    """sha256 of the bytes and of the decoded pixels of every non-train image of the dataset.
+
+    Cached per manifest sha256 in `cache_dir` (decoding a few hundred films takes seconds).
+    `tick()` is called every few images (the worker heartbeats from it).
+    """
+    key = manifest_sha256(dataset_dir)
+    cache = cache_dir / f"holdout-hashes-{key[:24]}.json"
+    if cache.is_file():
+        try:
+            data = json.loads(cache.read_text())
+            return {"bytes": set(data["bytes"]), "pixels": set(data["pixels"])}
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("ignoring unreadable hash cache %s: %s", cache, exc)
+    byte_hashes: set[str] = set()
+    pixel_hashes: set[str] = set()
+    for i, record in enumerate(r for r in read_manifest(dataset_dir) if r.split != "train"):
+        if i % 25 == 0:
+            tick()
+        try:
+            data = record.path.read_bytes()
+        except OSError:
+            continue  # unreadable: training skips it too
+        byte_hashes.add(sha256_bytes(data))
+        try:
+            pixel_hashes.add(pixel_sha256(decode_image(data, max_pixels=HOLDOUT_MAX_PIXELS).gray))
+        except ImageDecodeError:
+            continue
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"bytes": sorted(byte_hashes), "pixels": sorted(pixel_hashes)}))
+    tmp.replace(cache)
+    return {"bytes": byte_hashes, "pixels": pixel_hashes}
+
+
+def export_reviewed_uploads(
+    *,
+    session: Session,
+    store: FileStore,
+    dataset_dir: Path,
+    out_dir: Path,
+    cache_dir: Path,
+    tick: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
+    """Write `out_dir/manifest.csv` (train split only) of the reviewed uploads that are not held-out
+    images. Returns counts: `reviewed`, `added`, `excluded_holdout`, `missing_files`, and the
+    manifest's sha256 (None when nothing was added and no folder was written)."""
+    labels = reviewed_uploads(session=session)
+    info: dict[str, Any] = {"reviewed": len(labels), "added": 0, "excluded_holdout": 0, "missing_files": 0}
+    if not labels:
+        info["manifest_sha256"] = None
+        return info
+    holdout = holdout_hashes(dataset_dir, cache_dir=cache_dir, tick=tick)
+    rows: list[dict[str, str]] = []
+    for i, (sha, label) in enumerate(sorted(labels.items())):
+        if i % 25 == 0:
+            tick()
+        film = store.gray_path(sha)
+        if not film.is_file():
+            info["missing_files"] += 1
+            continue
+        if sha in holdout["bytes"] or pixel_sha256(store.read_gray(sha)) in holdout["pixels"]:
+            info["excluded_holdout"] += 1
+            continue
+        rows.append(
+            {
+                "path": str(film.resolve()),
+                "label": label,
+                "source": UPLOAD_SOURCE,
+                "patient_id": f"upload-{sha[:16]}",  # no patient identity is stored; one film, one 'patient'
+                "view": "",
+                "split": "train",
+            }
+        )
+    info["added"] = len(rows)
+    if not rows:
+        info["manifest_sha256"] = None
+        return info
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    info["manifest_sha256"] = manifest_sha256(out_dir)
+    return info

@@ -1,0 +1,664 @@
+"""The training worker (`cxr-review worker`): claims queued jobs and runs each in child processes.
+
+One job, in the job's work dir (DATA_DIR/training/job-<id>):
+
+1. prepare: export reviewed uploads as an extra train-only manifest (`training_data`), if asked;
+2. train: `python -m ml train ... --events events.jsonl` — under `torchrun --standalone
+   --nproc_per_node N` when CXR_TRAIN_NPROC > 1 (DistributedDataParallel: gloo on CPU, nccl on GPU);
+3. evaluate: `python -m ml evaluate` of the new checkpoint and of the active model on the test split;
+4. report: charts (PNG) and the report JSON; register the checkpoint as a new, immutable model
+   version (copied into the models dir, read-only) whose parent is the model active at submission.
+
+While a child runs, the worker tails its events file and writes progress plus a heartbeat to the
+job row (at most once a second, at least every CXR_WORKER_HEARTBEAT_SECONDS). A cancel request,
+or the discovery that the job is no longer this worker's (it was reaped), terminates the child's
+process group. Children get SIGKILL if the worker dies (Linux parent-death signal), and the
+reaper (here and in the web process) fails the job of a worker that stopped heartbeating.
+SIGTERM/SIGINT stop the worker gracefully: a running job is put back in the queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.db import make_engine, make_session_factory, upgrade_database
+from app.models import MLModel, TrainingJob
+from app.services import model_registry, training, training_data, training_report
+from app.services.storage import FileStore
+from ml import CLASSES
+from ml.metrics import error_ci95
+
+log = logging.getLogger(__name__)
+
+PROGRESS_WRITE_SECONDS = 1.0
+CHILD_POLL_SECONDS = 0.25
+TERMINATE_GRACE_SECONDS = 10.0
+LOG_TAIL_CHARS = 1500
+REAPER_INTERVAL_SECONDS = 10.0
+
+
+class JobStopped(Exception):
+    """The job must stop: `outcome` is 'cancelled', 'lost' (reaped meanwhile) or 'shutdown'."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
+class JobFailed(Exception):
+    """The job failed with a message fit to show the admin."""
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    """Ask Linux to SIGKILL this child when the worker dies, so a killed worker leaves no trainer behind."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def spawn_child(command: list[str], *, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start `command` in its own process group (killed as a whole), output appended to `log_path`."""
+    with log_path.open("ab") as out:
+        return subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+
+
+def stop_child(proc: subprocess.Popen[bytes], grace: float = TERMINATE_GRACE_SECONDS) -> None:
+    """SIGTERM the child's process group, SIGKILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def log_tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
+    """The end of a child's log: its `error: ...` line if it printed one, else the last lines."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    errors = [line for line in text.splitlines() if line.startswith("error: ")]
+    if errors:
+        return errors[-1][len("error: ") :]
+    return text[-chars:].strip()
+
+
+@dataclass
+class EventTail:
+    """Reads the complete JSON lines appended to a file since the last call."""
+
+    path: Path
+    offset: int = 0
+    partial: bytes = b""
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        data = self.partial + data
+        lines = data.split(b"\n")
+        self.partial = lines.pop()
+        events = []
+        for line in lines:
+            if line.strip():
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    log.warning("ignoring a malformed progress line in %s", self.path)
+        return events
+
+
+@dataclass
+class Progress:
+    """The job row's progress fields as the worker knows them; `dirty` when not yet written."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    step_losses: list[tuple[float, float]] = field(default_factory=list)
+    dirty: bool = False
+
+    def set(self, **values: Any) -> None:
+        self.values.update(values)
+        self.dirty = True
+
+    def apply(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "start":
+            self.set(
+                phase="training",
+                steps_per_epoch=event.get("steps_per_epoch"),
+                epochs=event.get("epochs"),
+                metrics={
+                    **self.metrics(),
+                    "train_images": event.get("train_images"),
+                    "val_images": event.get("val_images"),
+                    "skipped": event.get("skipped"),
+                },
+            )
+        elif kind == "step":
+            steps = event.get("steps_per_epoch") or 1
+            epoch, step = int(event["epoch"]), int(event["step"])
+            self.step_losses.append((epoch - 1 + step / steps, float(event["loss"])))
+            self.set(
+                epoch=epoch,
+                step=step,
+                loss=event["loss"],
+                progress=min(1.0, float(event["progress"])),
+                eta_seconds=event.get("eta_seconds"),
+            )
+        elif kind == "epoch":
+            val = event.get("val") or {}
+            row = {
+                "epoch": event["epoch"],
+                "train_loss": event.get("train_loss"),
+                "val_loss": val.get("loss"),
+                "val_accuracy": val.get("accuracy"),
+                "val_macro_sensitivity": val.get("macro_sensitivity"),
+                "val_sensitivity": {c: (val.get("per_class") or {}).get(c, {}).get("sensitivity") for c in CLASSES},
+                "best": bool(event.get("best")),
+            }
+            self.epochs.append(row)
+            self.set(epoch=event["epoch"], metrics={**self.metrics(), "history": list(self.epochs)})
+        elif kind == "end":
+            self.set(progress=1.0, eta_seconds=0.0, phase="evaluating")
+
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.values.get("metrics") or {})
+
+
+class Worker:
+    """Claims and runs training jobs until stopped. One job at a time; run several workers for more."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        worker_id: str | None = None,
+        session_factory: sessionmaker[Session] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.worker_id = worker_id or training.default_worker_id()
+        if session_factory is None:
+            engine = make_engine(settings.resolved_database_url)
+            upgrade_database(engine)
+            session_factory = make_session_factory(engine)
+        self.session_factory = session_factory
+        self.stop = stop or threading.Event()
+        self.store = FileStore(settings.data_dir)
+
+    # ------------------------------------------------------------------------- loop
+    def run(self, *, once: bool = False) -> int:
+        """Process jobs until `stop` is set (`once`: at most one job, then return). Returns jobs run."""
+        done = 0
+        log.info("worker %s: waiting for training jobs", self.worker_id)
+        while not self.stop.is_set():
+            with self.session_factory() as session:
+                reaped = training.reap_stale_jobs(
+                    session=session, stale_after_seconds=self.settings.worker_stale_seconds
+                )
+                if reaped:
+                    log.warning("reaped abandoned training job(s) %s", reaped)
+                job = training.claim_next_job(session=session, worker_id=self.worker_id)
+            if job is not None:
+                self.run_job(job)
+                done += 1
+                if once:
+                    break
+                continue
+            if once:
+                break
+            self.stop.wait(self.settings.worker_poll_seconds)
+        return done
+
+    def run_job(self, job: TrainingJob) -> None:
+        log.info("worker %s: training job %s %s", self.worker_id, job.id, job.params)
+        runner = JobRun(self, job)
+        try:
+            values = runner.execute()
+        except JobStopped as stopped:
+            self._stopped(job, runner, stopped.outcome)
+            return
+        except JobFailed as exc:
+            self._finish(job, "failed", {"error": str(exc), **runner.progress_values()})
+            return
+        except Exception as exc:  # a bug or an environment problem: the job says so, the worker lives on
+            log.exception("training job %s failed", job.id)
+            self._finish(job, "failed", {"error": f"{type(exc).__name__}: {exc}", **runner.progress_values()})
+            return
+        self._finish(job, "succeeded", values)
+
+    def _stopped(self, job: TrainingJob, runner: JobRun, outcome: str) -> None:
+        if outcome == "cancelled":
+            self._finish(job, "cancelled", {"error": None, **runner.progress_values()})
+        elif outcome == "shutdown":
+            self._finish(job, "queued", {"error": "re-queued: the worker running it was stopped"})
+        else:
+            log.warning("training job %s is no longer this worker's (reaped); stopped it", job.id)
+
+    def _finish(self, job: TrainingJob, status: Any, values: dict[str, Any]) -> None:
+        with self.session_factory() as session:
+            if not training.finish_job(
+                session=session, job_id=job.id, worker_id=self.worker_id, status=status, values=values
+            ):
+                log.warning("training job %s was no longer this worker's when it ended (%s)", job.id, status)
+        log.info("training job %s: %s", job.id, status)
+
+
+class JobRun:
+    """One attempt at one job (see the module docstring for the steps)."""
+
+    def __init__(self, worker: Worker, job: TrainingJob) -> None:
+        self.worker = worker
+        self.settings = worker.settings
+        self.job = job
+        self.params = training.TrainingParams.model_validate(job.params)
+        self.work_dir = self.settings.training_dir / f"job-{job.id}"
+        self.progress = Progress()
+        self.last_write = 0.0
+
+    # ------------------------------------------------------------------- progress
+    def progress_values(self) -> dict[str, Any]:
+        keep = ("epoch", "step", "steps_per_epoch", "loss", "metrics")
+        return {k: v for k, v in self.progress.values.items() if k in keep}
+
+    def beat(self, *, force: bool = False) -> None:
+        """Write progress/heartbeat when due; raise JobStopped on cancel, loss of the job, or shutdown."""
+        now = time.monotonic()
+        due = now - self.last_write >= self.settings.worker_heartbeat_seconds
+        if force or due or (self.progress.dirty and now - self.last_write >= PROGRESS_WRITE_SECONDS):
+            with self.worker.session_factory() as session:
+                control = training.report_progress(
+                    session=session, job_id=self.job.id, worker_id=self.worker.worker_id, values=self.progress.values
+                )
+            self.progress.dirty = False
+            self.last_write = now
+            if not control.owned:
+                raise JobStopped("lost")
+            if control.cancel_requested:
+                raise JobStopped("cancelled")
+        if self.worker.stop.is_set():
+            raise JobStopped("shutdown")
+
+    def run_child(self, command: list[str], *, log_name: str, events: Path | None = None) -> None:
+        """Run a child to completion, tailing `events` and heartbeating; JobFailed on a non-zero exit."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.settings.train_threads:
+            env["OMP_NUM_THREADS"] = str(self.settings.train_threads)
+        if self.settings.pretrained_dir is not None:
+            env["CXR_PRETRAINED_DIR"] = str(self.settings.pretrained_dir)
+        if self.settings.cache_dir is not None:
+            env["CXR_CACHE_DIR"] = str(self.settings.cache_dir)
+        log_path = self.work_dir / log_name
+        with log_path.open("ab") as fh:
+            fh.write(("$ " + " ".join(command) + "\n").encode())
+        proc = spawn_child(command, log_path=log_path, env=env)
+        tail = EventTail(events) if events is not None else None
+        try:
+            while True:
+                code = proc.poll()
+                if tail is not None:
+                    for event in tail.read():
+                        self.progress.apply(event)
+                if code is not None:
+                    break
+                self.beat()
+                time.sleep(CHILD_POLL_SECONDS)
+        except BaseException:
+            stop_child(proc)
+            raise
+        if code != 0:
+            raise JobFailed(log_tail(log_path) or f"{' '.join(command[1:4])} exited with status {code}")
+        self.beat()
+
+    # ----------------------------------------------------------------------- steps
+    def execute(self) -> dict[str, Any]:
+        if self.work_dir.exists():  # an earlier attempt (re-queued): start clean
+            shutil.rmtree(self.work_dir)
+        self.work_dir.mkdir(parents=True)
+        dataset_dir = self.settings.resolved_dataset_dir.resolve()
+        self.progress.set(work_dir=str(self.work_dir), phase="preparing")
+        self.beat(force=True)
+
+        dataset_info, extra_dirs = self.prepare_data(dataset_dir)
+        self.progress.set(dataset=dataset_info, phase="training")
+        self.beat(force=True)
+
+        train_dir = self.work_dir / "train"
+        self.run_child(
+            self.train_command(dataset_dir, train_dir, extra_dirs),
+            log_name="train.log",
+            events=self.work_dir / "events.jsonl",
+        )
+        best = train_dir / "best.pt"
+        if not best.is_file():
+            raise JobFailed("training finished without writing a checkpoint (see train.log)")
+
+        self.progress.set(phase="evaluating", progress=1.0, eta_seconds=0.0)
+        self.beat(force=True)
+        report_dir = self.work_dir / "report"
+        active = self.active_model()
+        reports = self.evaluate(dataset_dir, report_dir, {"test": best, "active-test": active_checkpoint(active)})
+        new_report, active_report = reports["test"], reports.get("active-test")
+
+        self.progress.set(phase="registering")
+        self.beat(force=True)
+        history = json.loads((train_dir / "history.json").read_text())
+        model = self.register(best, new_report)
+        report = self.write_report(model, new_report, active, active_report, history, dataset_info, report_dir)
+        metrics = {**self.progress.metrics(), "test": training_report.summary(new_report)}
+        return {
+            "model_id": model.id,
+            "report": report,
+            "metrics": metrics,
+            "progress": 1.0,
+            "eta_seconds": 0.0,
+            "error": None,
+            **{k: v for k, v in self.progress_values().items() if k != "metrics"},
+        }
+
+    def prepare_data(self, dataset_dir: Path) -> tuple[dict[str, Any], list[Path]]:
+        from ml.data import manifest_sha256
+
+        info: dict[str, Any] = {"data_dir": str(dataset_dir), "manifest_sha256": manifest_sha256(dataset_dir)}
+        extra: list[Path] = []
+        if self.params.include_reviewed:
+            out = self.work_dir / "reviewed"
+            with self.worker.session_factory() as session:
+                reviewed = training_data.export_reviewed_uploads(
+                    session=session,
+                    store=self.worker.store,
+                    dataset_dir=dataset_dir,
+                    out_dir=out,
+                    cache_dir=self.settings.training_dir / "cache",
+                    tick=self.beat,
+                )
+            info["reviewed_uploads"] = reviewed
+            if reviewed["added"]:
+                extra.append(out)
+        return info, extra
+
+    def train_command(self, dataset_dir: Path, out: Path, extra_dirs: list[Path]) -> list[str]:
+        p = self.params
+        caps = [c for c in (p.max_steps_per_epoch, self.settings.train_max_steps) if c is not None]
+        launcher = [sys.executable, "-m", "ml"]
+        if self.settings.train_nproc > 1:
+            launcher = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                str(self.settings.train_nproc),
+                "-m",
+                "ml",
+            ]
+        command = [
+            *launcher,
+            "train",
+            "--arch",
+            p.architecture,
+            "--scenario",
+            p.scenario,
+            "--data",
+            str(dataset_dir),
+            "--out",
+            str(out),
+            "--epochs",
+            str(p.epochs),
+            "--batch-size",
+            str(p.batch_size),
+            "--lr",
+            repr(p.learning_rate),
+            "--seed",
+            str(p.seed),
+            "--device",
+            self.settings.train_device,
+            "--pretrained" if p.pretrained else "--no-pretrained",
+            "--events",
+            str(self.work_dir / "events.jsonl"),
+        ]
+        if caps:
+            command += ["--max-steps-per-epoch", str(min(caps))]
+        for extra in extra_dirs:
+            command += ["--extra-train-dir", str(extra)]
+        return command
+
+    def evaluate(
+        self, dataset_dir: Path, out_dir: Path, checkpoints: dict[str, Path | None]
+    ) -> dict[str, dict[str, Any]]:
+        """Evaluate checkpoints on the test split in one child process; name → ml.evaluate report."""
+        present = {name: path for name, path in checkpoints.items() if path is not None}
+        self.run_child(
+            [
+                sys.executable,
+                "-m",
+                "app.training_eval",
+                "--data",
+                str(dataset_dir),
+                "--split",
+                "test",
+                "--out-dir",
+                str(out_dir),
+                *(f"{name}={path}" for name, path in present.items()),
+            ],
+            log_name="evaluate.log",
+        )
+        written = {name: out_dir / f"{name}.json" for name in present}
+        return {name: json.loads(path.read_text()) for name, path in written.items() if path.is_file()}
+
+    def active_model(self) -> MLModel | None:
+        with self.worker.session_factory() as session:
+            try:
+                model = model_registry.get_active_model(session=session)
+            except model_registry.ModelUnavailableError:
+                return None
+        return model if Path(model.checkpoint_path).is_file() else None
+
+    def register(self, best: Path, test_report: dict[str, Any]) -> MLModel:
+        """Copy the best checkpoint into the models dir with its test figures in `meta`, read-only, and
+        register it as the next version of `<architecture>-<scenario>`."""
+        import torch
+
+        from ml.checkpoints import read_checkpoint
+
+        p = self.params
+        name = f"{p.architecture}-{p.scenario}"
+        meta, state = read_checkpoint(best)
+        meta["name"] = name
+        meta["metrics"] = {**(meta.get("metrics") or {}), "test": _without(test_report, "checkpoint")}
+        meta["hparams"] = {
+            **(meta.get("hparams") or {}),
+            "include_reviewed": p.include_reviewed,
+            "reviewed_uploads_added": self._reviewed_added(),
+            "training_job_id": self.job.id,
+        }
+        meta["training_job"] = {"id": self.job.id, "parent_model_id": self.job.parent_model_id}
+        models_dir = self.settings.resolved_models_dir
+        models_dir.mkdir(parents=True, exist_ok=True)
+        target = models_dir / f"{name}-job{self.job.id}.pt"
+        tmp = target.with_suffix(".pt.tmp")
+        torch.save({"meta": training.json_safe(meta), "state_dict": state}, tmp)
+        tmp.chmod(0o444)  # versions are immutable: the file too
+        os.replace(tmp, target)
+        with self.worker.session_factory() as session:
+            model, _created = model_registry.register_checkpoint(
+                session=session, path=target, name=name, parent_id=self.job.parent_model_id
+            )
+        return model
+
+    def _reviewed_added(self) -> int:
+        return int((self.progress.values.get("dataset") or {}).get("reviewed_uploads", {}).get("added", 0))
+
+    def write_report(
+        self,
+        model: MLModel,
+        new_report: dict[str, Any],
+        active: MLModel | None,
+        active_report: dict[str, Any] | None,
+        history: list[dict[str, Any]],
+        dataset_info: dict[str, Any],
+        report_dir: Path,
+    ) -> dict[str, Any]:
+        new_label = f"{model.name} v{model.version} (new)"
+        active_label = f"{active.name} v{active.version} (active)" if active is not None else ""
+        training_report.render_curves(report_dir / "curves.png", history=history, step_losses=self.progress.step_losses)
+        training_report.render_confusion(
+            report_dir / "confusion.png", report=new_report, title=f"{new_label}: test split, n = {new_report['n']}"
+        )
+        training_report.render_comparison(
+            report_dir / "comparison.png",
+            new=new_report,
+            active=active_report,
+            new_label=new_label,
+            active_label=active_label,
+        )
+        return {
+            "split": "test",
+            "model": {
+                "id": model.id,
+                "name": model.name,
+                "version": model.version,
+                "report": with_class_ci(_without(new_report, "checkpoint")),
+            },
+            "active": None
+            if active is None or active_report is None
+            else {
+                "id": active.id,
+                "name": active.name,
+                "version": active.version,
+                "report": with_class_ci(_without(active_report, "checkpoint")),
+            },
+            "history": history,
+            "dataset": dataset_info,
+            "charts": list(training.CHART_NAMES),
+        }
+
+
+def active_checkpoint(model: MLModel | None) -> Path | None:
+    return Path(model.checkpoint_path) if model is not None else None
+
+
+def _without(report: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in report.items() if k not in keys}
+
+
+def with_class_ci(report: dict[str, Any]) -> dict[str, Any]:
+    """Adds `sensitivity_ci95` per class (the paper's normal-approximation interval on that class's
+    films), to `per_class` and to each source's breakdown."""
+    out = dict(report)
+    per_class = {}
+    for cls, row in (report.get("per_class") or {}).items():
+        support = int(row.get("support") or 0)
+        sens = row.get("sensitivity")
+        ci = error_ci95(round(sens * support), support) if sens is not None and support else None
+        per_class[cls] = {**row, "sensitivity_ci95": list(ci) if ci else None}
+    out["per_class"] = per_class
+    if isinstance(report.get("by_source"), dict):
+        out["by_source"] = {s: with_class_ci(r) for s, r in report["by_source"].items()}
+    return out
+
+
+# ---------------------------------------------------------------------------- processes
+def run_worker_process(settings: Settings, *, once: bool = False) -> int:
+    """`cxr-review worker`: SIGTERM/SIGINT stop it after putting a running job back in the queue."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        log.info("worker: signal %s, stopping", signum)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
+    worker = Worker(settings, stop=stop)
+    worker.run(once=once)
+    return 0
+
+
+def start_embedded_worker(log_path: Path | None = None) -> subprocess.Popen[bytes]:
+    """`cxr-review serve`'s worker: a `cxr-review worker` subprocess (same environment and settings),
+    killed with the server (parent-death signal)."""
+    out = log_path.open("ab") if log_path is not None else None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"],
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+    finally:
+        if out is not None:
+            out.close()
+
+
+class Reaper:
+    """A daemon thread of the web process that fails abandoned jobs (the web process never trains)."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        settings: Settings,
+        interval: float = REAPER_INTERVAL_SECONDS,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> None:
+        self.session_factory = session_factory
+        self.stale_after = settings.worker_stale_seconds
+        self.interval = min(interval, max(0.5, settings.worker_stale_seconds / 3))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="training-job-reaper", daemon=True)
+        self.on_error = on_error
+
+    def start(self) -> Reaper:
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                with self.session_factory() as session:
+                    reaped = training.reap_stale_jobs(session=session, stale_after_seconds=self.stale_after)
+                if reaped:
+                    log.warning("reaped abandoned training job(s) %s", reaped)
+            except Exception as exc:  # the database may be briefly unavailable; try again next round
+                log.warning("training job reaper: %s", exc)
+                if self.on_error is not None:
+                    self.on_error(exc)
