@@ -1,0 +1,305 @@
+"""Training jobs without training: the API contract (422 before queueing, 403 for reviewers), cancel of
+a queued job, atomic claiming by concurrent workers, the reaper, audited promotion/rollback, immutable
+model versions and the append-only audit log, and the export of reviewed uploads without held-out films.
+Real training runs are in test_training_worker.py."""
+
+from __future__ import annotations
+
+import csv
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import DatabaseError
+
+from app.models import AuditEntry, MLModel, TrainingJob, utcnow
+from app.services import training
+from app.services.training_data import export_reviewed_uploads
+from tests.app.conftest import Env, start_env
+from tests.support.checkpoints import write_untrained_cnnx
+from tests.support.training import write_tiny_manifest
+
+GOOD = {"architecture": "cnnx", "scenario": "s1", "epochs": 1, "batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory, cxr_data_dir: Path) -> Path:
+    return write_tiny_manifest(cxr_data_dir, tmp_path_factory.mktemp("tiny-cxr"))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path) -> Iterator[Env]:
+    data_dir = tmp_path_factory.mktemp("data")
+    write_untrained_cnnx(data_dir / "models" / "cnnx-untrained.pt")
+    with ExitStack() as stack:
+        yield start_env(stack, data_dir, dataset_dir=tiny_dataset)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def jobs_count(env: Env) -> int:
+    return env.count(TrainingJob)
+
+
+def audit_actions(env: Env) -> list[tuple[str, str, int | None]]:
+    with env.session() as s:
+        return [(e.actor, e.action, e.target_id) for e in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"architecture": "resnet9000"}, "architecture"),
+        ({"epochs": 0}, "epochs"),
+        ({"epochs": -3}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"learning_rate": 0}, "learning_rate"),
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"scenario": "s4"}, "scenario"),
+        ({"seed": -1}, "seed"),
+        ({"max_steps_per_epoch": 0}, "max_steps_per_epoch"),
+        ({"pretrained": True}, None),  # CNN-X has no ImageNet weights
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_bad_parameters_are_422_and_nothing_is_queued(env: Env, change: dict, field: str | None) -> None:
+    before = jobs_count(env)
+    r = env.client.post("/api/v1/training-jobs", headers=env.auth("admin"), json={**GOOD, **change})
+    assert r.status_code == 422, r.text
+    if field is not None:
+        assert field in {e["loc"][-1] for e in r.json()["detail"]}
+    else:
+        assert "no ImageNet weights" in str(r.json()["detail"])
+    assert jobs_count(env) == before
+
+
+def test_unknown_architecture_message_lists_the_registry(env: Env) -> None:
+    r = env.client.post("/api/v1/training-jobs", headers=env.auth("admin"), json={**GOOD, "architecture": "vit"})
+    assert r.status_code == 422
+    assert (
+        "unknown architecture 'vit'" in r.json()["detail"][0]["msg"] and "squeezenet1_1" in r.json()["detail"][0]["msg"]
+    )
+
+
+def test_reviewers_get_403_on_every_training_endpoint(env: Env) -> None:
+    job = env.client.post("/api/v1/training-jobs", headers=env.auth("admin"), json=GOOD).json()
+    for method, url, body in (
+        ("POST", "/api/v1/training-jobs", GOOD),
+        ("GET", "/api/v1/training-jobs", None),
+        ("GET", f"/api/v1/training-jobs/{job['id']}", None),
+        ("POST", f"/api/v1/training-jobs/{job['id']}/cancel", None),
+        ("GET", f"/api/v1/training-jobs/{job['id']}/report", None),
+        ("GET", f"/api/v1/training-jobs/{job['id']}/charts/curves.png", None),
+        ("GET", "/api/v1/architectures", None),
+        ("GET", "/api/v1/audit-log", None),
+        ("POST", "/api/v1/models/1/activate", None),
+    ):
+        r = env.client.request(method, url, headers=env.auth("reviewer"), json=body)
+        assert r.status_code == 403, (method, url, r.status_code)
+    for url in ("/admin/training", f"/admin/training/{job['id']}", "/admin/audit"):
+        assert env.client.get(url, headers=env.auth("reviewer")).status_code == 403
+    env.client.post(f"/api/v1/training-jobs/{job['id']}/cancel", headers=env.auth("admin"))
+
+
+def test_queued_job_contract_cancel_and_audit(env: Env) -> None:
+    r = env.client.post("/api/v1/training-jobs", headers=env.auth("admin"), json=GOOD)
+    assert r.status_code == 202
+    job = r.json()
+    assert job["status"] == "queued" and job["progress"] == 0.0 and job["model_id"] is None and job["error"] is None
+    assert job["params"] == {**GOOD, "learning_rate": 3e-4, "seed": 0, "pretrained": False,
+                             "include_reviewed": False, "max_steps_per_epoch": None}  # fmt: skip
+    with env.session() as s:
+        active = s.scalar(select(MLModel).where(MLModel.active.is_(True)))
+    assert job["parent_model_id"] == active.id  # the version it would replace
+    listed = env.client.get("/api/v1/training-jobs", headers=env.auth("admin")).json()
+    assert listed[0]["id"] == job["id"]  # newest first
+
+    cancelled = env.client.post(f"/api/v1/training-jobs/{job['id']}/cancel", headers=env.auth("admin")).json()
+    assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
+    again = env.client.post(f"/api/v1/training-jobs/{job['id']}/cancel", headers=env.auth("admin"))
+    assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
+    assert env.client.get(f"/api/v1/training-jobs/{job['id']}/report", headers=env.auth("admin")).status_code == 409
+    assert env.client.get("/api/v1/training-jobs/999999", headers=env.auth("admin")).status_code == 404
+    actions = [a for a in audit_actions(env) if a[2] == job["id"]]
+    assert actions == [("admin2", "training_job.create", job["id"]), ("admin2", "training_job.cancel", job["id"])]
+    logged = env.client.get("/api/v1/audit-log?action=training_job.", headers=env.auth("admin")).json()
+    assert {(e["actor"], e["action"]) for e in logged if e["target_id"] == job["id"]} == {
+        ("admin2", "training_job.create"),
+        ("admin2", "training_job.cancel"),
+    }
+
+
+def test_missing_dataset_is_409_not_queued(make_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    other = make_env(tmp_path / "d2", dataset_dir=tmp_path / "nowhere")
+    r = other.client.post("/api/v1/training-jobs", headers=other.auth("admin"), json=GOOD)
+    assert r.status_code == 409 and "CXR_DATASET_DIR" in r.json()["detail"]
+    assert other.count(TrainingJob) == 0
+
+
+def queue_jobs(env: Env, n: int) -> list[int]:
+    return [
+        env.client.post("/api/v1/training-jobs", headers=env.auth("admin"), json=GOOD).json()["id"] for _ in range(n)
+    ]
+
+
+def claim_concurrently(session_factory, n_workers: int) -> list[int]:  # type: ignore[no-untyped-def]
+    """`n_workers` threads claim until the queue is empty; returns every claimed id (duplicates kept)."""
+    claimed: list[int] = []
+    lock = threading.Lock()
+    start = threading.Barrier(n_workers)
+
+    def work(i: int) -> None:
+        start.wait()
+        while True:
+            with session_factory() as s:
+                job = training.claim_next_job(session=s, worker_id=f"test:{i}")
+            if job is None:
+                return
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n_workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return claimed
+
+
+def cancel_all(env: Env) -> None:
+    with env.session() as s:
+        s.execute(update(TrainingJob).where(TrainingJob.status.in_(("queued", "running"))).values(status="cancelled"))
+        s.commit()
+
+
+def test_concurrent_workers_claim_each_job_exactly_once_sqlite(env: Env) -> None:
+    cancel_all(env)
+    ids = queue_jobs(env, 6)
+    claimed = claim_concurrently(env.app.state.ctx.session_factory, 4)
+    assert sorted(claimed) == ids  # every job once, none twice
+    with env.session() as s:
+        rows = list(s.scalars(select(TrainingJob).where(TrainingJob.id.in_(ids))))
+    assert {r.status for r in rows} == {"running"} and all(r.attempts == 1 and r.heartbeat_at for r in rows)
+    cancel_all(env)
+
+
+def test_reaper_fails_jobs_without_heartbeat_and_their_worker_learns_it(env: Env) -> None:
+    cancel_all(env)
+    stale_id, cancelling_id, fresh_id = queue_jobs(env, 3)
+    sf = env.app.state.ctx.session_factory
+    with sf() as s:
+        for _ in range(3):
+            training.claim_next_job(session=s, worker_id="gone:1")
+        old = utcnow() - timedelta(seconds=120)
+        s.execute(update(TrainingJob).where(TrainingJob.id.in_((stale_id, cancelling_id))).values(heartbeat_at=old))
+        s.execute(update(TrainingJob).where(TrainingJob.id == cancelling_id).values(cancel_requested=True))
+        s.commit()
+        assert sorted(training.reap_stale_jobs(session=s, stale_after_seconds=30)) == [stale_id, cancelling_id]
+        assert training.reap_stale_jobs(session=s, stale_after_seconds=30) == []  # once only
+        control = training.report_progress(session=s, job_id=stale_id, worker_id="gone:1", values={"progress": 0.5})
+        assert control.owned is False  # a worker that was presumed dead stops
+        assert training.report_progress(session=s, job_id=fresh_id, worker_id="gone:1", values={}).owned is True
+    jobs = {j["id"]: j for j in env.client.get("/api/v1/training-jobs", headers=env.auth("admin")).json()}
+    assert jobs[stale_id]["status"] == "failed" and "stopped responding" in jobs[stale_id]["error"]
+    assert jobs[cancelling_id]["status"] == "cancelled"
+    assert jobs[fresh_id]["status"] == "running"
+    reaped = [a for a in audit_actions(env) if a[1] == "training_job.reaped"]
+    assert {(a[0], a[2]) for a in reaped} >= {("system", stale_id), ("system", cancelling_id)}
+    cancel_all(env)
+
+
+def test_promotion_and_rollback_are_audited_and_refused_for_missing_checkpoints(env: Env) -> None:
+    models = env.client.get("/api/v1/models", headers=env.auth("admin")).json()
+    active = next(m for m in models if m["active"])
+    other = next(m for m in models if not m["active"])
+    forward, back = (other, active) if other["id"] > active["id"] else (active, other)
+    # make the older one active first, so that activating the newer one is a promotion
+    assert env.client.post(f"/api/v1/models/{back['id']}/activate", headers=env.auth("admin")).status_code == 200
+    assert env.client.post(f"/api/v1/models/{forward['id']}/activate", headers=env.auth("admin")).status_code == 200
+    assert env.client.post(f"/api/v1/models/{back['id']}/activate", headers=env.auth("admin")).status_code == 200
+    listed = env.client.get("/api/v1/models", headers=env.auth("reviewer")).json()
+    assert [m["id"] for m in listed if m["active"]] == [back["id"]]
+    entries = env.client.get("/api/v1/audit-log?action=model.", headers=env.auth("admin")).json()
+    assert [(e["actor"], e["action"], e["target_id"]) for e in entries[:2]] == [
+        ("admin2", "model.rollback", back["id"]),
+        ("admin2", "model.promote", forward["id"]),
+    ]
+    assert entries[0]["details"]["replaced"]["id"] == forward["id"]
+
+    with env.session() as s:  # a checkpoint that vanished cannot be made active
+        model = s.get(MLModel, forward["id"])
+        path = Path(model.checkpoint_path)
+    moved = path.with_suffix(".moved")
+    path.rename(moved)
+    try:
+        r = env.client.post(f"/api/v1/models/{forward['id']}/activate", headers=env.auth("admin"))
+        assert r.status_code == 409 and "missing or changed" in r.json()["detail"]
+    finally:
+        moved.rename(path)
+    env.client.post(f"/api/v1/models/{active['id']}/activate", headers=env.auth("admin"))
+
+
+def test_model_versions_are_immutable_and_the_audit_log_append_only(env: Env) -> None:
+    with env.session() as s:
+        model = s.scalars(select(MLModel)).first()
+        with pytest.raises(DatabaseError, match="immutable"):
+            s.execute(update(MLModel).where(MLModel.id == model.id).values(metrics={"test": {"accuracy": 1.0}}))
+        s.rollback()
+        with pytest.raises(DatabaseError, match="immutable"):
+            s.execute(update(MLModel).where(MLModel.id == model.id).values(checkpoint_sha256="0" * 64))
+        s.rollback()
+        s.execute(update(MLModel).where(MLModel.id == model.id).values(active=model.active))  # allowed
+        s.commit()
+        with pytest.raises(DatabaseError, match="append-only"):
+            s.execute(text("UPDATE audit_log SET actor = 'someone else'"))
+        s.rollback()
+        with pytest.raises(DatabaseError, match="append-only"):
+            s.execute(text("DELETE FROM audit_log"))
+        s.rollback()
+
+
+def test_reviewed_uploads_export_leaves_out_held_out_films(env: Env, tiny_dataset: Path, tmp_path: Path) -> None:
+    rows = read_csv(tiny_dataset / "manifest.csv")
+    val_film = Path(next(r["path"] for r in rows if r["split"] == "val" and r["label"] == "normal"))
+    train_film = Path(next(r["path"] for r in rows if r["split"] == "train" and r["label"] == "covid19"))
+    diagnosed = {}
+    for film, diagnosis in ((val_film, "normal"), (train_film, "viral")):
+        case = env.upload(film.read_bytes()).json()
+        for d in (None, "bacterial", diagnosis):  # the latest diagnosis counts; one without none is ignored
+            r = env.client.post(
+                f"/api/v1/predictions/{case['id']}/verdicts",
+                headers=env.auth("reviewer"),
+                json={"model_id": case["results"][0]["model_id"], "verdict": "approve", "diagnosis": d},
+            )
+            assert r.status_code == 201
+        diagnosed[case["image_sha256"]] = diagnosis
+    unreviewed = Path(next(r["path"] for r in rows if r["split"] == "train" and r["label"] == "normal"))
+    env.upload(unreviewed.read_bytes())  # no verdict, no diagnosis: not exported
+
+    out = tmp_path / "reviewed"
+    with env.session() as s:
+        info = export_reviewed_uploads(
+            session=s, store=env.app.state.ctx.store, dataset_dir=tiny_dataset, out_dir=out, cache_dir=tmp_path / "c"
+        )
+    assert info["reviewed"] == 2 and info["added"] == 1 and info["excluded_holdout"] == 1
+    exported = read_csv(out / "manifest.csv")
+    assert len(exported) == 1
+    (row,) = exported
+    assert row["split"] == "train" and row["label"] == "viral" and row["source"] == "upload"
+    assert Path(row["path"]).is_file() and Path(row["path"]).is_absolute()
+    train_sha = next(sha for sha, d in diagnosed.items() if d == "viral")
+    assert train_sha in row["path"]
+    assert info["manifest_sha256"] is not None
+
+
+def test_training_page_shows_the_form_jobs_and_versions(env: Env) -> None:
+    page = env.client.get("/admin/training", headers=env.auth("admin"))
+    assert page.status_code == 200 and page.template.name == "training/index.html"
+    assert "squeezenet1_1" in page.text and 'id="versions"' in page.text
