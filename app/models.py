@@ -242,9 +242,7 @@ class TrainingJob(Base):
 
     __tablename__ = "training_jobs"
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="status"
-        ),
+        CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="status"),
         Index("ix_training_jobs_status_id", "status", "id"),
     )
 

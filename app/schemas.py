@@ -34,6 +34,9 @@ class ModelOut(BaseModel):
     cam_method: str
     input_size: int
     created_at: datetime
+    parent_id: int | None = Field(None, description="the version this one was trained to replace")
+    data_manifest_sha256: str | None = Field(None, description="sha256 of the training data's manifest.csv")
+    hparams: dict[str, Any] = Field(default_factory=dict, description="hyper-parameters it was trained with")
 
 
 class Probabilities(BaseModel):

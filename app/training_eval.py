@@ -1,11 +1,12 @@
 """Child process of a training job: evaluate checkpoints on one split of a manifest dataset.
 
-    python -m app.training_eval --data DIR --split test --out-dir DIR NAME=CHECKPOINT [NAME=CHECKPOINT ...]
+    python -m app.training_eval --split test --out-dir DIR NAME=CHECKPOINT@DATASET [...]
 
-writes `<out-dir>/<NAME>.json` (an `ml.evaluate` report) per checkpoint. One process evaluates all
-of them, so a job pays for one torch start-up, not one per model. If the first checkpoint (the new
-version) cannot be evaluated, it prints `error: ...` and exits with status 2 (the worker shows that
-line as the job's error); a later one (the comparison) is skipped with a warning.
+writes `<out-dir>/<NAME>.json` (an `ml.evaluate` report of CHECKPOINT on DATASET's split) per pair.
+One process evaluates all of them, so a job pays for one torch start-up, not one per model. If the
+first checkpoint (the new version) cannot be evaluated, it prints `error: ...` and exits with status
+2 (the worker shows that line as the job's error); a later one (the comparison) is skipped with a
+warning.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.training_eval")
-    parser.add_argument("--data", required=True)
     parser.add_argument("--split", default="test")
     parser.add_argument("--out-dir", required=True)
-    parser.add_argument("checkpoints", nargs="+", metavar="NAME=CHECKPOINT")
+    parser.add_argument("checkpoints", nargs="+", metavar="NAME=CHECKPOINT@DATASET")
     args = parser.parse_args(argv)
 
     from ml.checkpoints import CheckpointError
@@ -31,9 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for index, item in enumerate(args.checkpoints):
-        name, _, path = item.partition("=")
+        name, _, rest = item.partition("=")
+        path, _, data = rest.rpartition("@")
         try:
-            report = evaluate_checkpoint(path, args.data, split=args.split)
+            report = evaluate_checkpoint(path, data, split=args.split)
         except (CheckpointError, ManifestError, ValueError, FileNotFoundError) as exc:
             if index == 0:  # the model being evaluated: the job cannot report without it
                 print(f"error: evaluating {name} ({path}): {exc}", file=sys.stderr)

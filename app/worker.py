@@ -372,7 +372,14 @@ class JobRun:
         self.beat(force=True)
         report_dir = self.work_dir / "report"
         active = self.active_model()
-        reports = self.evaluate(dataset_dir, report_dir, {"test": best, "active-test": active_checkpoint(active)})
+        from ml.data import get_scenario
+
+        same_films = training_data.write_comparison_manifest(
+            dataset_dir, self.work_dir / "comparison", split="test", classes=get_scenario(self.params.scenario).classes
+        )
+        reports = self.evaluate(
+            report_dir, {"test": (best, dataset_dir), "active-test": (active_checkpoint(active), same_films)}
+        )
         new_report, active_report = reports["test"], reports.get("active-test")
 
         self.progress.set(phase="registering")
@@ -458,27 +465,14 @@ class JobRun:
             command += ["--extra-train-dir", str(extra)]
         return command
 
-    def evaluate(
-        self, dataset_dir: Path, out_dir: Path, checkpoints: dict[str, Path | None]
-    ) -> dict[str, dict[str, Any]]:
-        """Evaluate checkpoints on the test split in one child process; name → ml.evaluate report."""
-        present = {name: path for name, path in checkpoints.items() if path is not None}
+    def evaluate(self, out_dir: Path, checkpoints: dict[str, tuple[Path | None, Path]]) -> dict[str, dict[str, Any]]:
+        """Evaluate (checkpoint, dataset) pairs on their test split in one child process; name → report."""
+        arguments = [f"{name}={path}@{data}" for name, (path, data) in checkpoints.items() if path is not None]
         self.run_child(
-            [
-                sys.executable,
-                "-m",
-                "app.training_eval",
-                "--data",
-                str(dataset_dir),
-                "--split",
-                "test",
-                "--out-dir",
-                str(out_dir),
-                *(f"{name}={path}" for name, path in present.items()),
-            ],
+            [sys.executable, "-m", "app.training_eval", "--split", "test", "--out-dir", str(out_dir), *arguments],
             log_name="evaluate.log",
         )
-        written = {name: out_dir / f"{name}.json" for name in present}
+        written = {name: out_dir / f"{name}.json" for name in checkpoints}
         return {name: json.loads(path.read_text()) for name, path in written.items() if path.is_file()}
 
     def active_model(self) -> MLModel | None:

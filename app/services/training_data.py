@@ -148,3 +148,23 @@ def export_reviewed_uploads(
         writer.writerows(rows)
     info["manifest_sha256"] = manifest_sha256(out_dir)
     return info
+
+
+def write_comparison_manifest(dataset_dir: Path, out_dir: Path, *, split: str, classes: tuple[str, ...]) -> Path:
+    """A manifest of `dataset_dir`'s `split` rows whose label is in `classes` (absolute paths).
+
+    The active model is evaluated on it, so that it is compared with a new version on the very films
+    the new version was tested on, even when the two were trained on different scenarios (e.g. the
+    active four-class model against a new normal-vs-COVID-19 one).
+    """
+    rows = []
+    for record in read_manifest(dataset_dir):
+        if record.split == split and record.label in classes:
+            rows.append({"path": str(record.path), "label": record.label, "source": record.source,
+                         "patient_id": record.patient_id, "view": record.view, "split": record.split})  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return out_dir

@@ -1,0 +1,222 @@
+"""Real training jobs through the real API and a real `cxr-review worker` process, on a tiny manifest of
+real films (CNN-X, scenario s1, steps per epoch capped by CXR_TRAIN_MAX_STEPS):
+
+- a job runs to `succeeded`, its model appears with metrics and lineage, is promoted, the next
+  prediction uses it, and a rollback puts the previous version back — all audited;
+- cancelling a running job stops its training process and registers nothing;
+- a worker killed with SIGKILL mid-job leaves no trainer behind, the web process's reaper marks the
+  job failed within the stale limit, and predictions keep working throughout.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.app.conftest import Env, Film, png_size, start_env
+from tests.support.training import write_tiny_manifest
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+STALE_SECONDS = 8
+MAX_STEPS = 3
+JOB_TIMEOUT_S = 300
+SHORT = {"architecture": "cnnx", "scenario": "s1", "epochs": 3, "batch_size": 4}  # 12 training films: 3 steps/epoch
+LONG = {**SHORT, "epochs": 500}  # never finishes within a test: for cancel and kill
+
+
+@dataclass
+class WorkerProcess:
+    env_vars: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=self.env_vars, stdout=out,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, cxr_data_dir: Path) -> Iterator[Env]:
+    tiny = write_tiny_manifest(cxr_data_dir, tmp_path_factory.mktemp("tiny-cxr"))
+    with ExitStack() as stack:
+        yield start_env(stack, tmp_path_factory.mktemp("data"), dataset_dir=tiny, worker_stale_seconds=STALE_SECONDS)
+
+
+@pytest.fixture(scope="module")
+def worker(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    variables = {
+        **os.environ,
+        "CXR_ENV": "development",
+        "CXR_DATA_DIR": str(env.settings.data_dir),
+        "CXR_DATASET_DIR": str(env.settings.dataset_dir),
+        "CXR_TRAIN_MAX_STEPS": str(MAX_STEPS),
+        "CXR_TRAIN_THREADS": "1",
+        "CXR_WORKER_POLL_SECONDS": "0.3",
+        "CXR_WORKER_HEARTBEAT_SECONDS": "1",
+        "CXR_WORKER_STALE_SECONDS": str(STALE_SECONDS),
+        "PYTHONUNBUFFERED": "1",
+    }
+    process = WorkerProcess(variables, tmp_path_factory.mktemp("worker") / "worker.log")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def get_job(env: Env, job_id: int) -> dict[str, Any]:
+    r = env.client.get(f"/api/v1/training-jobs/{job_id}", headers=env.auth("admin"))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_for(
+    env: Env, worker: WorkerProcess, job_id: int, done: Callable[[dict[str, Any]], bool], timeout: float = JOB_TIMEOUT_S
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Poll the job until `done(job)`; returns the last reply and every reply seen."""
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = get_job(env, job_id)
+        seen.append(job)
+        if done(job):
+            return job, seen
+        time.sleep(0.3)
+    pytest.fail(f"job {job_id} did not get there in {timeout} s: {seen[-1]}\nworker log:\n{worker.tail()}")
+
+
+def processes_mentioning(fragment: str) -> list[int]:
+    """Live processes whose command line contains `fragment` (the job's work dir names its children)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if fragment in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def wait_no_processes(fragment: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while processes_mentioning(fragment) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_mentioning(fragment) == [], f"processes still running for {fragment}"
+
+
+def training(job: dict[str, Any]) -> bool:
+    return job["status"] == "running" and job["phase"] == "training" and job["progress"] > 0
+
+
+def final(job: dict[str, Any]) -> bool:
+    return job["status"] in ("succeeded", "failed", "cancelled")
+
+
+def test_job_succeeds_is_promoted_used_and_rolled_back(env: Env, worker: WorkerProcess, films: dict[str, Film]) -> None:
+    r = env.client.post("/api/v1/training-jobs", headers=env.auth("admin"), json=SHORT)
+    assert r.status_code == 202 and r.json()["status"] == "queued"
+    job, seen = wait_for(env, worker, r.json()["id"], final)
+    assert job["status"] == "succeeded", f"{job['error']}\n{worker.tail()}"
+    progress = [j["progress"] for j in seen if j["status"] == "running"]
+    assert progress == sorted(progress), "progress went backwards"
+    assert any(0 < p < 1 for p in progress), f"no intermediate progress seen: {progress}"
+    assert job["progress"] == 1.0 and job["epoch"] == SHORT["epochs"] and job["steps_per_epoch"] == MAX_STEPS
+    history = job["metrics"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3] and all(h["val_accuracy"] is not None for h in history)
+    assert job["metrics"]["test"]["n"] == 6  # s1 on the tiny test split: 3 normal + 3 COVID-19
+
+    models = {m["id"]: m for m in env.client.get("/api/v1/models", headers=env.auth("reviewer")).json()}
+    new, parent = models[job["model_id"]], models[job["parent_model_id"]]
+    assert new["name"] == "cnnx-s1" and new["version"] == 1 and new["active"] is False and parent["active"] is True
+    assert new["parent_id"] == parent["id"]
+    assert new["data_manifest_sha256"] == job["dataset"]["manifest_sha256"]
+    assert new["hparams"]["epochs"] == 3 and new["hparams"]["max_steps_per_epoch"] == MAX_STEPS
+    assert new["hparams"]["training_job_id"] == job["id"]
+    assert set(new["metrics"]) == {"val", "test"} and new["metrics"]["test"]["n"] == 6
+
+    report = env.client.get(job["report_url"], headers=env.auth("admin")).json()
+    assert report["model"]["id"] == new["id"] and report["active"]["id"] == parent["id"]
+    assert report["model"]["report"]["accuracy"] == job["metrics"]["test"]["accuracy"]
+    assert set(report["model"]["report"]["by_source"]) == {"kermany", "hannover"}
+    assert report["active"]["report"]["n"] == report["model"]["report"]["n"]  # the same films
+    assert report["model"]["report"]["per_class"]["covid19"]["sensitivity_ci95"] is not None
+    for url in job["charts"].values():
+        png = env.client.get(url, headers=env.auth("admin"))
+        assert png.status_code == 200 and png_size(png.content)[0] > 300
+
+    # Promote without a restart: the next prediction uses the new version.
+    assert env.client.post(f"/api/v1/models/{new['id']}/activate", headers=env.auth("admin")).status_code == 200
+    case = env.upload(films["kermany"].data).json()
+    assert [(r["model_id"], r["model_version"]) for r in case["results"]] == [(new["id"], 1)]
+    # Roll back to the parent: the next prediction uses it again.
+    assert env.client.post(f"/api/v1/models/{parent['id']}/activate", headers=env.auth("admin")).status_code == 200
+    case = env.upload(films["hannover"].data).json()
+    assert [r["model_id"] for r in case["results"]] == [parent["id"]]
+
+    audit = env.client.get("/api/v1/audit-log", headers=env.auth("admin")).json()
+    trail = [(e["actor"], e["action"], e["target_id"]) for e in reversed(audit)]
+    expected = [
+        ("admin2", "training_job.create", job["id"]),
+        ("system", "training_job.succeeded", job["id"]),
+        ("admin2", "model.promote", new["id"]),
+        ("admin2", "model.rollback", parent["id"]),
+    ]
+    assert [t for t in trail if t in expected] == expected
+
+
+def test_cancelling_a_running_job_stops_its_training(env: Env, worker: WorkerProcess) -> None:
+    job_id = env.client.post("/api/v1/training-jobs", headers=env.auth("admin"), json=LONG).json()["id"]
+    wait_for(env, worker, job_id, training)
+    r = env.client.post(f"/api/v1/training-jobs/{job_id}/cancel", headers=env.auth("admin"))
+    assert r.status_code == 200 and r.json()["cancel_requested"] is True
+    job, _ = wait_for(env, worker, job_id, final, timeout=30)
+    assert job["status"] == "cancelled" and job["model_id"] is None and job["error"] is None
+    wait_no_processes(f"/training/job-{job_id}/")
+    actions = [(e["actor"], e["action"]) for e in env.client.get("/api/v1/audit-log", headers=env.auth("admin")).json()
+               if e["target_id"] == job_id and e["target_type"] == "training_job"]  # fmt: skip
+    assert ("admin2", "training_job.cancel") in actions and ("system", "training_job.cancelled") in actions
+
+
+def test_killed_worker_job_is_failed_by_the_reaper_and_serving_goes_on(
+    env: Env, worker: WorkerProcess, films: dict[str, Film]
+) -> None:
+    job_id = env.client.post("/api/v1/training-jobs", headers=env.auth("admin"), json=LONG).json()["id"]
+    wait_for(env, worker, job_id, training)
+    assert processes_mentioning(f"/training/job-{job_id}/"), "no training process for the job"
+    assert worker.proc is not None
+    os.kill(worker.proc.pid, signal.SIGKILL)
+    worker.proc.wait()
+    killed_at = time.monotonic()
+    wait_no_processes(f"/training/job-{job_id}/")  # the trainer died with its worker (parent-death signal)
+    assert env.upload(films["kermany"].data).status_code == 201  # serving is unaffected
+    job, _ = wait_for(env, worker, job_id, final, timeout=60)
+    assert time.monotonic() - killed_at < 60
+    assert job["status"] == "failed" and "stopped responding" in job["error"] and job["model_id"] is None
+    assert env.upload(films["hannover"].data).status_code == 201
