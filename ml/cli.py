@@ -76,6 +76,18 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.set_defaults(pretrained=False)
 
 
+def parameter_count(name: str) -> int:
+    """Parameters of a registry architecture, counted on the meta device: shapes only, no memory and
+    no weight initialisation (building the VGGs for real took seconds each, just to count them)."""
+    import torch
+
+    from ml.registry import get_arch
+
+    with torch.device("meta"):
+        model = get_arch(name).build(pretrained=False)
+    return sum(p.numel() for p in model.parameters())
+
+
 def cmd_archs(args: argparse.Namespace) -> int:
     from ml.pretrained import pretrained_available
     from ml.registry import get_arch, list_archs
@@ -83,8 +95,7 @@ def cmd_archs(args: argparse.Namespace) -> int:
     rows = []
     for name in list_archs():
         spec = get_arch(name)
-        model = spec.build(pretrained=False)
-        params = sum(p.numel() for p in model.parameters())
+        params = parameter_count(name)
         rows.append({
             "name": name, "input_size": spec.input_size, "parameters": params, "cam_method": spec.cam_method,
             "cam_layer": spec.cam_layer, "family": spec.family,

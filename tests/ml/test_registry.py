@@ -12,6 +12,7 @@ import torch
 
 from ml import CLASSES
 from ml.cam import upsample_normalize
+from ml.cli import parameter_count
 from ml.registry import ArchSpec, get_arch, list_archs, register_arch
 from tests.ml.conftest import ArchProbe
 
@@ -149,3 +150,11 @@ def test_cnnx_has_about_1_4_million_parameters(arch_probe: Callable[[str], ArchP
     probe = arch_probe("cnnx")
     assert 1_300_000 <= probe.parameters <= 1_500_000
     assert probe.spec.fixed_input_size and probe.spec.input_size == 180
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_parameter_count_without_building_matches_the_real_network(
+    name: str, arch_probe: Callable[[str], ArchProbe]
+) -> None:
+    """`cxr-review archs` counts on the meta device; the count must be the real network's."""
+    assert parameter_count(name) == arch_probe(name).parameters
