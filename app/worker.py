@@ -279,6 +279,19 @@ class Worker:
         log.info("training job %s: %s", job.id, status)
 
 
+@dataclass
+class PhaseClock:
+    """Wall-clock seconds per phase of a job (shown in its report)."""
+
+    last: float = field(default_factory=time.monotonic)
+    laps: dict[str, float] = field(default_factory=dict)
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.laps[name] = round(now - self.last, 2)
+        self.last = now
+
+
 class JobRun:
     """One attempt at one job (see the module docstring for the steps)."""
 
@@ -351,10 +364,12 @@ class JobRun:
             shutil.rmtree(self.work_dir)
         self.work_dir.mkdir(parents=True)
         dataset_dir = self.settings.resolved_dataset_dir.resolve()
+        clock = PhaseClock()
         self.progress.set(work_dir=str(self.work_dir), phase="preparing")
         self.beat(force=True)
 
         dataset_info, extra_dirs = self.prepare_data(dataset_dir)
+        clock.lap("prepare")
         self.progress.set(dataset=dataset_info, phase="training")
         self.beat(force=True)
 
@@ -367,6 +382,7 @@ class JobRun:
         best = train_dir / "best.pt"
         if not best.is_file():
             raise JobFailed("training finished without writing a checkpoint (see train.log)")
+        clock.lap("train")
 
         self.progress.set(phase="evaluating", progress=1.0, eta_seconds=0.0)
         self.beat(force=True)
@@ -381,12 +397,15 @@ class JobRun:
             report_dir, {"test": (best, dataset_dir), "active-test": (active_checkpoint(active), same_films)}
         )
         new_report, active_report = reports["test"], reports.get("active-test")
+        clock.lap("evaluate")
 
         self.progress.set(phase="registering")
         self.beat(force=True)
         history = json.loads((train_dir / "history.json").read_text())
         model = self.register(best, new_report)
         report = self.write_report(model, new_report, active, active_report, history, dataset_info, report_dir)
+        clock.lap("register_and_report")
+        report["timings_seconds"] = clock.laps
         metrics = {**self.progress.metrics(), "test": training_report.summary(new_report)}
         return {
             "model_id": model.id,

@@ -21,10 +21,10 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -186,12 +186,13 @@ def request_cancel(*, session: Session, job_id: int, actor: User) -> TrainingJob
     if job.finished:
         raise ConflictError(f"training job {job_id} is already {job.status}")
     now = utcnow()
-    queued = session.execute(
+    queued = _updated(
+        session,
         update(TrainingJob)
         .where(TrainingJob.id == job_id, TrainingJob.status == "queued")
-        .values(status="cancelled", phase="cancelled", cancel_requested=True, finished_at=now)
+        .values(status="cancelled", phase="cancelled", cancel_requested=True, finished_at=now),
     )
-    if queued.rowcount != 1:  # claimed meanwhile (or running all along): the worker stops it
+    if queued != 1:  # claimed meanwhile (or running all along): the worker stops it
         session.execute(
             update(TrainingJob)
             .where(TrainingJob.id == job_id, TrainingJob.status == "running")
@@ -203,7 +204,7 @@ def request_cancel(*, session: Session, job_id: int, actor: User) -> TrainingJob
         action="training_job.cancel",
         target_type="training_job",
         target_id=job_id,
-        details={"status_when_cancelled": "queued" if queued.rowcount == 1 else job.status},
+        details={"status_when_cancelled": "queued" if queued == 1 else job.status},
     )
     session.commit()
     return get_job(session=session, job_id=job_id)
@@ -262,11 +263,12 @@ def claim_next_job(*, session: Session, worker_id: str) -> TrainingJob | None:
     )
     session.rollback()
     for job_id in candidates:
-        result = session.execute(
-            update(TrainingJob).where(TrainingJob.id == job_id, TrainingJob.status == "queued").values(**claimed)
+        result = _updated(
+            session,
+            update(TrainingJob).where(TrainingJob.id == job_id, TrainingJob.status == "queued").values(**claimed),
         )
         session.commit()
-        if result.rowcount == 1:
+        if result == 1:
             return get_job(session=session, job_id=job_id)
     return None
 
@@ -281,14 +283,15 @@ class JobControl:
 
 def report_progress(*, session: Session, job_id: int, worker_id: str, values: dict[str, Any]) -> JobControl:
     """Heartbeat plus progress fields, only while the job is this worker's and running. Commits."""
-    result = session.execute(
+    result = _updated(
+        session,
         update(TrainingJob)
         .where(TrainingJob.id == job_id, TrainingJob.worker_id == worker_id, TrainingJob.status == "running")
-        .values(heartbeat_at=utcnow(), **{k: json_safe(v) for k, v in values.items()})
+        .values(heartbeat_at=utcnow(), **{k: json_safe(v) for k, v in values.items()}),
     )
     cancel = bool(session.scalar(select(TrainingJob.cancel_requested).where(TrainingJob.id == job_id)))
     session.commit()
-    return JobControl(owned=result.rowcount == 1, cancel_requested=cancel)
+    return JobControl(owned=result == 1, cancel_requested=cancel)
 
 
 def finish_job(
@@ -308,12 +311,13 @@ def finish_job(
     else:
         fields.update(worker_id=None, started_at=None, progress=0.0, epoch=None, step=None, eta_seconds=None)
     fields.update({k: json_safe(v) for k, v in (values or {}).items()})
-    result = session.execute(
+    result = _updated(
+        session,
         update(TrainingJob)
         .where(TrainingJob.id == job_id, TrainingJob.worker_id == worker_id, TrainingJob.status == "running")
-        .values(**fields)
+        .values(**fields),
     )
-    if result.rowcount == 1 and status in ("succeeded", "failed", "cancelled"):
+    if result == 1 and status in ("succeeded", "failed", "cancelled"):
         details: dict[str, Any] = {"worker": worker_id}
         if values and values.get("error"):
             details["error"] = str(values["error"])[:500]
@@ -328,7 +332,7 @@ def finish_job(
             details=details,
         )
     session.commit()
-    return result.rowcount == 1
+    return result == 1
 
 
 def reap_stale_jobs(*, session: Session, stale_after_seconds: float, now: datetime | None = None) -> list[int]:
@@ -354,12 +358,13 @@ def reap_stale_jobs(*, session: Session, stale_after_seconds: float, now: dateti
             f"worker {worker_id} stopped responding (last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC, "
             f"more than {stale_after_seconds:g} s ago); the job was abandoned"
         )
-        result = session.execute(
+        result = _updated(
+            session,
             update(TrainingJob)
             .where(TrainingJob.id == job_id, TrainingJob.status == "running", TrainingJob.heartbeat_at < cutoff)
-            .values(status=status, phase=status, finished_at=now, error=None if cancel else error)
+            .values(status=status, phase=status, finished_at=now, error=None if cancel else error),
         )
-        if result.rowcount == 1:
+        if result == 1:
             audit.record(
                 session=session,
                 actor=None,
@@ -371,6 +376,12 @@ def reap_stale_jobs(*, session: Session, stale_after_seconds: float, now: dateti
             reaped.append(job_id)
         session.commit()
     return reaped
+
+
+def _updated(session: Session, statement: Any) -> int:
+    """Run an UPDATE; the number of rows it changed (the conditional updates above rely on it)."""
+    result = cast("CursorResult[Any]", session.execute(statement))
+    return int(result.rowcount)
 
 
 def json_safe(value: Any) -> Any:
