@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import csv
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text, update
@@ -21,6 +22,7 @@ from app.services import training
 from app.services.training_data import export_reviewed_uploads
 from tests.app.conftest import Env, start_env
 from tests.support.checkpoints import write_untrained_cnnx
+from tests.support.postgres import PostgresCluster
 from tests.support.training import write_tiny_manifest
 
 GOOD = {"architecture": "cnnx", "scenario": "s1", "epochs": 1, "batch_size": 8}
@@ -136,7 +138,7 @@ def test_queued_job_contract_cancel_and_audit(env: Env) -> None:
     }
 
 
-def test_missing_dataset_is_409_not_queued(make_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_missing_dataset_is_409_not_queued(make_env: Callable[..., Env], tmp_path: Path) -> None:
     other = make_env(tmp_path / "d2", dataset_dir=tmp_path / "nowhere")
     r = other.client.post("/api/v1/training-jobs", headers=other.auth("admin"), json=GOOD)
     assert r.status_code == 409 and "CXR_DATASET_DIR" in r.json()["detail"]
@@ -149,7 +151,7 @@ def queue_jobs(env: Env, n: int) -> list[int]:
     ]
 
 
-def claim_concurrently(session_factory, n_workers: int) -> list[int]:  # type: ignore[no-untyped-def]
+def claim_concurrently(session_factory: Any, n_workers: int) -> list[int]:
     """`n_workers` threads claim until the queue is empty; returns every claimed id (duplicates kept)."""
     claimed: list[int] = []
     lock = threading.Lock()
@@ -303,3 +305,39 @@ def test_training_page_shows_the_form_jobs_and_versions(env: Env) -> None:
     page = env.client.get("/admin/training", headers=env.auth("admin"))
     assert page.status_code == 200 and page.template.name == "training/index.html"
     assert "squeezenet1_1" in page.text and 'id="versions"' in page.text
+
+
+@pytest.mark.postgres
+def test_postgres_queue_skips_locked_rows_claims_once_and_keeps_versions_immutable(
+    postgres_cluster: PostgresCluster, make_env: Callable[..., Env], tiny_dataset: Path, tmp_path: Path
+) -> None:
+    url = postgres_cluster.create_database("cxr_training_queue")
+    pg = make_env(tmp_path / "pg-data", database_url=url, dataset_dir=tiny_dataset)
+    assert pg.app.state.ctx.engine.dialect.name == "postgresql"
+    first, second, *rest = queue_jobs(pg, 6)
+    sf = pg.app.state.ctx.session_factory
+
+    # Another worker holds the oldest queued row locked: a claim skips it instead of waiting.
+    with pg.app.state.ctx.engine.connect() as other:
+        other.execute(text("SELECT id FROM training_jobs WHERE id = :id FOR UPDATE"), {"id": first})
+        with sf() as s:
+            job = training.claim_next_job(session=s, worker_id="pg:0")
+        assert job is not None and job.id == second
+        other.rollback()
+
+    claimed = claim_concurrently(sf, 4)
+    assert sorted(claimed) == sorted([first, *rest])  # each remaining job exactly once
+
+    with sf() as s:
+        s.execute(update(TrainingJob).values(heartbeat_at=utcnow() - timedelta(minutes=5)))
+        s.commit()
+        assert sorted(training.reap_stale_jobs(session=s, stale_after_seconds=30)) == sorted([first, second, *rest])
+        model = s.scalars(select(MLModel)).first()
+        with pytest.raises(DatabaseError, match="immutable"):
+            s.execute(update(MLModel).where(MLModel.id == model.id).values(hparams={"lr": 1}))
+        s.rollback()
+        with pytest.raises(DatabaseError, match="append-only"):
+            s.execute(text("DELETE FROM audit_log"))
+        s.rollback()
+    failed = pg.client.get("/api/v1/training-jobs", headers=pg.auth("admin")).json()
+    assert {j["status"] for j in failed} == {"failed"}
