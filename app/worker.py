@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -439,50 +439,10 @@ class JobRun:
         return info, extra
 
     def train_command(self, dataset_dir: Path, out: Path, extra_dirs: list[Path]) -> list[str]:
-        p = self.params
-        caps = [c for c in (p.max_steps_per_epoch, self.settings.train_max_steps) if c is not None]
-        launcher = [sys.executable, "-m", "ml"]
-        if self.settings.train_nproc > 1:
-            launcher = [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                "--nproc_per_node",
-                str(self.settings.train_nproc),
-                "-m",
-                "ml",
-            ]
-        command = [
-            *launcher,
-            "train",
-            "--arch",
-            p.architecture,
-            "--scenario",
-            p.scenario,
-            "--data",
-            str(dataset_dir),
-            "--out",
-            str(out),
-            "--epochs",
-            str(p.epochs),
-            "--batch-size",
-            str(p.batch_size),
-            "--lr",
-            repr(p.learning_rate),
-            "--seed",
-            str(p.seed),
-            "--device",
-            self.settings.train_device,
-            "--pretrained" if p.pretrained else "--no-pretrained",
-            "--events",
-            str(self.work_dir / "events.jsonl"),
-        ]
-        if caps:
-            command += ["--max-steps-per-epoch", str(min(caps))]
-        for extra in extra_dirs:
-            command += ["--extra-train-dir", str(extra)]
-        return command
+        return train_command(
+            self.params, self.settings, dataset_dir=dataset_dir, out=out, events=self.work_dir / "events.jsonl",
+            extra_dirs=extra_dirs,
+        )  # fmt: skip
 
     def evaluate(self, out_dir: Path, checkpoints: dict[str, tuple[Path | None, Path]]) -> dict[str, dict[str, Any]]:
         """Evaluate (checkpoint, dataset) pairs on their test split in one child process; name → report."""
@@ -580,6 +540,36 @@ class JobRun:
             "dataset": dataset_info,
             "charts": list(training.CHART_NAMES),
         }
+
+
+def train_command(
+    params: training.TrainingParams,
+    settings: Settings,
+    *,
+    dataset_dir: Path,
+    out: Path,
+    events: Path,
+    extra_dirs: Sequence[Path] = (),
+) -> list[str]:
+    """The training child's command line: `python -m ml train ...`, under `torchrun --standalone
+    --nproc_per_node N` (DistributedDataParallel) when CXR_TRAIN_NPROC = N > 1. The steps per epoch
+    are capped by the job's own cap and CXR_TRAIN_MAX_STEPS, whichever is lower."""
+    caps = [c for c in (params.max_steps_per_epoch, settings.train_max_steps) if c is not None]
+    launcher = [sys.executable, "-m", "ml"]
+    if settings.train_nproc > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node", str(settings.train_nproc), "-m", "ml"]  # fmt: skip
+    command = [
+        *launcher, "train", "--arch", params.architecture, "--scenario", params.scenario, "--data", str(dataset_dir),
+        "--out", str(out), "--epochs", str(params.epochs), "--batch-size", str(params.batch_size),
+        "--lr", repr(params.learning_rate), "--seed", str(params.seed), "--device", settings.train_device,
+        "--pretrained" if params.pretrained else "--no-pretrained", "--events", str(events),
+    ]  # fmt: skip
+    if caps:
+        command += ["--max-steps-per-epoch", str(min(caps))]
+    for extra in extra_dirs:
+        command += ["--extra-train-dir", str(extra)]
+    return command
 
 
 def active_checkpoint(model: MLModel | None) -> Path | None:
