@@ -34,7 +34,7 @@ from ml.transforms import load_grayscale, to_model_input
 # less than 2x. Set CXR_TEST_TORCH_THREADS to use more.
 torch.set_num_threads(int(os.environ.get("CXR_TEST_TORCH_THREADS", "1")))
 
-BIG_ARCHS = frozenset({"vgg19", "inception_resnet_v2", "densenet201", "resnet101"})
+BIG_ARCHS = frozenset({"vgg16", "vgg19", "inception_resnet_v2", "densenet201", "resnet101"})
 """Run at batch 1 to keep the registry tests within about two minutes on two busy cores."""
 
 
