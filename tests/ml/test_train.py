@@ -16,11 +16,12 @@ from torch import nn
 
 from ml import CLASSES
 from ml.checkpoints import code_version, load_model, read_meta
-from ml.data import SCENARIOS, load_images, read_manifest, select
+from ml.data import SCENARIOS, Record, load_images, read_manifest, select
 from ml.inference import Predictor
 from ml.registry import get_arch
 from ml.train import MASKED_LOGIT, TrainConfig, TrainingCancelled, class_mask, class_weights, train
 from ml.transforms import normalize_batch
+from tests.ml.conftest import write_manifest
 
 SIZE = 64
 Run = tuple[TrainConfig, dict[str, Any], list[dict[str, Any]]]
@@ -151,12 +152,21 @@ def test_resume_continues_from_last_checkpoint(s2_run: Run, tmp_path: Path, caps
     assert read_meta(out / "last.pt")["epoch"] == 4
 
 
-def test_scenario_s1_gives_zero_probability_to_the_pneumonias(
+def test_s1_run_masks_the_pneumonias_and_counts_a_corrupt_film(
     small_dataset: Path, tmp_path: Path, real_films: list[np.ndarray]
 ) -> None:
-    summary, events = run(config(small_dataset, tmp_path, scenario="s1", epochs=1, max_steps_per_epoch=1))
+    # the same films plus one corrupt training film, which must be skipped and counted, not fatal
+    data = tmp_path / "data"
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    write_manifest(
+        data, [*read_manifest(small_dataset), Record(corrupt, "covid19", "cohen", "cohen-corrupt", "PA", "train")]
+    )
+    summary, events = run(config(data, tmp_path / "out", scenario="s1", epochs=1, max_steps_per_epoch=1))
     assert sum(e["type"] == "step" for e in events) == 1
+    assert events[0]["skipped"] == 1 and summary["skipped_unreadable"] == 1
     meta = read_meta(summary["best_checkpoint"])
+    assert meta["data"]["skipped_unreadable"] == 1
     assert meta["active_classes"] == ["normal", "covid19"]
     assert meta["data"]["train_counts"] == {"normal": 4, "bacterial": 0, "viral": 0, "covid19": 4}
     predictor = Predictor.from_checkpoint(summary["best_checkpoint"])
