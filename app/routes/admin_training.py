@@ -215,6 +215,10 @@ FORM_DEFAULTS: dict[str, Any] = {
 }
 
 
+NAV = "/training"
+"""What base.html's main navigation sees (it marks every /admin page as "Users"); `subnav` is the path."""
+
+
 def _versions(session: Any) -> list[MLModel]:
     return model_registry.list_models(session=session)
 
@@ -233,6 +237,8 @@ def _index(
         request,
         "training/index.html",
         user=admin,
+        nav=NAV,
+        subnav=request.url.path,
         status_code=status_code,
         jobs=training.list_jobs(session=session, limit=50),
         models=models,
@@ -319,6 +325,8 @@ def job_page(request: Request, job_id: int, session: SessionDep, user: PageUser)
         request,
         "training/job.html",
         user=user,
+        nav=NAV,
+        subnav=request.url.path,
         job=job,
         model=model,
         parent=parent,
@@ -362,7 +370,14 @@ def model_activate(
 def audit_page(request: Request, session: SessionDep, user: PageUser) -> Response:
     if not user.is_admin:
         return admin_required(request, user)
-    return render(request, "training/audit.html", user=user, entries=audit.list_entries(session=session, limit=500))
+    return render(
+        request,
+        "training/audit.html",
+        user=user,
+        nav=NAV,
+        subnav=request.url.path,
+        entries=audit.list_entries(session=session, limit=500),
+    )
 
 
 router = APIRouter()

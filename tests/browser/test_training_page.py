@@ -1,0 +1,169 @@
+"""An admin retrains from the browser against `cxr-review serve` (which starts its own worker process):
+start a job from the training page, watch its progress bar move, read the report (paper-style table,
+per-source rows, charts), promote the new version and find it all in the audit log. No console
+errors (a CSP violation would be one). Screenshots: /tmp/ui-shots/training-*.png.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from app.config import Settings
+from app.db import make_engine, make_session_factory, upgrade_database
+from app.services import accounts
+from tests.browser.conftest import ROOT, LiveServer, Shots, _free_port, _wait_until_up
+from tests.support.training import write_tiny_manifest
+
+pytestmark = pytest.mark.browser
+
+VIEWPORT = {"width": 1500, "height": 1000}
+JOB_TIMEOUT_S = 300
+EPOCHS, MAX_STEPS = 4, 3  # 12 training films, batch 4: 3 steps/epoch, 12 progress updates
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory, cxr_data_dir: Path) -> Iterator[LiveServer]:
+    """`python -m app.cli serve` (web server + embedded training worker) on a tiny real dataset."""
+    data_dir = tmp_path_factory.mktemp("training-browser")
+    tiny = write_tiny_manifest(cxr_data_dir, tmp_path_factory.mktemp("tiny-cxr"))
+    username, password = "dr.admin", "retrain the model"
+    engine = make_engine(Settings(data_dir=data_dir).prepared().resolved_database_url)
+    try:
+        upgrade_database(engine)
+        with make_session_factory(engine)() as session:
+            accounts.create_user(session=session, username=username, password=password, role="admin")
+    finally:
+        engine.dispose()
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "CXR_DATA_DIR": str(data_dir),
+        "CXR_ENV": "development",
+        "CXR_DATASET_DIR": str(tiny),
+        "CXR_TRAIN_MAX_STEPS": str(MAX_STEPS),
+        "CXR_TRAIN_THREADS": "1",
+        "CXR_WORKER_POLL_SECONDS": "0.5",
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = data_dir / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        _wait_until_up(url, proc, log)
+        yield LiveServer(url=url, data_dir=data_dir, username=username, password=password)
+    finally:
+        proc.terminate()  # serve stops its worker on the way out
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def page(chromium: Any) -> Iterator[Any]:
+    context = chromium.new_context(viewport=VIEWPORT, device_scale_factor=1)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    errors: list[str] = []
+    failed: list[tuple[int, str]] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("response", lambda r: failed.append((r.status, urlsplit(r.url).path)) if r.status >= 400 else None)
+    page.errors, page.failed = errors, failed
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def job_state(page: Any) -> tuple[float | None, bool]:
+    """(the progress bar's value, whether the job ended: report or error shown); (None, False) while
+    the page reloads itself at the end of the job."""
+    try:
+        return page.evaluate(
+            """() => {
+              const bar = document.getElementById('job-progress');
+              const ended = !!(document.getElementById('report') || document.getElementById('job-error'));
+              return [bar ? bar.value : null, ended];
+            }"""
+        )
+    except Exception:  # "execution context was destroyed": the reload is under way
+        return None, False
+
+
+def test_admin_trains_watches_progress_reads_report_and_promotes(serve: LiveServer, page: Any, shots: Shots) -> None:
+    page.goto(f"{serve.url}/admin/training")
+    page.fill("input[name=username]", serve.username)
+    page.fill("input[name=password]", serve.password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{serve.url}/admin/training")
+
+    page.select_option("#f-architecture", "cnnx")
+    page.select_option("#f-scenario", "s1")
+    page.fill("#f-epochs", str(EPOCHS))
+    page.fill("#f-batch-size", "4")
+    shots.take(page, "training-01-form")
+    page.click("#start-job")
+    page.wait_for_url(re.compile(r"/admin/training/\d+$"))
+    job_id = int(page.url.rsplit("/", 1)[1])
+    assert page.inner_text("#job-status") == "queued"
+
+    seen: list[float] = []
+    shot_taken = False
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        value, ended = job_state(page)
+        if value is not None and (not seen or value != seen[-1]):
+            seen.append(value)
+        if value is not None and 0.2 < value < 1 and not shot_taken:
+            shots.take(page, "training-02-progress")
+            shot_taken = True
+        if ended:
+            break
+        page.wait_for_timeout(250)
+    page.wait_for_load_state()
+    assert page.locator("#report").count(), f"no report: {page.inner_text('#training-job')}\n{seen}"
+    assert page.inner_text("#job-status") == "succeeded"
+    moving = [v for v in seen if 0 < v < 1]
+    assert len(set(moving)) >= 2, f"the progress bar did not move step by step: {seen}"
+    assert seen == sorted(seen), f"the progress bar went backwards: {seen}"
+    assert page.inner_text("#job-epoch").startswith(f"{EPOCHS} /")
+    assert page.locator("#job-epochs tr").count() == EPOCHS
+
+    # The report: paper-style rows for the new and the active model, per source, three charts.
+    rows = page.locator("#paper-table tbody tr")
+    assert rows.count() == 2
+    assert "(new)" in rows.nth(0).inner_text() and "(active)" in rows.nth(1).inner_text()
+    assert page.locator("#by-source tbody tr").count() >= 3  # kermany/hannover (new) + the active's
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)")
+    for chart in ("#chart-curves", "#chart-confusion", "#chart-comparison"):
+        assert page.eval_on_selector(chart, "img => img.naturalWidth") > 300, chart
+    shots.take(page, "training-03-report", full_page=True)
+
+    # Promote the new version from the report; it becomes the active model.
+    page.click("#promote")
+    page.wait_for_url(f"{serve.url}/admin/training/{job_id}")
+    assert "is active" in page.inner_text("#model-active")
+    page.goto(f"{serve.url}/admin/audit")
+    audit = page.inner_text("#audit")
+    assert "model.promote" in audit and "training_job.create" in audit and "training_job.succeeded" in audit
+    shots.take(page, "training-04-audit")
+
+    assert page.errors == [], page.errors
+    assert page.failed == [], page.failed
