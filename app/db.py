@@ -18,6 +18,16 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS_DIR = ROOT / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+MAX_ROW_ID = 2**31 - 1
+"""The largest value an `Integer` id column holds on every backend (PostgreSQL INTEGER). Services treat
+larger (or non-positive) ids as unknown: binding them would fail in the driver (PostgreSQL "integer out
+of range", SQLite OverflowError beyond 64 bits), which a hostile URL must not turn into a 500."""
+
+
+def is_row_id(value: int) -> bool:
+    """Whether `value` can be the id of a row (1..MAX_ROW_ID)."""
+    return 0 < value <= MAX_ROW_ID
+
 
 # Deterministic constraint names, so migrations can drop/alter them on every backend.
 NAMING_CONVENTION = {

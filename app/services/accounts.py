@@ -43,6 +43,8 @@ def count_users(*, session: Session) -> int:
 
 
 def get_user_by_name(*, session: Session, username: str) -> User | None:
+    if not USERNAME_RE.fullmatch(username or ""):  # no account has such a name (and NUL cannot be queried)
+        return None
     return session.scalar(select(User).where(User.username == username))
 
 
@@ -237,6 +239,7 @@ def authenticate(*, session: Session, settings: Settings, username: str, passwor
     `login_max_failures` failures within `login_window_seconds`. A success clears that pair's failures.
     """
     ip = ip or "unknown"
+    username = username.replace("\x00", "\ufffd")  # matches no account; PostgreSQL cannot store or compare NUL
     check_login_throttle(session=session, settings=settings, username=username, ip=ip)
     user = get_user_by_name(session=session, username=username)
     ok = security.verify_password(password, user.password_hash if user else None)

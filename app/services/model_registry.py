@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db import is_row_id
 from app.models import MLModel, User
 from app.services import audit
 from app.services.errors import ConflictError, InvalidInputError, ModelUnavailableError, NotFoundError
@@ -34,7 +35,7 @@ def list_models(*, session: Session) -> list[MLModel]:
 
 
 def get_model(*, session: Session, model_id: int) -> MLModel:
-    model = session.get(MLModel, model_id)
+    model = session.get(MLModel, model_id) if is_row_id(model_id) else None
     if model is None:
         raise NotFoundError(f"model {model_id} not found")
     return model
@@ -108,7 +109,8 @@ def resolve_models(*, session: Session, spec: str | None) -> list[MLModel]:
             raise InvalidInputError(f"models must be 'all' or comma-separated model ids, got {part!r}")
         if int(part) not in ids:
             ids.append(int(part))
-    found = {m.id: m for m in session.scalars(select(MLModel).where(MLModel.id.in_(ids)))}
+    valid = [i for i in ids if is_row_id(i)]
+    found = {m.id: m for m in session.scalars(select(MLModel).where(MLModel.id.in_(valid)))} if valid else {}
     missing = [i for i in ids if i not in found]
     if missing:
         raise InvalidInputError(f"unknown model id(s): {', '.join(map(str, missing))}")

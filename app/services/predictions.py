@@ -18,6 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db import is_row_id
 from app.models import Image, MLModel, Prediction, PredictionResult, User
 from app.services.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
 from app.services.model_registry import ModelManager, resolve_models
@@ -117,9 +118,12 @@ def too_large_message(limit: int) -> str:
 
 
 def _clean_filename(name: str | None) -> str | None:
+    """The upload's base name (no folders, no control characters: PostgreSQL refuses NUL, terminals and
+    logs misread the rest), at most 255 characters; None when nothing is left."""
     if not name:
         return None
-    return Path(name.replace("\\", "/")).name[:255] or None
+    printable = "".join(c for c in name if c.isprintable() or c == " ")
+    return Path(printable.replace("\\", "/")).name[:255] or None
 
 
 def _get_or_create_image(
@@ -158,13 +162,17 @@ def _file_referenced(session: Session, store: FileStore, path: Path) -> bool:
 
 # ---------------------------------------------------------------------------------- reading
 def get_prediction(*, session: Session, prediction_id: int) -> Prediction:
-    prediction = session.get(Prediction, prediction_id)
+    prediction = session.get(Prediction, prediction_id) if is_row_id(prediction_id) else None
     if prediction is None:
         raise NotFoundError(f"prediction {prediction_id} not found")
     return prediction
 
 
 def get_result(*, session: Session, prediction_id: int, model_id: int) -> PredictionResult:
+    if not is_row_id(prediction_id):
+        raise NotFoundError(f"prediction {prediction_id} not found")
+    if not is_row_id(model_id):
+        raise NotFoundError(f"prediction {prediction_id} has no result of model {model_id}")
     result = session.scalar(
         select(PredictionResult).where(
             PredictionResult.prediction_id == prediction_id, PredictionResult.model_id == model_id

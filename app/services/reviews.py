@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import false, func, select
 from sqlalchemy.orm import Session
 
+from app.db import MAX_ROW_ID, is_row_id
 from app.models import REASON_TAGS, VERDICTS, MLModel, Prediction, PredictionResult, User, Verdict
 from app.services.errors import InvalidInputError
 from app.services.predictions import get_result
@@ -59,6 +60,8 @@ def add_verdict(
         raise InvalidInputError(f"unknown reason tag(s) {', '.join(unknown)}; allowed: {', '.join(REASON_TAGS)}")
     if diagnosis is not None and diagnosis not in CLASSES:
         raise InvalidInputError(f"diagnosis must be one of {', '.join(CLASSES)}")
+    if "\x00" in (comment or ""):  # PostgreSQL text cannot hold it; refuse rather than alter a clinical note
+        raise InvalidInputError("the comment contains a NUL character (\\x00); remove it and send again")
     result = get_result(session=session, prediction_id=prediction_id, model_id=model_id)
     row = Verdict(
         result_id=result.id,
@@ -128,7 +131,7 @@ def worklist(
     if sort not in ("priority", "newest"):
         raise InvalidInputError("sort must be 'priority' or 'newest'")
     limit = max(1, min(int(limit), 500))
-    offset = max(0, int(offset))
+    offset = max(0, min(int(offset), MAX_ROW_ID))  # no table has more rows; larger values fail to bind
     counts = (
         select(Verdict.result_id, func.count(Verdict.id).label("n"), func.max(Verdict.id).label("last_id"))
         .group_by(Verdict.result_id)
@@ -140,7 +143,7 @@ def worklist(
         .outerjoin(counts, counts.c.result_id == PredictionResult.id)
     )
     if model_id is not None:
-        stmt = stmt.where(PredictionResult.model_id == model_id)
+        stmt = stmt.where(PredictionResult.model_id == model_id if is_row_id(model_id) else false())
     if predicted_class is not None:
         stmt = stmt.where(PredictionResult.predicted_class == predicted_class)
     if reviewed is True:
