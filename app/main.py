@@ -21,7 +21,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings
@@ -88,6 +90,31 @@ class SecurityHeadersMiddleware:
 
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 """Room for the multipart envelope and small form fields on top of CXR_MAX_UPLOAD_BYTES."""
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over `max_body_size` with a JSON 413 that states the upload limit.
+
+    A declared Content-Length over the limit is answered at once, before a byte of the body is read
+    (and the connection is closed); a body without one (chunked) is counted while it streams in, by
+    Starlette's RequestBodyLimitMiddleware, whose error FastAPI turns into a 413 for our handler.
+    FastAPI's own `max_body_size` is not used on purpose: it answers a declared oversized body with a
+    bare text/plain "Content Too Large" sent around the app's middleware and error handlers.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body_size: int, message: str) -> None:
+        self.app = RequestBodyLimitMiddleware(app, max_body_size=max_body_size)
+        self.max_body_size = max_body_size
+        self.message = message
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            declared = Headers(scope=scope).get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_body_size:
+                reply = JSONResponse({"detail": self.message}, status_code=413, headers={"Connection": "close"})
+                await reply(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _error_handlers(app: FastAPI) -> None:
@@ -193,9 +220,6 @@ def create_app(settings: Settings | None = None, *, announce: Any = None) -> Fas
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
-        # Bodies over the upload limit (plus the multipart envelope) are refused with 413 while they
-        # stream in, before anything is parsed or spooled; the route checks the file size exactly.
-        max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
     )
     app.state.ctx = ctx
     _error_handlers(app)
@@ -208,5 +232,12 @@ def create_app(settings: Settings | None = None, *, announce: Any = None) -> Fas
     app.include_router(admin_training.router)  # retraining: /api/v1/training-jobs, /admin/training
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # Bodies over the upload limit (plus the multipart envelope) are refused with 413 before anything is
+    # parsed or spooled; the route checks the file size exactly.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+        message=too_large_message(settings.max_upload_bytes),
+    )
     app.add_middleware(SecurityHeadersMiddleware, secure_cookies=settings.production)  # outermost: on every reply
     return app
