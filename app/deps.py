@@ -27,7 +27,7 @@ from app.config import Settings
 from app.models import User, WebSession
 from app.services import accounts
 from app.services.model_registry import ModelManager
-from app.services.storage import FileStore
+from app.services.storage import DataDirLock, FileStore
 
 SESSION_COOKIE = "cxr_session"
 CSRF_COOKIE = "cxr_csrf"
@@ -46,6 +46,14 @@ class AppContext:
     session_factory: sessionmaker[Session]
     store: FileStore
     models: ModelManager
+    data_lock: DataDirLock | None = None
+    """Held (shared) while the app runs; see app.services.storage.DataDirLock."""
+
+    def close(self) -> None:
+        """Dispose of the engine's connections and release the data dir."""
+        self.engine.dispose()
+        if self.data_lock is not None:
+            self.data_lock.release()
 
 
 def get_context(request: Request) -> AppContext:

@@ -29,11 +29,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.config import Settings
 from app.db import make_engine, make_session_factory, upgrade_database
 from app.deps import CSRF_COOKIE, AppContext, pending_csrf_cookie
-from app.services import accounts, model_registry
+from app.services import accounts, model_registry, predictions
 from app.services.errors import ServiceError, ThrottledError
 from app.services.model_registry import ModelManager
 from app.services.predictions import too_large_message
-from app.services.storage import FileStore
+from app.services.storage import DataDirLock, FileStore
 from ml.imageio import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 
 log = logging.getLogger(__name__)
@@ -154,9 +154,12 @@ def _error_handlers(app: FastAPI) -> None:
 
 
 def build_context(settings: Settings, *, announce: Any = None) -> AppContext:
-    """Migrate, register models, bootstrap the admin; returns the shared objects of one app.
+    """Migrate, register models, bootstrap the admin, clear leftovers of a crash; returns the shared
+    objects of one app (call `.close()` when done with them).
 
     `announce(text)` receives the one-time admin password line (default: print to stdout once).
+    Leftovers (files an upload cut by kill -9 wrote without committing its rows) are removed only when
+    no other process serves this data dir (`DataDirLock`); the data dir must be local to one host.
     """
     if settings.torch_threads is not None:
         import torch
@@ -177,12 +180,21 @@ def build_context(settings: Settings, *, announce: Any = None) -> AppContext:
             print(line, file=sys.stdout, flush=True)
         else:
             announce(line)
+    store = FileStore(settings.data_dir)
+    data_lock = DataDirLock(settings.data_dir)
+    if data_lock.try_exclusive():
+        with session_factory() as session:
+            removed = predictions.remove_orphan_files(session=session, store=store)
+        if removed:
+            log.warning("removed %d file(s) left by uploads interrupted before their commit", len(removed))
+    data_lock.hold_shared()
     return AppContext(
         settings=settings,
         engine=engine,
         session_factory=session_factory,
-        store=FileStore(settings.data_dir),
+        store=store,
         models=ModelManager(),
+        data_lock=data_lock,
     )
 
 
@@ -210,7 +222,7 @@ def create_app(settings: Settings | None = None, *, announce: Any = None) -> Fas
             await anyio.to_thread.run_sync(preload_active_model, ctx)
         yield
         reaper.close()
-        ctx.engine.dispose()
+        ctx.close()
 
     app = FastAPI(
         title="cxr-review",

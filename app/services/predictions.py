@@ -160,6 +160,15 @@ def _file_referenced(session: Session, store: FileStore, path: Path) -> bool:
         return True
 
 
+def remove_orphan_files(*, session: Session, store: FileStore) -> list[Path]:
+    """Remove what an upload cut between writing its files and committing its rows left behind (files
+    under images/ and cams/ that no row names, temp files). Only while no other process can be mid-upload
+    (app.main.build_context calls it holding the data dir's exclusive lock)."""
+    image_shas = set(session.scalars(select(Image.sha256)))
+    cam_shas = set(session.scalars(select(PredictionResult.cam_sha256)))
+    return store.remove_unreferenced(image_shas=image_shas, cam_shas=cam_shas)
+
+
 # ---------------------------------------------------------------------------------- reading
 def get_prediction(*, session: Session, prediction_id: int) -> Prediction:
     prediction = session.get(Prediction, prediction_id) if is_row_id(prediction_id) else None

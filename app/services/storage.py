@@ -10,15 +10,20 @@ Files are written to a temp name and `os.replace`d into place before the databas
 them is committed. A `WriteBatch` remembers what it newly created, so a failed commit can remove
 exactly those files (if no committed row references them meanwhile). Existing files are never
 rewritten: same name means same content.
+
+A process killed between the two steps (kill -9, power loss) leaves files no row names. Every app
+process holds `DataDirLock` shared; the one that starts while no other is alive gets it exclusively
+and removes such leftovers (`FileStore.remove_unreferenced`) before it serves.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +31,8 @@ import numpy as np
 from PIL import Image
 
 SHA256_HEX_LEN = 64
+LOCK_FILE = ".cxr-review.lock"
+CONTENT_FOLDERS = ("images", "cams")
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -78,6 +85,32 @@ class WriteBatch:
         return removed
 
 
+class DataDirLock:
+    """An advisory lock (flock) on DATA_DIR/.cxr-review.lock.
+
+    Every app process holds it shared while it runs. `try_exclusive()` succeeds only when no other
+    live process holds it (the OS releases the lock of a killed process), i.e. when no upload can be
+    between writing its files and committing its rows: the moment leftovers can be told apart.
+    """
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self._file = open(root / LOCK_FILE, "a+b")  # noqa: SIM115  (held for the app's lifetime)
+
+    def try_exclusive(self) -> bool:
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def hold_shared(self) -> None:
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_SH)
+
+    def release(self) -> None:
+        self._file.close()  # closing the file drops the lock
+
+
 class FileStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -128,6 +161,25 @@ class FileStore:
         write_atomic(path, data)
         return path
 
+    def remove_unreferenced(self, *, image_shas: Collection[str], cam_shas: Collection[str]) -> list[Path]:
+        """Remove content files no row names and temp files of interrupted writes; returns them.
+
+        Only call while no other process can be writing (under `DataDirLock.try_exclusive`).
+        Files whose names this store would never create are left alone.
+        """
+        doomed = list((self.root / "cache").rglob(".*.tmp"))
+        for folder, keep in (("images", image_shas), ("cams", cam_shas)):
+            for path in (self.root / folder).glob("*/*"):
+                sha = path.name.split(".", 1)[0]
+                if _is_temp(path) or (is_sha256(sha) and sha not in keep):
+                    doomed.append(path)
+        removed = []
+        for path in doomed:
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
     # -- reading ----------------------------------------------------------------------------
     def read_gray(self, image_sha: str) -> np.ndarray:
         with Image.open(self.gray_path(image_sha)) as img:
@@ -142,6 +194,11 @@ class FileStore:
             return path.read_bytes()
         except FileNotFoundError:
             return None
+
+
+def _is_temp(path: Path) -> bool:
+    """A `write_atomic` temp file (`.<name>.<random>.tmp`)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
 
 
 def encode_png(gray: np.ndarray) -> bytes:
