@@ -309,7 +309,10 @@ def finish_job(
     if final:
         fields["finished_at"] = utcnow()
     else:
-        fields.update(worker_id=None, started_at=None, progress=0.0, epoch=None, step=None, eta_seconds=None)
+        fields.update(
+            worker_id=None, started_at=None, progress=0.0, epoch=None, step=None, loss=None, eta_seconds=None,
+            metrics={},
+        )  # fmt: skip
     fields.update({k: json_safe(v) for k, v in (values or {}).items()})
     result = _updated(
         session,

@@ -3,6 +3,8 @@ real films (CNN-X, scenario s1, steps per epoch capped by CXR_TRAIN_MAX_STEPS):
 
 - a job runs to `succeeded`, its model appears with metrics and lineage, is promoted, the next
   prediction uses it, and a rollback puts the previous version back — all audited;
+- reviewed uploads join the training split, except one identical to a test film;
+- a worker stopped with SIGTERM puts its job back in the queue; another worker takes it up again;
 - cancelling a running job stops its training process and registers nothing;
 - a worker killed with SIGKILL mid-job leaves no trainer behind, the web process's reaper marks the
   job failed within the stale limit, and predictions keep working throughout.
@@ -10,6 +12,7 @@ real films (CNN-X, scenario s1, steps per epoch capped by CXR_TRAIN_MAX_STEPS):
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -139,8 +142,23 @@ def final(job: dict[str, Any]) -> bool:
     return job["status"] in ("succeeded", "failed", "cancelled")
 
 
+def review(env: Env, film: Path, diagnosis: str) -> None:
+    case = env.upload(film.read_bytes()).json()
+    body = {"model_id": case["results"][0]["model_id"], "verdict": "approve", "diagnosis": diagnosis}
+    r = env.client.post(f"/api/v1/predictions/{case['id']}/verdicts", headers=env.auth("reviewer"), json=body)
+    assert r.status_code == 201
+
+
+def tiny_film(env: Env, split: str, label: str) -> Path:
+    with (Path(env.settings.dataset_dir) / "manifest.csv").open(newline="") as fh:
+        return Path(next(r["path"] for r in csv.DictReader(fh) if r["split"] == split and r["label"] == label))
+
+
 def test_job_succeeds_is_promoted_used_and_rolled_back(env: Env, worker: WorkerProcess, films: dict[str, Film]) -> None:
-    r = env.client.post("/api/v1/training-jobs", headers=env.auth("admin"), json=SHORT)
+    review(env, tiny_film(env, "test", "covid19"), "covid19")  # a held-out film: must not reach training
+    review(env, tiny_film(env, "train", "covid19"), "covid19")  # a training film: added again as an upload
+    body = {**SHORT, "include_reviewed": True}
+    r = env.client.post("/api/v1/training-jobs", headers=env.auth("admin"), json=body)
     assert r.status_code == 202 and r.json()["status"] == "queued"
     job, seen = wait_for(env, worker, r.json()["id"], final)
     assert job["status"] == "succeeded", f"{job['error']}\n{worker.tail()}"
@@ -151,6 +169,9 @@ def test_job_succeeds_is_promoted_used_and_rolled_back(env: Env, worker: WorkerP
     history = job["metrics"]["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3] and all(h["val_accuracy"] is not None for h in history)
     assert job["metrics"]["test"]["n"] == 6  # s1 on the tiny test split: 3 normal + 3 COVID-19
+    reviewed = job["dataset"]["reviewed_uploads"]
+    assert (reviewed["reviewed"], reviewed["added"], reviewed["excluded_holdout"]) == (2, 1, 1)
+    assert job["metrics"]["train_images"] == 12 + 1  # the tiny set's s1 training films + the upload
 
     models = {m["id"]: m for m in env.client.get("/api/v1/models", headers=env.auth("reviewer")).json()}
     new, parent = models[job["model_id"]], models[job["parent_model_id"]]
@@ -158,7 +179,7 @@ def test_job_succeeds_is_promoted_used_and_rolled_back(env: Env, worker: WorkerP
     assert new["parent_id"] == parent["id"]
     assert new["data_manifest_sha256"] == job["dataset"]["manifest_sha256"]
     assert new["hparams"]["epochs"] == 3 and new["hparams"]["max_steps_per_epoch"] == MAX_STEPS
-    assert new["hparams"]["training_job_id"] == job["id"]
+    assert new["hparams"]["training_job_id"] == job["id"] and new["hparams"]["reviewed_uploads_added"] == 1
     assert set(new["metrics"]) == {"val", "test"} and new["metrics"]["test"]["n"] == 6
 
     report = env.client.get(job["report_url"], headers=env.auth("admin")).json()
@@ -191,9 +212,19 @@ def test_job_succeeds_is_promoted_used_and_rolled_back(env: Env, worker: WorkerP
     assert [t for t in trail if t in expected] == expected
 
 
-def test_cancelling_a_running_job_stops_its_training(env: Env, worker: WorkerProcess) -> None:
+def test_stopped_worker_requeues_its_job_and_cancel_stops_training(env: Env, worker: WorkerProcess) -> None:
     job_id = env.client.post("/api/v1/training-jobs", headers=env.auth("admin"), json=LONG).json()["id"]
     wait_for(env, worker, job_id, training)
+    # SIGTERM (e.g. `cxr-review serve` shutting down): the job goes back to the queue, its trainer stops.
+    assert worker.proc is not None
+    worker.proc.terminate()
+    assert worker.proc.wait(timeout=60) == 0, worker.tail()
+    job = get_job(env, job_id)
+    assert job["status"] == "queued" and job["progress"] == 0 and "re-queued" in job["error"]
+    wait_no_processes(f"/training/job-{job_id}/")
+
+    worker.start()  # another worker takes it up again
+    job, _ = wait_for(env, worker, job_id, training)
     r = env.client.post(f"/api/v1/training-jobs/{job_id}/cancel", headers=env.auth("admin"))
     assert r.status_code == 200 and r.json()["cancel_requested"] is True
     job, _ = wait_for(env, worker, job_id, final, timeout=30)
