@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import DatabaseError
 
@@ -353,3 +354,42 @@ def test_class_sensitivity_interval_is_wilson_and_never_a_single_point() -> None
     low, high = wilson_ci95(50, 100)
     assert round(low, 3) == 0.404 and round(high, 3) == 0.596
     assert wilson_ci95(0, 0) is None
+
+
+def admin_browser(env: Env) -> TestClient:
+    """A cookie session of admin2 on the module's app."""
+    client = TestClient(env.app, follow_redirects=False)
+    login = client.get("/login")
+    form = {"username": "admin2", "password": "correct horse", "csrf_token": login.context["csrf_token"]}
+    assert client.post("/login", data=form).status_code == 303
+    return client
+
+
+def test_training_form_refuses_bad_values_queues_good_ones_and_needs_csrf(env: Env) -> None:
+    browser = admin_browser(env)
+    token = browser.get("/admin/training").context["csrf_token"]
+    form = {"csrf_token": token, "architecture": "cnnx", "scenario": "s1", "epochs": "0", "batch_size": "8",
+            "learning_rate": "0.0003", "seed": "0", "max_steps_per_epoch": ""}  # fmt: skip
+    before = jobs_count(env)
+    bad = browser.post("/admin/training", data=form)
+    assert bad.status_code == 422 and bad.template.name == "training/index.html"
+    assert any(e.startswith("epochs:") for e in bad.context["errors"]) and "Nothing was queued" in bad.text
+    assert bad.context["form"]["epochs"] == "0"  # the form keeps what was typed
+    assert browser.post("/admin/training", data={**form, "epochs": "2", "csrf_token": ""}).status_code == 403
+    assert jobs_count(env) == before
+
+    good = browser.post("/admin/training", data={**form, "epochs": "2", "pretrained": "on"})
+    assert good.status_code == 422 and "no ImageNet weights" in " ".join(good.context["errors"])
+    good = browser.post("/admin/training", data={**form, "epochs": "2", "include_reviewed": "on"})
+    assert good.status_code == 303
+    job_page = browser.get(good.headers["location"])
+    assert job_page.status_code == 200 and job_page.template.name == "training/job.html"
+    job = job_page.context["job"]
+    assert job.status == "queued" and job.params["include_reviewed"] is True and job.params["epochs"] == 2
+    assert 'id="job-progress"' in job_page.text and "/static/training.js" in job_page.text
+    cancel = browser.post(f"/admin/training/{job.id}/cancel", data={"csrf_token": token})
+    assert cancel.status_code == 303 and get_status(env, job.id) == "cancelled"
+
+
+def get_status(env: Env, job_id: int) -> str:
+    return env.client.get(f"/api/v1/training-jobs/{job_id}", headers=env.auth("admin")).json()["status"]
