@@ -149,9 +149,7 @@ def _create_triggers() -> None:
             "$$ BEGIN RAISE EXCEPTION 'model versions are immutable; register a new version'; END $$"
         )
         # json has no equality operator: compare the text forms.
-        changed = " OR ".join(
-            f"OLD.{c}::text IS DISTINCT FROM NEW.{c}::text" for c in IMMUTABLE_MODEL_COLUMNS
-        )
+        changed = " OR ".join(f"OLD.{c}::text IS DISTINCT FROM NEW.{c}::text" for c in IMMUTABLE_MODEL_COLUMNS)
         op.execute(
             f"CREATE TRIGGER models_immutable BEFORE UPDATE ON models FOR EACH ROW WHEN ({changed}) "
             "EXECUTE FUNCTION models_immutable()"
