@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -227,13 +228,18 @@ class Worker:
         done = 0
         log.info("worker %s: waiting for training jobs", self.worker_id)
         while not self.stop.is_set():
-            with self.session_factory() as session:
-                reaped = training.reap_stale_jobs(
-                    session=session, stale_after_seconds=self.settings.worker_stale_seconds
-                )
-                if reaped:
-                    log.warning("reaped abandoned training job(s) %s", reaped)
-                job = training.claim_next_job(session=session, worker_id=self.worker_id)
+            try:
+                with self.session_factory() as session:
+                    reaped = training.reap_stale_jobs(
+                        session=session, stale_after_seconds=self.settings.worker_stale_seconds
+                    )
+                    if reaped:
+                        log.warning("reaped abandoned training job(s) %s", reaped)
+                    job = training.claim_next_job(session=session, worker_id=self.worker_id)
+            except DBAPIError as exc:  # the database is briefly unreachable: wait, try again
+                log.warning("worker %s: database unavailable (%s); retrying", self.worker_id, exc)
+                self.stop.wait(self.settings.worker_poll_seconds)
+                continue
             if job is not None:
                 self.run_job(job)
                 done += 1
@@ -314,10 +320,18 @@ class JobRun:
         now = time.monotonic()
         due = now - self.last_write >= self.settings.worker_heartbeat_seconds
         if force or due or (self.progress.dirty and now - self.last_write >= PROGRESS_WRITE_SECONDS):
-            with self.worker.session_factory() as session:
-                control = training.report_progress(
-                    session=session, job_id=self.job.id, worker_id=self.worker.worker_id, values=self.progress.values
-                )
+            job_id, worker_id = self.job.id, self.worker.worker_id
+            try:
+                with self.worker.session_factory() as session:
+                    control = training.report_progress(
+                        session=session, job_id=job_id, worker_id=worker_id, values=self.progress.values
+                    )
+            except DBAPIError as exc:
+                # A database hiccup: keep training and try again in a second. An outage longer than
+                # CXR_WORKER_STALE_SECONDS gets the job reaped; the next beat then stops it.
+                log.warning("job %s: heartbeat failed (%s)", job_id, exc)
+                self.last_write = now - self.settings.worker_heartbeat_seconds + PROGRESS_WRITE_SECONDS
+                return
             self.progress.dirty = False
             self.last_write = now
             if not control.owned:
