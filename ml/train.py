@@ -50,7 +50,7 @@ from ml.transforms import normalize_batch, train_augmentation
 
 log = logging.getLogger(__name__)
 
-MASKED_LOGIT = -1.0e4
+MASKED_LOGIT = float("-inf")
 
 
 class TrainingCancelled(Exception):
@@ -128,8 +128,28 @@ def pick_device(name: str) -> torch.device:
 
 
 def class_mask(active: tuple[str, ...], device: torch.device | str = "cpu") -> torch.Tensor:
-    """0 for active classes, a large negative number for the others (added to the logits)."""
+    """0 for active classes, -inf for the others: added to logits, it gives the others probability 0."""
     return torch.tensor([0.0 if c in active else MASKED_LOGIT for c in CLASSES], device=device)
+
+
+class ActiveClassLoss(nn.Module):
+    """Weighted cross-entropy over a scenario's classes only.
+
+    The other logit columns are dropped before the loss, so neither the class weights nor label
+    smoothing ever see a class the scenario does not train (s1 trains normal vs COVID-19).
+    """
+
+    def __init__(self, active: tuple[str, ...], weight: torch.Tensor, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        index = [CLASSES.index(c) for c in CLASSES if c in active]
+        remap = torch.full((len(CLASSES),), -100, dtype=torch.long)
+        remap[index] = torch.arange(len(index))
+        self.register_buffer("index", torch.tensor(index, dtype=torch.long))
+        self.register_buffer("remap", remap)
+        self.ce = nn.CrossEntropyLoss(weight=weight[index], label_smoothing=label_smoothing)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.ce(logits.index_select(1, self.index), self.remap[targets])
 
 
 def class_weights(labels: np.ndarray, active: tuple[str, ...], how: str) -> torch.Tensor:
@@ -243,8 +263,8 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
     core: CXRNet = model  # type: ignore[assignment]
     mask = class_mask(scenario.classes, device)
     weights = class_weights(train_data.labels, scenario.classes, config.class_weighting).to(device)
-    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
-    eval_criterion = nn.CrossEntropyLoss(weight=weights.cpu())
+    criterion = ActiveClassLoss(scenario.classes, weights, config.label_smoothing).to(device)
+    eval_criterion = ActiveClassLoss(scenario.classes, weights.cpu())
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     dataset = XrayDataset(train_data, train_augmentation() if config.augment else None)
@@ -316,7 +336,7 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
             x = normalize_batch(images, spec.mean, spec.std).to(device, non_blocking=True)
             x = x.contiguous(memory_format=memory_format)
             y = labels.to(device)
-            loss = criterion(model(x) + mask, y)
+            loss = criterion(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
