@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.db import MAX_ROW_ID
 from app.models import AuditEntry, User
 
 SYSTEM_ACTOR = "system"
@@ -41,7 +42,8 @@ def list_entries(
     *, session: Session, limit: int = 100, offset: int = 0, action_prefix: str | None = None
 ) -> list[AuditEntry]:
     """Newest first. `action_prefix` filters, e.g. 'model.' or 'training_job.'."""
-    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit).offset(offset)
+    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit).offset(min(offset, MAX_ROW_ID))
+    action_prefix = (action_prefix or "").replace("\x00", "")  # PostgreSQL cannot compare NUL
     if action_prefix:
         query = query.where(AuditEntry.action.startswith(action_prefix, autoescape=True))
     return list(session.scalars(query))

@@ -28,6 +28,7 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db import MAX_ROW_ID, is_row_id
 from app.models import TrainingJob, User, utcnow
 from app.services import audit
 from app.services.errors import (
@@ -169,11 +170,12 @@ def create_job(*, session: Session, settings: Settings, params: TrainingParams, 
 
 def list_jobs(*, session: Session, limit: int = 50, offset: int = 0) -> list[TrainingJob]:
     """Newest first."""
+    offset = min(offset, MAX_ROW_ID)  # larger values fail to bind (PostgreSQL BIGINT, SQLite 64 bits)
     return list(session.scalars(select(TrainingJob).order_by(TrainingJob.id.desc()).limit(limit).offset(offset)))
 
 
 def get_job(*, session: Session, job_id: int) -> TrainingJob:
-    job = session.get(TrainingJob, job_id, populate_existing=True)
+    job = session.get(TrainingJob, job_id, populate_existing=True) if is_row_id(job_id) else None
     if job is None:
         raise NotFoundError(f"training job {job_id} not found")
     return job
