@@ -68,6 +68,8 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps-per-epoch", type=_positive_int, default=None, help="cap steps (smoke tests)")
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--intensity", choices=["raw", "equalize"], default="raw",
+                   help="grey-level standardisation after resizing: none, or histogram equalisation")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     pre = p.add_mutually_exclusive_group()
     pre.add_argument("--pretrained", dest="pretrained", action="store_true",
@@ -124,7 +126,7 @@ def _train_config(args: argparse.Namespace, out_dir: str, arch: str | None = Non
         input_size=args.input_size, augment=not args.no_augment, class_weighting=args.class_weighting,
         max_steps_per_epoch=args.max_steps_per_epoch, num_workers=args.workers, device=args.device,
         half_checkpoint=getattr(args, "half", False), resume=getattr(args, "resume", False),
-        threads=args.threads,
+        threads=args.threads, intensity=args.intensity,
     )
 
 
@@ -245,6 +247,8 @@ def add_train_lungs_command(sub: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--base-channels", type=_positive_int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps-per-epoch", type=_positive_int, default=None, help="cap steps (smoke tests)")
+    p.add_argument("--intensity", choices=["raw", "equalize"], default="raw",
+                   help="grey-level standardisation after resizing: none, or histogram equalisation")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto ...")
     p.add_argument("--no-augment", action="store_true")
@@ -260,7 +264,7 @@ def cmd_train_lungs(args: argparse.Namespace) -> int:
         data_dir=args.data or default_lungseg_dir(), out_dir=args.out, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, base_channels=args.base_channels, seed=args.seed,
         augment=not args.no_augment, max_steps_per_epoch=args.max_steps_per_epoch, device=args.device,
-        threads=args.threads,
+        threads=args.threads, intensity=args.intensity,
     )
     try:
         config.validate()

@@ -20,6 +20,7 @@ from ml.data import get_scenario, load_images, manifest_sha256, read_manifest, s
 from ml.metrics import classification_report
 from ml.registry import get_arch
 from ml.train import class_mask, predict_logits
+from ml.transforms import apply_intensity
 
 
 def evaluate_checkpoint(
@@ -39,6 +40,7 @@ def evaluate_checkpoint(
     if not chosen:
         raise ValueError(f"split {split!r} of {data_dir} has no images of classes {', '.join(active)}")
     loaded = load_images(chosen, int(meta["input_size"]))
+    loaded.images = apply_intensity(loaded.images, meta.get("intensity", "raw"))
     logits = predict_logits(model, loaded.images, meta["mean"], meta["std"], mask=class_mask(active),
                             batch_size=batch_size)
     probs = torch.softmax(logits, dim=1)

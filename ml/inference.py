@@ -57,6 +57,7 @@ class Predictor:
         self.input_size = int(meta["input_size"])
         self.mean = tuple(meta["mean"])
         self.std = tuple(meta["std"])
+        self.intensity = str(meta.get("intensity", "raw"))
         self.active_classes = tuple(meta.get("active_classes", CLASSES))
         self._mask = class_mask(self.active_classes)
         self._cam = cam_for(self.model, self.spec)
@@ -81,7 +82,7 @@ class Predictor:
         """H×W uint8 films (any size) → one Prediction each."""
         if not grays:
             return []
-        x = to_model_input(grays, self.input_size, self.mean, self.std)
+        x = to_model_input(grays, self.input_size, self.mean, self.std, self.intensity)
         out = self._cam(x)
         logits = out.logits + self._mask
         probs = torch.softmax(logits, dim=1)

@@ -46,7 +46,7 @@ from ml.data import (
 )
 from ml.metrics import classification_report
 from ml.registry import get_arch
-from ml.transforms import normalize_batch, train_augmentation
+from ml.transforms import INTENSITY_MODES, apply_intensity, normalize_batch, train_augmentation
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class TrainConfig:
     resume: bool = False
     channels_last: bool = True
     threads: int | None = None
+    intensity: str = "raw"  # "raw" or "equalize" (see ml.transforms.INTENSITY_MODES)
     """torch intra-op threads (None: torch's default). One thread is faster on a busy machine."""
     extra_train_dirs: list[str] = field(default_factory=list)
 
@@ -96,6 +97,8 @@ class TrainConfig:
             raise ValueError("batch size must be > 0")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError("learning rate must be a positive number")
+        if self.intensity not in INTENSITY_MODES:
+            raise ValueError(f"intensity must be one of {', '.join(INTENSITY_MODES)}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError("lr schedule must be 'constant' or 'cosine'")
         if self.class_weighting not in ("inverse-frequency", "none"):
@@ -108,8 +111,16 @@ class TrainConfig:
 
     def hparams(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("data_dir", "out_dir", "resume", "num_workers", "device", "extra_train_dirs", "channels_last",
-                  "threads"):
+        for k in (
+            "data_dir",
+            "out_dir",
+            "resume",
+            "num_workers",
+            "device",
+            "extra_train_dirs",
+            "channels_last",
+            "threads",
+        ):
             d.pop(k)
         return d
 
@@ -177,15 +188,20 @@ def predict_logits(
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(images[start:start + batch_size]).unsqueeze(1)
+        batch = torch.from_numpy(images[start : start + batch_size]).unsqueeze(1)
         x = normalize_batch(batch, mean, std).to(device)
         out.append((model(x) + mask.to(device)).float().cpu())
     return torch.cat(out) if out else torch.zeros((0, len(CLASSES)))
 
 
 def validate_epoch(
-    model: nn.Module, loaded: LoadedImages, spec_mean: Any, spec_std: Any, mask: torch.Tensor,
-    criterion: nn.Module, device: torch.device,
+    model: nn.Module,
+    loaded: LoadedImages,
+    spec_mean: Any,
+    spec_std: Any,
+    mask: torch.Tensor,
+    criterion: nn.Module,
+    device: torch.device,
 ) -> dict[str, Any]:
     logits = predict_logits(model, loaded.images, spec_mean, spec_std, mask=mask, device=device)
     labels = torch.from_numpy(loaded.labels)
@@ -252,6 +268,8 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
         raise ValueError(f"no training images for scenario {scenario.name} in {config.data_dir}")
     train_data = load_images(train_records, input_size)
     val_data = load_images(val_records, input_size)
+    train_data.images = apply_intensity(train_data.images, config.intensity)
+    val_data.images = apply_intensity(val_data.images, config.intensity)
     skipped = train_data.skipped + val_data.skipped
     if skipped and is_main:
         print(f"warning: skipped {len(skipped)} unreadable image(s); first: {skipped[0][0]} ({skipped[0][1]})")
@@ -268,11 +286,19 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     dataset = XrayDataset(train_data, train_augmentation() if config.augment else None)
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed) \
-        if distributed else None
+    sampler = (
+        DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
+        if distributed
+        else None
+    )
     loader = DataLoader(
-        dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-        num_workers=config.num_workers, generator=generator, drop_last=len(dataset) > config.batch_size,
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=config.num_workers,
+        generator=generator,
+        drop_last=len(dataset) > config.batch_size,
     )
     steps_per_epoch = len(loader)
     if config.max_steps_per_epoch is not None:
@@ -301,15 +327,31 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
         "skipped_unreadable": len(skipped),
     }
     meta_base = base_meta(spec, input_size=input_size, scenario_classes=scenario.classes)
-    meta_base.update(scenario=scenario.name, pretrained=config.pretrained, hparams=config.hparams(),
-                     data=data_meta, world_size=world)
+    meta_base.update(
+        intensity=config.intensity,
+        scenario=scenario.name,
+        pretrained=config.pretrained,
+        hparams=config.hparams(),
+        data=data_meta,
+        world_size=world,
+    )
 
-    emit({"type": "start", "epochs": config.epochs, "steps_per_epoch": steps_per_epoch,
-          "train_images": len(dataset), "val_images": len(val_data.records), "skipped": len(skipped)})
+    emit(
+        {
+            "type": "start",
+            "epochs": config.epochs,
+            "steps_per_epoch": steps_per_epoch,
+            "train_images": len(dataset),
+            "val_images": len(val_data.records),
+            "skipped": len(skipped),
+        }
+    )
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        print(f"training {spec.name} ({config.scenario}) on {len(dataset)} images, "
-              f"validating on {len(val_data.records)}; {steps_per_epoch} steps/epoch, device {device}")
+        print(
+            f"training {spec.name} ({config.scenario}) on {len(dataset)} images, "
+            f"validating on {len(val_data.records)}; {steps_per_epoch} steps/epoch, device {device}"
+        )
 
     started = time.monotonic()
     global_step = (start_epoch - 1) * steps_per_epoch
@@ -350,9 +392,17 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
             elapsed = time.monotonic() - started
             todo = config.epochs * steps_per_epoch - done
             first_done = done - (start_epoch - 1) * steps_per_epoch
-            emit({"type": "step", "epoch": epoch, "step": step + 1, "steps_per_epoch": steps_per_epoch,
-                  "loss": float(loss.item()), "progress": done / (config.epochs * steps_per_epoch),
-                  "eta_seconds": elapsed / max(1, first_done) * todo})
+            emit(
+                {
+                    "type": "step",
+                    "epoch": epoch,
+                    "step": step + 1,
+                    "steps_per_epoch": steps_per_epoch,
+                    "loss": float(loss.item()),
+                    "progress": done / (config.epochs * steps_per_epoch),
+                    "eta_seconds": elapsed / max(1, first_done) * todo,
+                }
+            )
         if bar is not None:
             bar.close()
         train_loss = running / max(1, seen)
@@ -360,27 +410,56 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
             dist.barrier()
         if is_main:
             val = validate_epoch(core, val_data, spec.mean, spec.std, mask, eval_criterion, device)
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
-                            "val_accuracy": val["accuracy"], "val_macro_sensitivity": val["macro_sensitivity"]})
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "val_loss": val["loss"],
+                    "val_accuracy": val["accuracy"],
+                    "val_macro_sensitivity": val["macro_sensitivity"],
+                }
+            )
             improved = _better(val, best)
             if improved:
                 best = {**val, "epoch": epoch}
-                save_checkpoint(out_dir / "best.pt", core, {**meta_base, "epoch": epoch, "metrics": {"val": val}},
-                                half=config.half_checkpoint)
-            save_checkpoint(last_path, core, {**meta_base, "epoch": epoch, "metrics": {"val": val},
-                                              "optimizer": optimizer.state_dict(), "history": history,
-                                              "best_val": best})
+                save_checkpoint(
+                    out_dir / "best.pt",
+                    core,
+                    {**meta_base, "epoch": epoch, "metrics": {"val": val}},
+                    half=config.half_checkpoint,
+                )
+            save_checkpoint(
+                last_path,
+                core,
+                {
+                    **meta_base,
+                    "epoch": epoch,
+                    "metrics": {"val": val},
+                    "optimizer": optimizer.state_dict(),
+                    "history": history,
+                    "best_val": best,
+                },
+            )
             (out_dir / "history.json").write_text(json.dumps(history, indent=2))
-            print(f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val['loss']:.4f}, "
-                  f"val accuracy {val['accuracy']:.3f}, val macro sensitivity {val['macro_sensitivity']:.3f}"
-                  + (" (best)" if improved else ""), flush=True)
+            print(
+                f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val['loss']:.4f}, "
+                f"val accuracy {val['accuracy']:.3f}, val macro sensitivity {val['macro_sensitivity']:.3f}"
+                + (" (best)" if improved else ""),
+                flush=True,
+            )
             emit({"type": "epoch", "epoch": epoch, "train_loss": train_loss, "val": val, "best": improved})
         model.train()
         if distributed:
             dist.barrier()
 
-    summary = {"out_dir": str(out_dir), "best_checkpoint": str(out_dir / "best.pt"), "best_val": best,
-               "history": history, "seconds": time.monotonic() - started, "skipped_unreadable": len(skipped)}
+    summary = {
+        "out_dir": str(out_dir),
+        "best_checkpoint": str(out_dir / "best.pt"),
+        "best_val": best,
+        "history": history,
+        "seconds": time.monotonic() - started,
+        "skipped_unreadable": len(skipped),
+    }
     emit({"type": "end", **summary})
     if distributed:
         dist.destroy_process_group()

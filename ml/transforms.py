@@ -59,12 +59,29 @@ def normalize_batch(
     return (x - m) / s
 
 
+INTENSITY_MODES = ("raw", "equalize")
+"""How grey levels are standardised after resizing: kept as they are, or histogram-equalised
+(which removes much of the contrast difference between scanners and processing chains)."""
+
+
+def apply_intensity(squares: np.ndarray, mode: str) -> np.ndarray:
+    """S×S or N×S×S uint8 → the same shape after the intensity standardisation `mode`."""
+    if mode == "raw":
+        return squares
+    if mode != "equalize":
+        raise ValueError(f"unknown intensity mode {mode!r}; known: {', '.join(INTENSITY_MODES)}")
+    if squares.ndim == 2:
+        return np.asarray(ImageOps.equalize(Image.fromarray(squares)))
+    return np.stack([np.asarray(ImageOps.equalize(Image.fromarray(s))) for s in squares]) if len(squares) \
+        else squares
+
+
 def to_model_input(
-    grays: Sequence[np.ndarray], size: int, mean: Sequence[float], std: Sequence[float]
+    grays: Sequence[np.ndarray], size: int, mean: Sequence[float], std: Sequence[float], intensity: str = "raw"
 ) -> torch.Tensor:
     """A list of H×W uint8 films → the B×3×size×size float batch a registry network expects."""
-    stacked = np.stack([resize_square(g, size) for g in grays])[:, None]
-    return normalize_batch(torch.from_numpy(stacked), mean, std)
+    stacked = apply_intensity(np.stack([resize_square(g, size) for g in grays]), intensity)[:, None]
+    return normalize_batch(torch.from_numpy(np.ascontiguousarray(stacked)), mean, std)
 
 
 def train_augmentation() -> T.Compose:
