@@ -581,6 +581,8 @@ def train_command(
     ]  # fmt: skip
     if caps:
         command += ["--max-steps-per-epoch", str(min(caps))]
+    if settings.train_threads:
+        command += ["--threads", str(settings.train_threads)]
     for extra in extra_dirs:
         command += ["--extra-train-dir", str(extra)]
     return command
