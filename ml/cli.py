@@ -50,10 +50,17 @@ def _positive_float(text: str) -> float:
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenario", default="s2", choices=["s1", "s2", "s3"],
-                   help="s1 normal vs COVID-19; s2 all four classes; s3 four classes, <=350 per non-COVID class")
-    p.add_argument("--data", default=None, help="dataset folder with manifest.csv (default: $CXR_DATASET_DIR "
-                   "or ../shared/data/cxr)")
+    p.add_argument(
+        "--scenario",
+        default="s2",
+        choices=["s1", "s2", "s3"],
+        help="s1 normal vs COVID-19; s2 all four classes; s3 four classes, <=350 per non-COVID class",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="dataset folder with manifest.csv (default: $CXR_DATASET_DIR or ../shared/data/cxr)",
+    )
     p.add_argument("--epochs", type=_positive_int, default=20, help="paper default: 20")
     p.add_argument("--batch-size", type=_positive_int, default=15, help="paper default: 15")
     p.add_argument("--lr", type=_positive_float, default=3e-4, help="initial learning rate (Adam), paper: 3e-4")
@@ -68,12 +75,20 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps-per-epoch", type=_positive_int, default=None, help="cap steps (smoke tests)")
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--intensity", choices=["raw", "equalize"], default="raw",
-                   help="grey-level standardisation after resizing: none, or histogram equalisation")
+    p.add_argument(
+        "--intensity",
+        choices=["raw", "equalize"],
+        default="raw",
+        help="grey-level standardisation after resizing: none, or histogram equalisation",
+    )
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     pre = p.add_mutually_exclusive_group()
-    pre.add_argument("--pretrained", dest="pretrained", action="store_true",
-                     help="start from ImageNet weights (local cache or the library's download)")
+    pre.add_argument(
+        "--pretrained",
+        dest="pretrained",
+        action="store_true",
+        help="start from ImageNet weights (local cache or the library's download)",
+    )
     pre.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="train from scratch (default)")
     p.set_defaults(pretrained=False)
 
@@ -98,20 +113,28 @@ def cmd_archs(args: argparse.Namespace) -> int:
     for name in list_archs():
         spec = get_arch(name)
         params = parameter_count(name)
-        rows.append({
-            "name": name, "input_size": spec.input_size, "parameters": params, "cam_method": spec.cam_method,
-            "cam_layer": spec.cam_layer, "family": spec.family,
-            "pretrained_available": pretrained_available(spec.pretrained_weights),
-            "pretrained_weights": spec.pretrained_weights,
-        })
+        rows.append(
+            {
+                "name": name,
+                "input_size": spec.input_size,
+                "parameters": params,
+                "cam_method": spec.cam_method,
+                "cam_layer": spec.cam_layer,
+                "family": spec.family,
+                "pretrained_available": pretrained_available(spec.pretrained_weights),
+                "pretrained_weights": spec.pretrained_weights,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'name':<20} {'input':>5} {'params':>12}  {'cam method':<21} {'cam layer':<18} pretrained")
     for r in rows:
         pre = "yes" if r["pretrained_available"] else ("n/a" if r["pretrained_weights"] is None else "no")
-        print(f"{r['name']:<20} {r['input_size']:>5} {r['parameters']:>12,}  {r['cam_method']:<21} "
-              f"{r['cam_layer']:<18} {pre}")
+        print(
+            f"{r['name']:<20} {r['input_size']:>5} {r['parameters']:>12,}  {r['cam_method']:<21} "
+            f"{r['cam_layer']:<18} {pre}"
+        )
     return 0
 
 
@@ -119,14 +142,29 @@ def _train_config(args: argparse.Namespace, out_dir: str, arch: str | None = Non
     from ml.train import TrainConfig
 
     return TrainConfig(
-        arch=arch or args.arch, data_dir=args.data or default_dataset_dir(), out_dir=out_dir,
-        scenario=args.scenario, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs,
-        label_smoothing=args.label_smoothing, seed=args.seed, pretrained=args.pretrained,
-        input_size=args.input_size, augment=not args.no_augment, class_weighting=args.class_weighting,
-        max_steps_per_epoch=args.max_steps_per_epoch, num_workers=args.workers, device=args.device,
-        half_checkpoint=getattr(args, "half", False), resume=getattr(args, "resume", False),
-        threads=args.threads, intensity=args.intensity,
+        arch=arch or args.arch,
+        data_dir=args.data or default_dataset_dir(),
+        out_dir=out_dir,
+        scenario=args.scenario,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        lr_schedule=args.lr_schedule,
+        warmup_epochs=args.warmup_epochs,
+        label_smoothing=args.label_smoothing,
+        seed=args.seed,
+        pretrained=args.pretrained,
+        input_size=args.input_size,
+        augment=not args.no_augment,
+        class_weighting=args.class_weighting,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        num_workers=args.workers,
+        device=args.device,
+        half_checkpoint=getattr(args, "half", False),
+        resume=getattr(args, "resume", False),
+        threads=args.threads,
+        intensity=args.intensity,
     )
 
 
@@ -152,21 +190,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = train(config)
     best = summary["best_val"] or {}
     if best:
-        print(f"best epoch {best.get('epoch')}: val macro sensitivity {best.get('macro_sensitivity'):.3f} "
-              f"-> {summary['best_checkpoint']}")
+        print(
+            f"best epoch {best.get('epoch')}: val macro sensitivity {best.get('macro_sensitivity'):.3f} "
+            f"-> {summary['best_checkpoint']}"
+        )
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ml.checkpoints import DEFAULT_CHECKPOINT
-    from ml.evaluate import evaluate_checkpoint, format_table
+    from ml.evaluate import evaluate_checkpoint, format_markdown, format_table
 
     checkpoint = args.checkpoint or str(DEFAULT_CHECKPOINT)
     if not Path(checkpoint).is_file():
         raise CLIError(f"checkpoint not found: {checkpoint}")
     try:
-        report = evaluate_checkpoint(checkpoint, args.data or default_dataset_dir(), split=args.split,
-                                     batch_size=args.batch_size, predictions_csv=args.predictions)
+        report = evaluate_checkpoint(
+            checkpoint,
+            args.data or default_dataset_dir(),
+            split=args.split,
+            batch_size=args.batch_size,
+            predictions_csv=args.predictions,
+        )
     except ValueError as exc:  # e.g. a split name the manifest does not have
         raise CLIError(str(exc)) from exc
     print(format_table(report))
@@ -174,6 +219,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(format_markdown(report))
+        print(f"wrote {args.markdown}")
     return 0
 
 
@@ -184,8 +233,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     unknown = [a for a in archs if a not in list_archs()]
     if not archs or unknown:
-        raise CLIError(f"unknown architecture(s): {', '.join(unknown) or '(none given)'}; "
-                       f"known: {', '.join(list_archs())}")
+        raise CLIError(
+            f"unknown architecture(s): {', '.join(unknown) or '(none given)'}; known: {', '.join(list_archs())}"
+        )
     configs = [_train_config(args, str(Path(args.out) / arch), arch) for arch in archs]
     for c in configs:
         c.resume = True
@@ -210,10 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (best.pt, last.pt, history.json)")
     p.add_argument("--half", action="store_true", help="store best.pt weights in float16")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if present")
-    p.add_argument("--extra-train-dir", action="append", default=[], metavar="DIR",
-                   help="another manifest folder whose train split is added to the training set (repeatable)")
-    p.add_argument("--events", default=None, metavar="FILE",
-                   help="append progress events (start/step/epoch/end) as JSON lines to FILE (rank 0 only)")
+    p.add_argument(
+        "--extra-train-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another manifest folder whose train split is added to the training set (repeatable)",
+    )
+    p.add_argument(
+        "--events",
+        default=None,
+        metavar="FILE",
+        help="append progress events (start/step/epoch/end) as JSON lines to FILE (rank 0 only)",
+    )
     add_training_options(p)
     p.set_defaults(handler=cmd_train)
 
@@ -223,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--json", default=None, help="write the full report as JSON here")
     p.add_argument("--predictions", default=None, help="write per-image predictions as CSV here")
+    p.add_argument("--markdown", default=None, help="write the tables as Markdown here")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.set_defaults(handler=cmd_evaluate)
 
@@ -238,8 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_train_lungs_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train-lungs", help="train the lung segmentation network on a lung mask set")
-    p.add_argument("--data", default=None, help="folder with manifest.csv (image,mask,split,patient_id,...); "
-                   "default: $CXR_LUNGSEG_DIR or ../shared/data/lungseg")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="folder with manifest.csv (image,mask,split,patient_id,...); "
+        "default: $CXR_LUNGSEG_DIR or ../shared/data/lungseg",
+    )
     p.add_argument("--out", required=True, help="output folder (best.pt, last.pt, history.json)")
     p.add_argument("--epochs", type=_positive_int, default=100)
     p.add_argument("--batch-size", type=_positive_int, default=8)
@@ -247,8 +311,12 @@ def add_train_lungs_command(sub: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--base-channels", type=_positive_int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps-per-epoch", type=_positive_int, default=None, help="cap steps (smoke tests)")
-    p.add_argument("--intensity", choices=["raw", "equalize"], default="raw",
-                   help="grey-level standardisation after resizing: none, or histogram equalisation")
+    p.add_argument(
+        "--intensity",
+        choices=["raw", "equalize"],
+        default="raw",
+        help="grey-level standardisation after resizing: none, or histogram equalisation",
+    )
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto ...")
     p.add_argument("--no-augment", action="store_true")
@@ -261,24 +329,51 @@ def cmd_train_lungs(args: argparse.Namespace) -> int:
     from ml.lungs import LungTrainConfig, default_lungseg_dir, train_lungs
 
     config = LungTrainConfig(
-        data_dir=args.data or default_lungseg_dir(), out_dir=args.out, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, base_channels=args.base_channels, seed=args.seed,
-        augment=not args.no_augment, max_steps_per_epoch=args.max_steps_per_epoch, device=args.device,
-        threads=args.threads, intensity=args.intensity,
+        data_dir=args.data or default_lungseg_dir(),
+        out_dir=args.out,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        base_channels=args.base_channels,
+        seed=args.seed,
+        augment=not args.no_augment,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        device=args.device,
+        threads=args.threads,
+        intensity=args.intensity,
     )
     try:
         config.validate()
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
-    command = ["cxr-review", "train-lungs", "--data", config.data_dir, "--out", args.out, "--epochs", str(args.epochs),
-               "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--base-channels", str(args.base_channels),
-               "--seed", str(args.seed), "--device", args.device]
+    command = [
+        "cxr-review",
+        "train-lungs",
+        "--data",
+        config.data_dir,
+        "--out",
+        args.out,
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--base-channels",
+        str(args.base_channels),
+        "--seed",
+        str(args.seed),
+        "--device",
+        args.device,
+    ]
     command += ["--threads", str(args.threads)] if args.threads else []
     command += ["--max-steps-per-epoch", str(args.max_steps_per_epoch)] if args.max_steps_per_epoch else []
     command += ["--no-augment"] if args.no_augment else []
     summary = train_lungs(config, command=shlex.join(command))
-    print(f"best epoch {summary['best_val']['epoch']}: val Dice {summary['best_val_dice_as_stored']:.4f} "
-          f"-> {summary['best_checkpoint']}")
+    print(
+        f"best epoch {summary['best_val']['epoch']}: val Dice {summary['best_val_dice_as_stored']:.4f} "
+        f"-> {summary['best_checkpoint']}"
+    )
     return 0
 
 

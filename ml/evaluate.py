@@ -41,8 +41,9 @@ def evaluate_checkpoint(
         raise ValueError(f"split {split!r} of {data_dir} has no images of classes {', '.join(active)}")
     loaded = load_images(chosen, int(meta["input_size"]))
     loaded.images = apply_intensity(loaded.images, meta.get("intensity", "raw"))
-    logits = predict_logits(model, loaded.images, meta["mean"], meta["std"], mask=class_mask(active),
-                            batch_size=batch_size)
+    logits = predict_logits(
+        model, loaded.images, meta["mean"], meta["std"], mask=class_mask(active), batch_size=batch_size
+    )
     probs = torch.softmax(logits, dim=1)
     y_true = loaded.labels.tolist()
     y_pred = probs.argmax(1).tolist()
@@ -55,12 +56,19 @@ def evaluate_checkpoint(
     report["by_source"] = by_source
     report["skipped_unreadable"] = [{"path": p, "error": e} for p, e in loaded.skipped]
     report["checkpoint"] = {
-        "path": str(checkpoint), "sha256": file_sha256(checkpoint), "arch": meta["arch"],
-        "scenario": meta.get("scenario"), "input_size": meta["input_size"], "epoch": meta.get("epoch"),
+        "path": str(checkpoint),
+        "sha256": file_sha256(checkpoint),
+        "arch": meta["arch"],
+        "scenario": meta.get("scenario"),
+        "input_size": meta["input_size"],
+        "epoch": meta.get("epoch"),
         "code_version": meta.get("code_version"),
     }
-    report["data"] = {"data_dir": str(Path(data_dir).resolve()), "manifest_sha256": manifest_sha256(data_dir),
-                      "split": split}
+    report["data"] = {
+        "data_dir": str(Path(data_dir).resolve()),
+        "manifest_sha256": manifest_sha256(data_dir),
+        "split": split,
+    }
     report["cam_method"] = spec.cam_method
 
     if predictions_csv:
@@ -81,14 +89,18 @@ def format_table(report: dict[str, Any], name: str | None = None) -> str:
     """The paper's Table 2 layout: per class Sn / Sp / F1 (in %), then accuracy and the error's 95% CI."""
     name = name or report.get("checkpoint", {}).get("arch", "model")
     head1 = f"{'':<14}" + "".join(f"| {c:^19} " for c in CLASSES) + "| " + f"{'':>5} | {'95% CI of error':^15}"
-    head2 = f"{'Network':<14}" + "".join(f"| {'Sn':>5} {'Sp':>5} {'F1':>5}   " for _ in CLASSES) + \
-        f"| {'Acc':>5} | {'':^15}"
+    head2 = (
+        f"{'Network':<14}"
+        + "".join(f"| {'Sn':>5} {'Sp':>5} {'F1':>5}   " for _ in CLASSES)
+        + f"| {'Acc':>5} | {'':^15}"
+    )
     lines = [head1, head2, "-" * len(head2)]
 
     def row(label: str, rep: dict[str, Any]) -> str:
         cells = "".join(
             f"| {_pct(rep['per_class'][c]['sensitivity'])} {_pct(rep['per_class'][c]['specificity'])} "
-            f"{_pct(rep['per_class'][c]['f1'])}   " for c in CLASSES
+            f"{_pct(rep['per_class'][c]['f1'])}   "
+            for c in CLASSES
         )
         ci = rep.get("error_ci95")
         ci_s = f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}%" if ci else "–"
@@ -98,8 +110,46 @@ def format_table(report: dict[str, Any], name: str | None = None) -> str:
     for source, rep in report.get("by_source", {}).items():
         lines.append(row(f"  {source}"[:14], rep))
     ms = report.get("macro_sensitivity")
-    lines.append(f"macro sensitivity: {_pct(ms).strip()}%   images: {report['n']}   "
-                 f"support: " + ", ".join(f"{c} {report['per_class'][c]['support']}" for c in CLASSES))
+    lines.append(
+        f"macro sensitivity: {_pct(ms).strip()}%   images: {report['n']}   "
+        f"support: " + ", ".join(f"{c} {report['per_class'][c]['support']}" for c in CLASSES)
+    )
     if report.get("skipped_unreadable"):
         lines.append(f"skipped unreadable images: {len(report['skipped_unreadable'])}")
     return "\n".join(lines)
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """The same table as `format_table`, as Markdown (model cards, reports), plus confusion matrices."""
+    head = (
+        "| Rows | n | "
+        + " | ".join(f"{c} Sn / Sp / F1" for c in CLASSES)
+        + " | Accuracy | Macro Sn | 95% CI of error |"
+    )
+    lines = [head, "|---" * (len(CLASSES) + 5) + "|"]
+
+    def row(label: str, rep: dict[str, Any]) -> str:
+        cells = " | ".join(
+            " / ".join(_pct(rep["per_class"][c][k]).strip() for k in ("sensitivity", "specificity", "f1"))
+            for c in CLASSES
+        )
+        ci = rep.get("error_ci95")
+        ci_s = f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}%" if ci else "–"
+        return (
+            f"| {label} | {rep['n']} | {cells} | {_pct(rep['accuracy']).strip()} | "
+            f"{_pct(rep['macro_sensitivity']).strip()} | {ci_s} |"
+        )
+
+    lines.append(row("all", report))
+    for source, rep in report.get("by_source", {}).items():
+        lines.append(row(source, rep))
+    lines += [
+        "",
+        "Confusion matrix (rows = truth, columns = prediction):",
+        "",
+        "| truth \\ predicted | " + " | ".join(CLASSES) + " |",
+        "|---" * (len(CLASSES) + 1) + "|",
+    ]
+    for c, counts in zip(CLASSES, report["confusion_matrix"], strict=True):
+        lines.append(f"| {c} | " + " | ".join(str(v) for v in counts) + " |")
+    return "\n".join(lines) + "\n"
