@@ -18,6 +18,7 @@ Checkpoints use the self-describing format of `ml.checkpoints` (`meta` + `state_
 
 from __future__ import annotations
 
+import copy
 import csv
 import itertools
 import json
@@ -289,6 +290,7 @@ class LungTrainConfig:
     base_channels: int = 16
     multipliers: tuple[int, ...] = (1, 2, 4, 8, 8, 8)
     stem_stride: int = 2
+    ema_decay: float = 0.99
     seed: int = 0
     augment: bool = True
     max_steps_per_epoch: int | None = None
@@ -305,6 +307,8 @@ class LungTrainConfig:
             raise ValueError("base channels must be > 0 and stem stride 1, 2 or 4")
         if self.threads is not None and self.threads <= 0:
             raise ValueError("threads must be > 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError("EMA decay must be in [0, 1) (0 turns the weight average off)")
 
     def hparams(self) -> dict[str, Any]:
         d = asdict(self)
@@ -333,6 +337,9 @@ def train_lungs(
 ) -> dict[str, Any]:
     """Train on the `train` split, validate (mean Dice at 256×256, threshold 0.5) after every epoch.
 
+    Loss: BCE + soft Dice; Adam with linear warm-up and cosine decay; the weights that are validated and
+    saved are an exponential moving average of the trained ones (`ema_decay` per step; 0 turns it off).
+
     Writes `best.pt` (highest val Dice; float16 weights when `half_checkpoint`), `last.pt` and
     `history.json` to `out_dir`; returns a summary. `callback(event)` receives dicts with `type` in
     {"start", "epoch", "end"}; an exception raised from it stops training.
@@ -354,6 +361,11 @@ def train_lungs(
     model = LungUNet(config.base_channels, config.multipliers, config.stem_stride)
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # Validation, checkpoints and the bundle use an exponential moving average of the weights (and BN
+    # statistics): with 166 films, single-step weights jitter by ~0.005 Dice from epoch to epoch.
+    averaged = copy.deepcopy(model) if config.ema_decay > 0 else model
+    averaged_state = list(averaged.state_dict().values())
+    model_state = list(model.state_dict().values())
 
     n = len(train_data.images)
     steps_per_epoch = n // config.batch_size if n >= config.batch_size else 1
@@ -421,10 +433,17 @@ def train_lungs(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if averaged is not model:
+                with torch.no_grad():
+                    for avg, current in zip(averaged_state, model_state, strict=True):
+                        if avg.is_floating_point():
+                            avg.lerp_(current, 1.0 - config.ema_decay)
+                        else:
+                            avg.copy_(current)
             step += 1
             running += float(loss.item()) * len(idx)
             seen += len(idx)
-        scores = dice_per_image(model, val_data)
+        scores = dice_per_image(averaged, val_data)
         row = {
             "epoch": epoch,
             "train_loss": running / max(1, seen),
@@ -442,7 +461,7 @@ def train_lungs(
                 val=dict(best, split="val", per_image=dict(zip(val_data.names, scores, strict=True))),
                 created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             )
-            save_checkpoint(out_dir / "best.pt", model, meta, half=config.half_checkpoint)
+            save_checkpoint(out_dir / "best.pt", averaged, meta, half=config.half_checkpoint)
         print(
             f"epoch {epoch:3d}/{config.epochs}  loss {row['train_loss']:.4f}  val Dice {row['val_dice']:.4f} "
             f"(min {row['val_dice_min']:.3f})  lr {row['lr']:.2e}  {row['elapsed_seconds']:.0f}s"
@@ -458,7 +477,7 @@ def train_lungs(
         train_seconds=train_seconds,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    save_checkpoint(out_dir / "last.pt", model, last_meta)
+    save_checkpoint(out_dir / "last.pt", averaged, last_meta)
     # Re-score what was actually written (float16 rounding may move Dice in the 4th decimal).
     best_model, best_meta = load_lung_model(out_dir / "best.pt")
     best_meta["train_seconds"] = train_seconds
