@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.db import MAX_ROW_ID
+
 ClassName = Literal["normal", "bacterial", "viral", "covid19"]
 ReasonTag = Literal["outside_lungs", "text_or_marker", "device_or_line", "image_border", "other"]
 VerdictValue = Literal["approve", "reject"]
@@ -63,7 +65,7 @@ class ResultOut(BaseModel):
 class VerdictIn(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model_id: int
+    model_id: int = Field(ge=1, le=MAX_ROW_ID)
     verdict: VerdictValue
     reasons: list[ReasonTag] = Field(default_factory=list)
     comment: str = Field("", max_length=4000)
