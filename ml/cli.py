@@ -311,12 +311,7 @@ def add_train_lungs_command(sub: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--base-channels", type=_positive_int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps-per-epoch", type=_positive_int, default=None, help="cap steps (smoke tests)")
-    p.add_argument(
-        "--intensity",
-        choices=["raw", "equalize"],
-        default="raw",
-        help="grey-level standardisation after resizing: none, or histogram equalisation",
-    )
+    # no --intensity here: the segmenter standardises every film by its own mean and std
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto ...")
     p.add_argument("--no-augment", action="store_true")
@@ -340,7 +335,6 @@ def cmd_train_lungs(args: argparse.Namespace) -> int:
         max_steps_per_epoch=args.max_steps_per_epoch,
         device=args.device,
         threads=args.threads,
-        intensity=args.intensity,
     )
     try:
         config.validate()
