@@ -1,14 +1,18 @@
-"""Fixtures of the service tests: a real app (real bundled model, SQLite in a temp dir) and real films.
+"""Fixtures of the service tests: a real app (real bundled model, files in a temp dir) and real films.
 
 `make_env(tmp_dir, **settings)` builds one app with a reviewer and an admin (each with an API
 token) and enters its TestClient; modules share one env where their tests do not interfere.
+
+Every test that uses `env` or `make_env` runs twice: on SQLite (a file in the data dir) and on
+PostgreSQL (a fresh database per data dir on the suite's throwaway cluster; marker `postgres`).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,22 +118,55 @@ def start_env(stack: ExitStack, data_dir: Path, *, users: bool = True, **overrid
     return env
 
 
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_engine(request: pytest.FixtureRequest) -> str:
+    """The engine the module's apps run on."""
+    return str(request.param)
+
+
+def new_database_url(request: pytest.FixtureRequest, engine: str) -> str | None:
+    """None (SQLite in the data dir) or the URL of a new, empty PostgreSQL database."""
+    if engine == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_cluster").create_database(f"app_{uuid.uuid4().hex[:16]}")
+
+
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    """One app per test module (SQLite + files in a fresh temp data dir)."""
+def env(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, database_engine: str
+) -> Iterator[Env]:
+    """One app per test module (files in a fresh temp data dir; SQLite there, or a new PostgreSQL database)."""
     with ExitStack() as stack:
-        yield start_env(stack, tmp_path_factory.mktemp("data"))
+        url = new_database_url(request, database_engine)
+        yield start_env(stack, tmp_path_factory.mktemp("data"), database_url=url)
+
+
+class EnvFactory:
+    """`make_env(data_dir=None, **settings)`: an app on `data_dir` (default tmp_path/data). The same data
+    dir always gets the same database, so a second call is a restart; `database_url=` overrides."""
+
+    def __init__(self, stack: ExitStack, tmp_path: Path, request: pytest.FixtureRequest, engine: str) -> None:
+        self.stack, self.tmp_path, self.request, self.engine = stack, tmp_path, request, engine
+        self.urls: dict[Path, str | None] = {}
+
+    def url_for(self, data_dir: Path | None = None) -> str | None:
+        """The database URL the apps on `data_dir` use (None: SQLite in the data dir)."""
+        data_dir = data_dir or self.tmp_path / "data"
+        if data_dir not in self.urls:
+            self.urls[data_dir] = new_database_url(self.request, self.engine)
+        return self.urls[data_dir]
+
+    def __call__(self, data_dir: Path | None = None, **overrides: Any) -> Env:
+        data_dir = data_dir or self.tmp_path / "data"
+        overrides.setdefault("database_url", self.url_for(data_dir))
+        return start_env(self.stack, data_dir, **overrides)
 
 
 @pytest.fixture
-def make_env(tmp_path: Path) -> Iterator[Callable[..., Env]]:
+def make_env(tmp_path: Path, request: pytest.FixtureRequest, database_engine: str) -> Iterator[EnvFactory]:
     """Factory for tests that need their own settings or a restart on the same data dir."""
     with ExitStack() as stack:
-
-        def make(data_dir: Path | None = None, **overrides: Any) -> Env:
-            return start_env(stack, data_dir or tmp_path / "data", **overrides)
-
-        yield make
+        yield EnvFactory(stack, tmp_path, request, database_engine)
 
 
 def png_size(data: bytes) -> tuple[int, int]:

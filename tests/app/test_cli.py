@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from tests.app.conftest import Env
+from tests.app.conftest import EnvFactory
 
 
-def cli(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def cli(
+    data_dir: Path, *args: str, stdin: str = "", database_url: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CXR_DATA_DIR": str(data_dir)}
+    if database_url:
+        env["CXR_DATABASE_URL"] = database_url
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
         input=stdin,
@@ -25,17 +28,18 @@ def cli(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProc
 
 
 def test_users_create_prints_a_working_token_last_and_tokens_can_be_revoked(
-    make_env: Callable[..., Env], tmp_path: Path
+    make_env: EnvFactory, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "data"
-    created = cli(data_dir, "users", "create", "dana", "--role", "admin")
+    url = make_env.url_for(data_dir)  # the CLI works on the database the app will use (SQLite or PostgreSQL)
+    created = cli(data_dir, "users", "create", "dana", "--role", "admin", database_url=url)
     assert created.returncode == 0, created.stderr
     lines = created.stdout.strip().splitlines()
     token = lines[-1]
     assert token.startswith("cxr_") and " " not in token
     assert any(line.startswith("password (shown once): ") for line in lines)  # generated: no terminal, no stdin
 
-    second = cli(data_dir, "tokens", "create", "dana")
+    second = cli(data_dir, "tokens", "create", "dana", database_url=url)
     assert second.returncode == 0, second.stderr
     token2 = second.stdout.strip().splitlines()[-1]
     assert token2.startswith("cxr_") and token2 != token
@@ -46,11 +50,11 @@ def test_users_create_prints_a_working_token_last_and_tokens_can_be_revoked(
         assert me.status_code == 200 and me.json()["role"] == "admin"
     assert env.client.get("/api/v1/users", headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
-    revoked = cli(data_dir, "tokens", "revoke", token2[:12])
+    revoked = cli(data_dir, "tokens", "revoke", token2[:12], database_url=url)
     assert revoked.returncode == 0, revoked.stderr
     assert env.client.get("/api/v1/me", headers={"Authorization": f"Bearer {token2}"}).status_code == 401
     assert env.client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 200
-    everything = cli(data_dir, "tokens", "revoke", "--all", "dana")
+    everything = cli(data_dir, "tokens", "revoke", "--all", "dana", database_url=url)
     assert everything.returncode == 0 and "revoked 1 token" in everything.stdout
     assert env.client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
