@@ -51,7 +51,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a crash loses at most the last commit
+        # FULL: the WAL is synced at every commit, so an acknowledged verdict survives a power loss or an
+        # OS crash too (NORMAL survives only a process crash and may lose the last commits).
+        cursor.execute("PRAGMA synchronous=FULL")
     finally:
         cursor.close()
 
