@@ -23,6 +23,7 @@ import hashlib
 import io
 import os
 import tempfile
+import weakref
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,9 @@ class DataDirLock:
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self._file = open(root / LOCK_FILE, "a+b")  # noqa: SIM115  (held for the app's lifetime)
+        # An app that is dropped without its lifespan ending (tests, scripts) still closes the file
+        # (and so drops the lock) when the lock object is collected, without a ResourceWarning.
+        self._finalizer = weakref.finalize(self, self._file.close)
 
     def try_exclusive(self) -> bool:
         try:
@@ -117,7 +121,7 @@ class DataDirLock:
         fcntl.flock(self._file.fileno(), fcntl.LOCK_SH)
 
     def release(self) -> None:
-        self._file.close()  # closing the file drops the lock
+        self._finalizer()  # closes the file, which drops the lock; idempotent
 
 
 class FileStore:
