@@ -4,8 +4,10 @@ Measures, at batch 1 after a warm-up, for each torch thread count asked for:
 - `network`: the bundled LungUNet forward pass on one standardised 256x256 film (the budgeted cost);
 - `predict`: `LungSegmenter.predict` on a real film at its own size (resize in, network, resize the
   probability back, threshold): what a caller pays per film.
-Prints median, 10th and 90th percentiles in milliseconds, and the load average, because on shared
-cores the numbers move with whatever else is running.
+Prints median, 10th and 90th percentiles of the wall time in milliseconds, the median CPU time of the
+process per call, and the load average. On shared cores the wall time moves with whatever else is
+running; with one thread the CPU time is what the image itself costs (with two threads it also counts
+the worker threads' spin-waiting, so read the wall time there).
 
     .venv/bin/python bench/lungseg_speed.py [--runs 100] [--threads 1,2] [--checkpoint PATH]
 """
@@ -39,20 +41,26 @@ def real_film() -> tuple[np.ndarray, str]:
     return rng.integers(0, 256, size=(1024, 1024), dtype=np.uint8), "synthetic noise"
 
 
-def time_ms(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
+def time_ms(fn: Callable[[], object], runs: int, warmup: int) -> tuple[list[float], list[float]]:
+    """Wall and process-CPU milliseconds of each of `runs` calls, after `warmup` calls."""
     for _ in range(warmup):
         fn()
-    out = []
+    wall, cpu = [], []
     for _ in range(runs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        out.append((time.perf_counter() - start) * 1000)
-    return out
+        wall.append((time.perf_counter() - start) * 1000)
+        cpu.append((time.process_time() - start_cpu) * 1000)
+    return wall, cpu
 
 
-def summary(times: list[float]) -> str:
-    deciles = statistics.quantiles(times, n=10)
-    return f"median {statistics.median(times):7.1f} ms   p10 {deciles[0]:7.1f}   p90 {deciles[-1]:7.1f}"
+def summary(times: tuple[list[float], list[float]]) -> str:
+    wall, cpu = times
+    deciles = statistics.quantiles(wall, n=10)
+    return (
+        f"wall median {statistics.median(wall):7.1f} ms  p10 {deciles[0]:7.1f}  p90 {deciles[-1]:7.1f}   "
+        f"CPU median {statistics.median(cpu):7.1f} ms"
+    )
 
 
 def main() -> int:
