@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import timedelta
@@ -312,7 +313,8 @@ def test_training_page_shows_the_form_jobs_and_versions(env: Env) -> None:
 def test_postgres_queue_skips_locked_rows_claims_once_and_keeps_versions_immutable(
     postgres_cluster: PostgresCluster, make_env: Callable[..., Env], tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    url = postgres_cluster.create_database("cxr_training_queue")
+    # unique name: make_env's engine parametrisation runs this test more than once per cluster
+    url = postgres_cluster.create_database(f"cxr_training_queue_{uuid.uuid4().hex[:8]}")
     pg = make_env(tmp_path / "pg-data", database_url=url, dataset_dir=tiny_dataset)
     assert pg.app.state.ctx.engine.dialect.name == "postgresql"
     first, second, *rest = queue_jobs(pg, 6)
