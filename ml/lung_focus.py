@@ -13,6 +13,10 @@ its square input with no crop or padding), so cell (i, j) covers rows [i·H/h, (
 [j·W/w, (j+1)·W/w) of the film. Working in the CAM's own frame keeps the score independent of any
 upsampling or display normalisation choice.
 
+For a network that saw only part of the film (`lung-crop` input mode, see `ml.lung_crop`), pass the
+crop's `box`: the map then spans the box, and the mask is cut to the same box before scoring (what lies
+outside the crop cannot carry evidence). `lung_area` stays the share of the whole film that is lung.
+
 `lung_area` is the share of the film that is lung (the mean of the mask; equal to the mean of
 `coverage`). It is the chance level: a map spread uniformly over the film scores `lung_area`.
 
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ml import CLASSES
+from ml.lung_crop import Box, crop
 
 DEFAULT_THRESHOLD = 0.5
 NO_POSITIVE_MASS = "no positive activation"
@@ -104,25 +109,35 @@ def _score(cam: np.ndarray, coverage: np.ndarray, lung_area: float, threshold: f
     return LungFocus(score, lung_area, score < threshold, threshold)
 
 
-def lung_focus(cam_raw: np.ndarray, lung_mask: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> LungFocus:
-    """Lung focus of one raw CAM (h×w, any real values) against the film's lung mask (H×W bool)."""
+def lung_focus(
+    cam_raw: np.ndarray, lung_mask: np.ndarray, threshold: float = DEFAULT_THRESHOLD, *, box: Box | None = None
+) -> LungFocus:
+    """Lung focus of one raw CAM (h×w, any real values) against the film's lung mask (H×W bool); `box`:
+    the film region the map spans (None: the whole film)."""
     cam = np.asarray(cam_raw)
     if cam.ndim != 2 or cam.size == 0:
         raise ValueError(f"CAM must be a non-empty 2-D array (h×w), got shape {cam.shape}")
     threshold = _check_threshold(threshold)
-    coverage = lung_coverage(lung_mask, *cam.shape)
-    lung_area = float(np.asarray(lung_mask).astype(bool).mean())
+    mask = np.asarray(lung_mask)
+    coverage = lung_coverage(crop(mask, box), *cam.shape)
+    lung_area = float(mask.astype(bool).mean())
     return _score(cam, coverage, lung_area, threshold)
 
 
 def lung_focus_by_class(
-    cam_raw: np.ndarray, lung_mask: np.ndarray, threshold: float = DEFAULT_THRESHOLD, classes: Sequence[str] = CLASSES
+    cam_raw: np.ndarray,
+    lung_mask: np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
+    classes: Sequence[str] = CLASSES,
+    *,
+    box: Box | None = None,
 ) -> dict[str, LungFocus]:
     """Lung focus of each class's map: K×h×w raw CAMs (in `classes` order, default CLASSES) → {class: LungFocus}."""
     cams = np.asarray(cam_raw)
     if cams.ndim != 3 or cams.shape[0] != len(classes) or cams.shape[1] == 0 or cams.shape[2] == 0:
         raise ValueError(f"CAMs must be {len(classes)}×h×w (one map per class), got shape {cams.shape}")
     threshold = _check_threshold(threshold)
-    coverage = lung_coverage(lung_mask, cams.shape[1], cams.shape[2])
-    lung_area = float(np.asarray(lung_mask).astype(bool).mean())
+    mask = np.asarray(lung_mask)
+    coverage = lung_coverage(crop(mask, box), cams.shape[1], cams.shape[2])
+    lung_area = float(mask.astype(bool).mean())
     return {cls: _score(cams[k], coverage, lung_area, threshold) for k, cls in enumerate(classes)}
