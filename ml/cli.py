@@ -39,6 +39,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -66,14 +86,14 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=_positive_float, default=3e-4, help="initial learning rate (Adam), paper: 3e-4")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
-    p.add_argument("--warmup-epochs", type=int, default=0)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--warmup-epochs", type=_nonnegative_int, default=0)
+    p.add_argument("--label-smoothing", type=_unit_float, default=0.0, help="in [0, 1]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-size", type=_positive_int, default=None, help="override the architecture's input size")
     p.add_argument("--no-augment", action="store_true", help="turn off the light affine/contrast augmentation")
     p.add_argument("--class-weighting", choices=["inverse-frequency", "none"], default="inverse-frequency")
     p.add_argument("--max-steps-per-epoch", type=_positive_int, default=None, help="cap steps (smoke tests)")
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--workers", type=_nonnegative_int, default=0, help="data loader worker processes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument(
         "--intensity",
@@ -82,6 +102,23 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
         help="grey-level standardisation after resizing: none, or histogram equalisation",
     )
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--input-mode",
+        choices=["full", "lung-crop"],
+        default="full",
+        help="the whole film (default), or the film cropped to its lungs' bounding box plus --crop-margin",
+    )
+    p.add_argument(
+        "--crop-margin",
+        type=_unit_float,
+        default=0.1,
+        help="lung-crop: margin added on every side, as a fraction of the lung box's height/width (default 0.1)",
+    )
+    p.add_argument(
+        "--lungseg-checkpoint",
+        default=None,
+        help="lung-crop: lung segmentation checkpoint (default: the bundled ml/bundled/lungseg.pt)",
+    )
     pre = p.add_mutually_exclusive_group()
     pre.add_argument(
         "--pretrained",
@@ -165,6 +202,9 @@ def _train_config(args: argparse.Namespace, out_dir: str, arch: str | None = Non
         resume=getattr(args, "resume", False),
         threads=args.threads,
         intensity=args.intensity,
+        input_mode=args.input_mode,
+        crop_margin=args.crop_margin,
+        lungseg_checkpoint=args.lungseg_checkpoint,
     )
 
 
@@ -198,7 +238,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ml.checkpoints import DEFAULT_CHECKPOINT
+    from ml.checkpoints import DEFAULT_CHECKPOINT, CheckpointError
     from ml.evaluate import evaluate_checkpoint, format_markdown, format_table
 
     checkpoint = args.checkpoint or str(DEFAULT_CHECKPOINT)
@@ -211,8 +251,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             split=args.split,
             batch_size=args.batch_size,
             predictions_csv=args.predictions,
+            with_lung_focus=not args.no_lung_focus,
+            lungseg_checkpoint=args.lungseg_checkpoint,
+            lung_threshold=args.lung_threshold,
         )
-    except ValueError as exc:  # e.g. a split name the manifest does not have
+    except (ValueError, CheckpointError) as exc:  # e.g. a split name the manifest does not have
         raise CLIError(str(exc)) from exc
     print(format_table(report))
     if args.json:
@@ -284,6 +327,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", default=None, help="write per-image predictions as CSV here")
     p.add_argument("--markdown", default=None, help="write the tables as Markdown here")
     p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument(
+        "--no-lung-focus",
+        action="store_true",
+        help="skip lung segmentation and the lung-focus table (not possible for lung-crop models)",
+    )
+    p.add_argument("--lungseg-checkpoint", default=None, help="lung segmentation checkpoint (default: bundled)")
+    p.add_argument(
+        "--lung-threshold",
+        type=_unit_float,
+        default=0.5,
+        help="flag a prediction when less than this share of its CAM evidence lies inside the lungs (default 0.5)",
+    )
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("benchmark", help="the paper's experiment: train and evaluate several architectures")

@@ -16,13 +16,19 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ml import CLASSES
+from ml.lung_crop import DEFAULT_INPUT_MODE, DEFAULT_MARGIN, Box, check_input_mode, crop, lung_box
 from ml.transforms import load_grayscale, resize_square
+
+if TYPE_CHECKING:
+    from ml.lungs import LungSegmenter
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +164,15 @@ def class_counts(records: Iterable[Record]) -> dict[str, int]:
 
 @dataclass
 class LoadedImages:
-    """Films decoded and resized to size×size, with the records they came from."""
+    """Films decoded and resized to size×size (or their lung crops), with the records they came from."""
 
     records: list[Record]
     images: np.ndarray  # N×S×S uint8
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, error) of unreadable files
+    lung_masks: np.ndarray | None = None
+    """N×S×S bool lung masks in the frame of `images` (when loaded with a segmenter)."""
+    boxes: list[Box | None] | None = None
+    """The film region each image shows (lung-crop mode; None entries: the whole film)."""
 
     @property
     def labels(self) -> np.ndarray:
@@ -179,39 +189,54 @@ def load_images(
     *,
     cache_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    input_mode: str = DEFAULT_INPUT_MODE,
+    segmenter: LungSegmenter | None = None,
+    crop_margin: float = DEFAULT_MARGIN,
 ) -> LoadedImages:
     """Decode and resize every record's film. Unreadable files are skipped and listed, never silently.
 
-    Decoded arrays are cached on disk (`cache_dir`, default `$CXR_CACHE_DIR` or ~/.cache/cxr-review),
-    keyed by the files' paths, sizes and modification times, so a second run starts at once.
+    With a `segmenter`, each film's lung mask is computed too (`lung_masks`, in the images' frame);
+    `input_mode="lung-crop"` (which needs one) crops each film to its lungs' box plus `crop_margin`
+    before resizing (see `ml.lung_crop`). Decoded arrays are cached on disk (`cache_dir`, default
+    `$CXR_CACHE_DIR` or ~/.cache/cxr-review), keyed by the files' paths, sizes and modification times,
+    the mode and the segmenter's checksum, so a second run starts at once.
     """
+    check_input_mode(input_mode)
+    if input_mode == "lung-crop" and segmenter is None:
+        raise ValueError("input mode 'lung-crop' needs a lung segmenter")
     cache_dir = cache_dir or default_cache_dir()
     key = hashlib.sha256(str(size).encode())
+    prefix = f"images-{size}"
+    if segmenter is not None:
+        key.update(f"|{input_mode}|{crop_margin}|{segmenter.checkpoint_sha256}|{segmenter.threshold}\n".encode())
+        prefix = f"images-{size}-{input_mode}"
     for r in records:
         try:
             st = r.path.stat()
             key.update(f"{r.path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         except OSError:
             key.update(f"{r.path}|missing\n".encode())
-    cache_file = cache_dir / f"images-{size}-{key.hexdigest()[:24]}.npz"
-    if cache_file.is_file():
-        try:
-            with np.load(cache_file, allow_pickle=False) as z:
-                ok = z["ok"]
-                images = z["images"]
-                errors = [str(e) for e in z["errors"]]
-            kept = [r for r, good in zip(records, ok, strict=True) if good]
-            bad = [r for r, good in zip(records, ok, strict=True) if not good]
-            return LoadedImages(kept, images, [(str(r.path), e) for r, e in zip(bad, errors, strict=True)])
-        except (OSError, KeyError, ValueError) as exc:
-            log.warning("ignoring unreadable image cache %s: %s", cache_file, exc)
+    cache_file = cache_dir / f"{prefix}-{key.hexdigest()[:24]}.npz"
+    cached = _read_cache(cache_file, records, size, with_masks=segmenter is not None)
+    if cached is not None:
+        return cached
 
     arrays: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    boxes: list[Box | None] = []
     ok_flags: list[bool] = []
     skipped: list[tuple[str, str]] = []
     for i, r in enumerate(records):
         try:
-            arrays.append(resize_square(load_grayscale(str(r.path)), size))
+            gray = load_grayscale(str(r.path))
+            if segmenter is None:
+                arrays.append(resize_square(gray, size))
+            else:
+                film_mask = segmenter.predict_small(gray)
+                box = lung_box(film_mask, crop_margin) if input_mode == "lung-crop" else None
+                arrays.append(resize_square(crop(gray, box), size))
+                masks.append(resize_mask(crop(film_mask, box), size))
+                boxes.append(box)
             ok_flags.append(True)
         except (OSError, ValueError, SyntaxError) as exc:
             ok_flags.append(False)
@@ -221,17 +246,54 @@ def load_images(
     images = np.stack(arrays) if arrays else np.zeros((0, size, size), dtype=np.uint8)
     if skipped:
         log.warning("skipped %d unreadable image(s): %s", len(skipped), "; ".join(p for p, _ in skipped[:5]))
+    extra: dict[str, np.ndarray] = {}
+    if segmenter is not None:
+        mask_array = np.stack(masks) if masks else np.zeros((0, size, size), dtype=bool)
+        extra = {
+            "masks": np.packbits(mask_array, axis=-1),
+            "boxes": np.array([b.as_tuple() if b else (-1.0,) * 4 for b in boxes], dtype=np.float64).reshape(-1, 4),
+        }
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         # per-process temp name: several DDP ranks may build the same cache at once
         tmp = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.tmp.npz")
         np.savez(tmp, images=images, ok=np.array(ok_flags, dtype=bool),
-                 errors=np.array([e for _, e in skipped], dtype=str))
+                 errors=np.array([e for _, e in skipped], dtype=str), **extra)
         os.replace(tmp, cache_file)
     except OSError as exc:
         log.warning("could not write image cache %s: %s", cache_file, exc)
     kept = [r for r, good in zip(records, ok_flags, strict=True) if good]
-    return LoadedImages(kept, images, skipped)
+    if segmenter is None:
+        return LoadedImages(kept, images, skipped)
+    return LoadedImages(kept, images, skipped, lung_masks=np.stack(masks) if masks else
+                        np.zeros((0, size, size), dtype=bool), boxes=boxes)
+
+
+def _read_cache(cache_file: Path, records: Sequence[Record], size: int, *, with_masks: bool) -> LoadedImages | None:
+    if not cache_file.is_file():
+        return None
+    try:
+        with np.load(cache_file, allow_pickle=False) as z:
+            ok = z["ok"]
+            images = z["images"]
+            errors = [str(e) for e in z["errors"]]
+            masks = np.unpackbits(z["masks"], axis=-1, count=size).astype(bool) if with_masks else None
+            boxes = [None if b[0] < 0 else Box(*(float(v) for v in b)) for b in z["boxes"]] if with_masks else None
+        kept = [r for r, good in zip(records, ok, strict=True) if good]
+        bad = [r for r, good in zip(records, ok, strict=True) if not good]
+        return LoadedImages(kept, images, [(str(r.path), e) for r, e in zip(bad, errors, strict=True)],
+                            lung_masks=masks, boxes=boxes)
+    except (OSError, KeyError, ValueError) as exc:
+        log.warning("ignoring unreadable image cache %s: %s", cache_file, exc)
+        return None
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """H×W bool → size×size bool (bilinear, then ≥ 0.5)."""
+    m = np.asarray(mask).astype(np.uint8) * 255
+    if m.shape == (size, size):
+        return m >= 128
+    return np.asarray(Image.fromarray(m).resize((size, size), Image.Resampling.BILINEAR)) >= 128
 
 
 class XrayDataset(Dataset[tuple[torch.Tensor, int]]):

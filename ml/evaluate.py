@@ -3,24 +3,39 @@
 The report's keys are a contract (see the README): `per_class.<class>.{sensitivity,specificity,f1,
 support}`, `accuracy`, `macro_sensitivity`, `error_ci95`, `confusion_matrix` (rows = truth, columns
 = prediction, CLASSES order) and `by_source` (the same, per `source`).
+
+Lung focus ("right for the right reasons"): unless turned off, every film is also segmented (the
+bundled lung segmenter, or `lungseg_checkpoint`) and the predicted class's CAM, taken from the same
+forward pass, is scored against the lung mask (`ml.lung_focus`). `lung_focus` holds, overall, per true
+class and per source: `n`, `median` lung focus, `flagged_share` (share of predictions whose evidence lies
+mostly outside the lungs), `right_for_right_reasons` (share of films classified correctly AND not
+flagged), `median_lung_area` (the chance level) and the `threshold` used.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ml import CLASSES
+from ml.architectures import CXRNet
+from ml.cam import cam_for
 from ml.checkpoints import file_sha256, load_model
-from ml.data import get_scenario, load_images, manifest_sha256, read_manifest, select
+from ml.data import LoadedImages, get_scenario, load_images, manifest_sha256, read_manifest, select
+from ml.lung_crop import DEFAULT_INPUT_MODE, DEFAULT_MARGIN
+from ml.lung_focus import DEFAULT_THRESHOLD, LungFocus, lung_focus
+from ml.lungs import LungSegmenter
 from ml.metrics import classification_report
-from ml.registry import get_arch
+from ml.registry import ArchSpec, get_arch
 from ml.train import class_mask, predict_logits
-from ml.transforms import apply_intensity
+from ml.transforms import apply_intensity, normalize_batch
 
 
 def evaluate_checkpoint(
@@ -30,20 +45,36 @@ def evaluate_checkpoint(
     split: str = "test",
     batch_size: int = 32,
     predictions_csv: str | os.PathLike[str] | None = None,
+    with_lung_focus: bool = True,
+    lungseg_checkpoint: str | os.PathLike[str] | None = None,
+    lung_threshold: float = DEFAULT_THRESHOLD,
 ) -> dict[str, Any]:
     model, meta = load_model(checkpoint)
     spec = get_arch(meta["arch"])
     active = tuple(meta.get("active_classes", CLASSES))
     scenario = get_scenario(meta.get("scenario", "s2"))
+    input_mode = str(meta.get("input_mode", DEFAULT_INPUT_MODE))
+    if input_mode == "lung-crop" and not with_lung_focus:
+        raise ValueError("this model was trained on lung-cropped films: it cannot be evaluated without the segmenter")
     records = read_manifest(data_dir)
     chosen = select(records, scenario, split)
     if not chosen:
         raise ValueError(f"split {split!r} of {data_dir} has no images of classes {', '.join(active)}")
-    loaded = load_images(chosen, int(meta["input_size"]))
-    loaded.images = apply_intensity(loaded.images, meta.get("intensity", "raw"))
-    logits = predict_logits(
-        model, loaded.images, meta["mean"], meta["std"], mask=class_mask(active), batch_size=batch_size
+    segmenter = LungSegmenter.from_checkpoint(lungseg_checkpoint) if with_lung_focus else None
+    loaded = load_images(
+        chosen,
+        int(meta["input_size"]),
+        input_mode=input_mode,
+        segmenter=segmenter,
+        crop_margin=float(meta.get("crop_margin", DEFAULT_MARGIN)),
     )
+    loaded.images = apply_intensity(loaded.images, meta.get("intensity", "raw"))
+    mask = class_mask(active)
+    if segmenter is None:
+        logits = predict_logits(model, loaded.images, meta["mean"], meta["std"], mask=mask, batch_size=batch_size)
+        focus: list[LungFocus] | None = None
+    else:
+        logits, focus = _logits_and_lung_focus(model, spec, meta, loaded, mask, batch_size, lung_threshold)
     probs = torch.softmax(logits, dim=1)
     y_true = loaded.labels.tolist()
     y_pred = probs.argmax(1).tolist()
@@ -70,15 +101,83 @@ def evaluate_checkpoint(
         "split": split,
     }
     report["cam_method"] = spec.cam_method
+    report["checkpoint"]["input_mode"] = input_mode
+    if focus is not None and segmenter is not None:
+        sources = [r.source for r in loaded.records]
+        report["lung_focus"] = lung_focus_summary(y_true, y_pred, focus, sources, lung_threshold)
+        report["lung_focus"]["segmenter_sha256"] = segmenter.checkpoint_sha256
 
     if predictions_csv:
         Path(predictions_csv).parent.mkdir(parents=True, exist_ok=True)
         with open(predictions_csv, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["path", "source", "label", "predicted", *[f"p_{c}" for c in CLASSES]])
-            for r, pred, p in zip(loaded.records, y_pred, probs.tolist(), strict=True):
-                w.writerow([str(r.path), r.source, r.label, CLASSES[pred], *[f"{v:.6f}" for v in p]])
+            w.writerow(["path", "source", "label", "predicted", *[f"p_{c}" for c in CLASSES],
+                        "lung_focus", "lung_area", "lung_flagged"])
+            for i, (r, pred, p) in enumerate(zip(loaded.records, y_pred, probs.tolist(), strict=True)):
+                f = focus[i] if focus is not None else None
+                lung = ["" if f is None or f.score is None else f"{f.score:.4f}",
+                        "" if f is None else f"{f.lung_area:.4f}", "" if f is None else str(int(f.flagged))]
+                w.writerow([str(r.path), r.source, r.label, CLASSES[pred], *[f"{v:.6f}" for v in p], *lung])
     return report
+
+
+@torch.no_grad()
+def _logits_and_lung_focus(
+    model: CXRNet,
+    spec: ArchSpec,
+    meta: dict[str, Any],
+    loaded: LoadedImages,
+    mask: torch.Tensor,
+    batch_size: int,
+    threshold: float,
+) -> tuple[torch.Tensor, list[LungFocus]]:
+    """Masked logits and the predicted class's lung focus for every film, from one forward pass each."""
+    assert loaded.lung_masks is not None
+    model.eval()
+    cam = cam_for(model, spec)
+    all_logits, focus = [], []
+    for start in range(0, len(loaded.images), batch_size):
+        batch = torch.from_numpy(loaded.images[start : start + batch_size]).unsqueeze(1)
+        out = cam(normalize_batch(batch, meta["mean"], meta["std"]))
+        logits = out.logits.float() + mask
+        all_logits.append(logits)
+        raw = out.raw.float().numpy()
+        for j, k in enumerate(logits.argmax(1).tolist()):
+            focus.append(lung_focus(raw[j, k], loaded.lung_masks[start + j], threshold))
+    return (torch.cat(all_logits) if all_logits else torch.zeros((0, len(CLASSES)))), focus
+
+
+def _focus_stats(rows: Sequence[tuple[bool, LungFocus]]) -> dict[str, Any]:
+    scores = [f.score for _, f in rows if f.score is not None]
+    n = len(rows)
+    return {
+        "n": n,
+        "median": statistics.median(scores) if scores else None,
+        "flagged_share": sum(f.flagged for _, f in rows) / n if n else None,
+        "right_for_right_reasons": sum(ok and not f.flagged for ok, f in rows) / n if n else None,
+        "median_lung_area": statistics.median(f.lung_area for _, f in rows) if n else None,
+    }
+
+
+def lung_focus_summary(
+    y_true: Sequence[int], y_pred: Sequence[int], focus: Sequence[LungFocus], sources: Sequence[str],
+    threshold: float,
+) -> dict[str, Any]:
+    """Lung focus of the predicted class's CAM, overall, per true class and per source (see module doc)."""
+    rows = [(t == p, f) for t, p, f in zip(y_true, y_pred, focus, strict=True)]
+    per_class = {
+        c: _focus_stats([row for row, t in zip(rows, y_true, strict=True) if t == k]) for k, c in enumerate(CLASSES)
+    }
+    by_source = {s: _focus_stats([row for row, src in zip(rows, sources, strict=True) if src == s])
+                 for s in sorted(set(sources))}
+    scores = np.array([f.score for f in focus if f.score is not None], dtype=np.float64)
+    return {
+        "threshold": threshold,
+        "overall": _focus_stats(rows),
+        "per_class": per_class,
+        "by_source": by_source,
+        "histogram": np.histogram(scores, bins=10, range=(0.0, 1.0))[0].tolist(),
+    }
 
 
 def _pct(v: float | None) -> str:
@@ -116,7 +215,53 @@ def format_table(report: dict[str, Any], name: str | None = None) -> str:
     )
     if report.get("skipped_unreadable"):
         lines.append(f"skipped unreadable images: {len(report['skipped_unreadable'])}")
+    if report.get("lung_focus"):
+        lf = report["lung_focus"]
+        lines += ["", f"Lung focus of the predicted class's CAM (flagged below {lf['threshold']:.2f}; all in %):"]
+        head = (f"{'rows':<14}| {'n':>4} | {'Sn/acc':>6} | {'median focus':>12} | {'lung area':>9} | "
+                f"{'flagged':>7} | {'right & in lungs':>16}")
+        lines += [head, "-" * len(head)]
+        for label, stats, sens in lung_focus_rows(report):
+            lines.append(
+                f"{label[:14]:<14}| {stats['n']:>4} | {_pct(sens):>6} | {_pct(stats['median']):>12} | "
+                f"{_pct(stats['median_lung_area']):>9} | {_pct(stats['flagged_share']):>7} | "
+                f"{_pct(stats['right_for_right_reasons']):>16}"
+            )
     return "\n".join(lines)
+
+
+def lung_focus_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any], float | None]]:
+    """(label, lung-focus stats, sensitivity or accuracy) rows: each true class with films, all, each source."""
+    lf = report["lung_focus"]
+    rows: list[tuple[str, dict[str, Any], float | None]] = [
+        (c, lf["per_class"][c], report["per_class"][c]["sensitivity"]) for c in CLASSES if lf["per_class"][c]["n"]
+    ]
+    rows.append(("all", lf["overall"], report["accuracy"]))
+    for source, stats in lf.get("by_source", {}).items():
+        rows.append((source, stats, report.get("by_source", {}).get(source, {}).get("accuracy")))
+    return rows
+
+
+def format_lung_focus_markdown(report: dict[str, Any]) -> str:
+    """The lung-focus table as Markdown ('' when the report has none)."""
+    if not report.get("lung_focus"):
+        return ""
+    lf = report["lung_focus"]
+    lines = [
+        f"Lung focus of the predicted class's CAM (share of its positive evidence inside the lungs; "
+        f"flagged below {lf['threshold']:.2f}). Sn for a class row, accuracy for the others; "
+        "'right & in lungs' = classified correctly and not flagged.",
+        "",
+        "| Rows | n | Sn / acc | Median lung focus | Median lung area (chance) | Flagged | Right & in lungs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, stats, sens in lung_focus_rows(report):
+        lines.append(
+            f"| {label} | {stats['n']} | {_pct(sens).strip()} | {_pct(stats['median']).strip()} | "
+            f"{_pct(stats['median_lung_area']).strip()} | {_pct(stats['flagged_share']).strip()} | "
+            f"{_pct(stats['right_for_right_reasons']).strip()} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def format_markdown(report: dict[str, Any]) -> str:
@@ -152,4 +297,5 @@ def format_markdown(report: dict[str, Any]) -> str:
     ]
     for c, counts in zip(CLASSES, report["confusion_matrix"], strict=True):
         lines.append(f"| {c} | " + " | ".join(str(v) for v in counts) + " |")
-    return "\n".join(lines) + "\n"
+    focus = format_lung_focus_markdown(report)
+    return "\n".join(lines) + "\n" + ("\n" + focus if focus else "")

@@ -47,6 +47,9 @@ class Box:
         x1 = max(math.ceil(self.right * width), x0 + 1)
         return y0, x0, min(y1, height), min(x1, width)
 
+    def as_tuple(self) -> tuple[float, float, float, float]:
+        return (self.top, self.left, self.bottom, self.right)
+
     def as_dict(self) -> dict[str, float]:
         return {"top": self.top, "left": self.left, "bottom": self.bottom, "right": self.right}
 

@@ -15,7 +15,8 @@ upsampling or display normalisation choice.
 
 For a network that saw only part of the film (`lung-crop` input mode, see `ml.lung_crop`), pass the
 crop's `box`: the map then spans the box, and the mask is cut to the same box before scoring (what lies
-outside the crop cannot carry evidence). `lung_area` stays the share of the whole film that is lung.
+outside the crop cannot carry evidence), and `lung_area` is the share of the crop that is lung (the
+chance level of a map that can only spread over the crop).
 
 `lung_area` is the share of the film that is lung (the mean of the mask; equal to the mean of
 `coverage`). It is the chance level: a map spread uniformly over the film scores `lung_area`.
@@ -118,8 +119,8 @@ def lung_focus(
     if cam.ndim != 2 or cam.size == 0:
         raise ValueError(f"CAM must be a non-empty 2-D array (h×w), got shape {cam.shape}")
     threshold = _check_threshold(threshold)
-    mask = np.asarray(lung_mask)
-    coverage = lung_coverage(crop(mask, box), *cam.shape)
+    mask = crop(np.asarray(lung_mask), box)
+    coverage = lung_coverage(mask, *cam.shape)
     lung_area = float(mask.astype(bool).mean())
     return _score(cam, coverage, lung_area, threshold)
 
@@ -137,7 +138,7 @@ def lung_focus_by_class(
     if cams.ndim != 3 or cams.shape[0] != len(classes) or cams.shape[1] == 0 or cams.shape[2] == 0:
         raise ValueError(f"CAMs must be {len(classes)}×h×w (one map per class), got shape {cams.shape}")
     threshold = _check_threshold(threshold)
-    mask = np.asarray(lung_mask)
-    coverage = lung_coverage(crop(mask, box), cams.shape[1], cams.shape[2])
+    mask = crop(np.asarray(lung_mask), box)
+    coverage = lung_coverage(mask, cams.shape[1], cams.shape[2])
     lung_area = float(mask.astype(bool).mean())
     return {cls: _score(cams[k], coverage, lung_area, threshold) for k, cls in enumerate(classes)}

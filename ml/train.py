@@ -44,6 +44,8 @@ from ml.data import (
     read_manifest,
     select,
 )
+from ml.lung_crop import DEFAULT_INPUT_MODE, DEFAULT_MARGIN, check_input_mode
+from ml.lungs import LungSegmenter
 from ml.metrics import classification_report
 from ml.registry import get_arch
 from ml.transforms import INTENSITY_MODES, apply_intensity, normalize_batch, train_augmentation
@@ -85,6 +87,9 @@ class TrainConfig:
     intensity: str = "raw"  # "raw" or "equalize" (see ml.transforms.INTENSITY_MODES)
     """torch intra-op threads (None: torch's default). One thread is faster on a busy machine."""
     extra_train_dirs: list[str] = field(default_factory=list)
+    input_mode: str = DEFAULT_INPUT_MODE  # "full" or "lung-crop" (see ml.lung_crop)
+    crop_margin: float = DEFAULT_MARGIN
+    lungseg_checkpoint: str | None = None  # lung-crop only; None: the bundled segmenter
 
     def validate(self) -> None:
         spec = get_arch(self.arch)  # raises KeyError for unknown names
@@ -99,6 +104,9 @@ class TrainConfig:
             raise ValueError("learning rate must be a positive number")
         if self.intensity not in INTENSITY_MODES:
             raise ValueError(f"intensity must be one of {', '.join(INTENSITY_MODES)}")
+        check_input_mode(self.input_mode)
+        if not 0.0 <= self.crop_margin <= 1.0:
+            raise ValueError("crop margin must be between 0 and 1")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError("lr schedule must be 'constant' or 'cosine'")
         if self.class_weighting not in ("inverse-frequency", "none"):
@@ -120,6 +128,7 @@ class TrainConfig:
             "extra_train_dirs",
             "channels_last",
             "threads",
+            "lungseg_checkpoint",
         ):
             d.pop(k)
         return d
@@ -266,8 +275,16 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
     val_records = select(records, scenario, "val", seed=config.seed)
     if not train_records:
         raise ValueError(f"no training images for scenario {scenario.name} in {config.data_dir}")
-    train_data = load_images(train_records, input_size)
-    val_data = load_images(val_records, input_size)
+    segmenter = (
+        LungSegmenter.from_checkpoint(config.lungseg_checkpoint) if config.input_mode == "lung-crop" else None
+    )
+    lung_inputs: dict[str, Any] = (
+        {"input_mode": config.input_mode, "segmenter": segmenter, "crop_margin": config.crop_margin}
+        if segmenter is not None
+        else {}
+    )
+    train_data = load_images(train_records, input_size, **lung_inputs)
+    val_data = load_images(val_records, input_size, **lung_inputs)
     train_data.images = apply_intensity(train_data.images, config.intensity)
     val_data.images = apply_intensity(val_data.images, config.intensity)
     skipped = train_data.skipped + val_data.skipped
@@ -329,6 +346,9 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
     meta_base = base_meta(spec, input_size=input_size, scenario_classes=scenario.classes)
     meta_base.update(
         intensity=config.intensity,
+        input_mode=config.input_mode,
+        crop_margin=config.crop_margin,
+        lungseg_sha256=segmenter.checkpoint_sha256 if segmenter is not None else None,
         scenario=scenario.name,
         pretrained=config.pretrained,
         hparams=config.hparams(),

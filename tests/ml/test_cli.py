@@ -104,6 +104,12 @@ def test_python_dash_m_ml_offers_the_ml_commands() -> None:
         (["train", "--arch", "resnet18", "--out", "x", "--scenario", "s4"], "invalid choice: 's4'"),
         (["train", "--out", "x"], "the following arguments are required: --arch"),
         (["benchmark", "--archs", "cnnx", "--out", "x", "--epochs", "-2"], "argument --epochs: must be > 0"),
+        (["train", "--arch", "resnet18", "--out", "x", "--input-mode", "lungs"], "invalid choice: 'lungs'"),
+        (["train", "--arch", "resnet18", "--out", "x", "--crop-margin", "2"], "--crop-margin: must be between 0 and 1"),
+        (["train", "--arch", "resnet18", "--out", "x", "--label-smoothing", "-0.1"], "must be between 0 and 1"),
+        (["train", "--arch", "resnet18", "--out", "x", "--workers", "-1"], "argument --workers: must be ≥ 0"),
+        (["train", "--arch", "resnet18", "--out", "x", "--warmup-epochs", "-1"], "--warmup-epochs: must be ≥ 0"),
+        (["evaluate", "--lung-threshold", "1.5"], "--lung-threshold: must be between 0 and 1"),
         (["fly"], "invalid choice: 'fly'"),
     ],
 )
@@ -131,6 +137,7 @@ def test_bad_arguments_are_argparse_errors(argv: list[str], message: str, capsys
         (["evaluate", "--checkpoint", "{tmp}/missing.pt"], "checkpoint not found: "),
         (["evaluate", "--data", "{tmp}"], "no manifest.csv in"),
         (["evaluate", "--data", "{small}", "--split", "validation"], "split 'validation' of"),
+        (["evaluate", "--data", "{small}", "--lungseg-checkpoint", "{tmp}/none.pt"], "none.pt"),
     ],
 )
 def test_user_errors_are_error_lines_with_exit_2(

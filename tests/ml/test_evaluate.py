@@ -30,7 +30,9 @@ TOP_LEVEL_KEYS = {
     "checkpoint",
     "data",
     "cam_method",  # provenance
+    "lung_focus",  # right for the right reasons
 }
+FOCUS_KEYS = {"n", "median", "flagged_share", "right_for_right_reasons", "median_lung_area"}
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +138,9 @@ def pct(v: float | None) -> str:
 
 
 def test_table_has_the_papers_table_2_layout(report: dict[str, Any]) -> None:
-    lines = format_table(report).splitlines()
+    text = format_table(report)
+    first_table, rest = text.split("macro sensitivity", 1)
+    lines = [*first_table.splitlines(), "macro sensitivity" + rest.splitlines()[0]]
     # header: one group per class (in CLASSES order) of Sn / Sp / F1, then accuracy and the error's CI
     positions = [lines[0].index(c) for c in CLASSES]
     assert positions == sorted(positions)
@@ -169,3 +173,59 @@ def test_cli_evaluate_uses_the_bundled_model_by_default(
     check_contract(rep)
     assert format_table(rep) in stdout
     assert f"wrote {out_json}" in stdout
+
+
+def test_lung_focus_agrees_with_the_per_image_csv(report: dict[str, Any]) -> None:
+    """The lung-focus summary is recomputed from the predictions CSV's per-film scores: per true class and
+    overall median, share flagged (score below the threshold) and share right and not flagged."""
+    lf = report["lung_focus"]
+    assert lf["threshold"] == 0.5
+    assert set(lf["overall"]) == FOCUS_KEYS and set(lf["per_class"]) == set(CLASSES)
+    assert set(lf["by_source"]) == {"kermany", "hannover"}
+    with open(report["_csv"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        assert 0.0 <= float(r["lung_focus"]) <= 1.0 and 0.05 < float(r["lung_area"]) < 0.8
+        assert r["lung_flagged"] == str(int(float(r["lung_focus"]) < 0.5))
+
+    def stats(subset: list[dict[str, str]]) -> dict[str, float]:
+        return {
+            "n": len(subset),
+            "median": float(np.median([float(r["lung_focus"]) for r in subset])),
+            "flagged_share": float(np.mean([r["lung_flagged"] == "1" for r in subset])),
+            "right_for_right_reasons": float(
+                np.mean([r["lung_flagged"] == "0" and r["label"] == r["predicted"] for r in subset])
+            ),
+            "median_lung_area": float(np.median([float(r["lung_area"]) for r in subset])),
+        }
+
+    for key, expected in stats(rows).items():
+        assert lf["overall"][key] == pytest.approx(expected, abs=1e-4)
+    for c in CLASSES:
+        for key, expected in stats([r for r in rows if r["label"] == c]).items():
+            assert lf["per_class"][c][key] == pytest.approx(expected, abs=1e-4)
+    assert report["checkpoint"]["input_mode"] == "full"
+
+
+def test_lung_focus_table_sits_next_to_sensitivity(report: dict[str, Any]) -> None:
+    text = format_table(report)
+    section = text[text.index("Lung focus of the predicted class's CAM") :].splitlines()
+    rows = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")[1:]] for line in section[3:]}
+    assert set(rows) == {*CLASSES, "all", "hannover", "kermany"}
+    for c in CLASSES:
+        n, sens, median, area, flagged, right = rows[c]
+        stats = report["lung_focus"]["per_class"][c]
+        assert int(n) == stats["n"] and sens == pct(report["per_class"][c]["sensitivity"])
+        assert [median, area, flagged, right] == [
+            pct(stats[k]) for k in ("median", "median_lung_area", "flagged_share", "right_for_right_reasons")
+        ]
+    assert rows["all"][1] == pct(report["accuracy"])
+
+
+def test_evaluate_without_lung_focus_and_with_another_threshold(small_dataset: Path, report: dict[str, Any]) -> None:
+    plain = evaluate_checkpoint(DEFAULT_CHECKPOINT, small_dataset, split="test", with_lung_focus=False)
+    assert "lung_focus" not in plain and "Lung focus" not in format_table(plain)
+    assert plain["confusion_matrix"] == report["confusion_matrix"]  # the CAM pass gives the same predictions
+    strict = evaluate_checkpoint(DEFAULT_CHECKPOINT, small_dataset, split="test", lung_threshold=1.0)
+    assert strict["lung_focus"]["overall"]["flagged_share"] == 1.0
+    assert strict["lung_focus"]["overall"]["median"] == pytest.approx(report["lung_focus"]["overall"]["median"])
