@@ -579,6 +579,8 @@ def train_command(
         "--lr", repr(params.learning_rate), "--seed", str(params.seed), "--device", settings.train_device,
         "--pretrained" if params.pretrained else "--no-pretrained", "--events", str(events),
     ]  # fmt: skip
+    if params.input_mode != "full":
+        command += ["--input-mode", params.input_mode]
     if caps:
         command += ["--max-steps-per-epoch", str(min(caps))]
     if settings.train_threads:

@@ -212,6 +212,7 @@ FORM_DEFAULTS: dict[str, Any] = {
     "pretrained": False,
     "include_reviewed": False,
     "max_steps_per_epoch": None,
+    "input_mode": "full",
 }
 
 
@@ -284,6 +285,7 @@ def training_submit(
     max_steps_per_epoch: Annotated[str, Form()] = "",
     pretrained: Annotated[str | None, Form()] = None,
     include_reviewed: Annotated[str | None, Form()] = None,
+    input_mode: Annotated[str, Form()] = "full",
 ) -> Response:
     """Queue a job from the form (same validation as the API), then show its progress page."""
     if not user.is_admin:
@@ -300,6 +302,7 @@ def training_submit(
         "pretrained": pretrained is not None,  # a checkbox is sent only when ticked
         "include_reviewed": include_reviewed is not None,
         "max_steps_per_epoch": max_steps_per_epoch.strip() or None,
+        "input_mode": input_mode,
     }
     try:
         params = training.TrainingParams.model_validate(data)

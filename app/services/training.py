@@ -70,6 +70,11 @@ class TrainingParams(BaseModel):
         False, description="add uploads with a reviewer diagnosis to the training split (never val/test images)"
     )
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap the steps per epoch (smoke runs)")
+    input_mode: Literal["full", "lung-crop"] = Field(
+        "full",
+        description="the whole film, or the film cropped to its lungs' bounding box (+10 % margin) by the bundled "
+        "lung segmenter, for training and for every later prediction of this model",
+    )
 
     @field_validator("architecture")
     @classmethod

@@ -125,4 +125,18 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "macro_sensitivity": report.get("macro_sensitivity"),
         "error_ci95": report.get("error_ci95"),
         "sensitivity": {c: report["per_class"][c].get("sensitivity") for c in CLASSES},
+        "lung_focus": _lung_focus_headline(report.get("lung_focus")),
+    }
+
+
+def _lung_focus_headline(lung_focus: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Overall median lung focus, share flagged and share right for the right reasons (None: not measured)."""
+    if not lung_focus:
+        return None
+    overall = lung_focus["overall"]
+    return {
+        "threshold": lung_focus["threshold"],
+        "median": overall["median"],
+        "flagged_share": overall["flagged_share"],
+        "right_for_right_reasons": overall["right_for_right_reasons"],
     }

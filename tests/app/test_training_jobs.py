@@ -70,6 +70,7 @@ def audit_actions(env: Env) -> list[tuple[str, str, int | None]]:
         ({"seed": -1}, "seed"),
         ({"max_steps_per_epoch": 0}, "max_steps_per_epoch"),
         ({"pretrained": True}, None),  # CNN-X has no ImageNet weights
+        ({"input_mode": "lungs-only"}, "input_mode"),
         ({"surprise": 1}, "surprise"),
     ],
 )

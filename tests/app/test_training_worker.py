@@ -157,7 +157,7 @@ def tiny_film(env: Env, split: str, label: str) -> Path:
 def test_job_succeeds_is_promoted_used_and_rolled_back(env: Env, worker: WorkerProcess, films: dict[str, Film]) -> None:
     review(env, tiny_film(env, "test", "covid19"), "covid19")  # a held-out film: must not reach training
     review(env, tiny_film(env, "train", "covid19"), "covid19")  # a training film: added again as an upload
-    body = {**SHORT, "include_reviewed": True}
+    body = {**SHORT, "include_reviewed": True, "input_mode": "lung-crop"}
     r = env.client.post("/api/v1/training-jobs", headers=env.auth("admin"), json=body)
     assert r.status_code == 202 and r.json()["status"] == "queued"
     job, seen = wait_for(env, worker, r.json()["id"], final)
@@ -181,6 +181,10 @@ def test_job_succeeds_is_promoted_used_and_rolled_back(env: Env, worker: WorkerP
     assert new["hparams"]["epochs"] == 3 and new["hparams"]["max_steps_per_epoch"] == MAX_STEPS
     assert new["hparams"]["training_job_id"] == job["id"] and new["hparams"]["reviewed_uploads_added"] == 1
     assert set(new["metrics"]) == {"val", "test"} and new["metrics"]["test"]["n"] == 6
+    assert new["hparams"]["input_mode"] == "lung-crop"
+    headline = job["metrics"]["test"]["lung_focus"]
+    assert headline["threshold"] == 0.5 and 0.0 <= headline["median"] <= 1.0
+    assert 0.0 <= headline["right_for_right_reasons"] <= 1.0 - headline["flagged_share"] + 1e-9
 
     report = env.client.get(job["report_url"], headers=env.auth("admin")).json()
     assert report["model"]["id"] == new["id"] and report["active"]["id"] == parent["id"]
@@ -188,6 +192,12 @@ def test_job_succeeds_is_promoted_used_and_rolled_back(env: Env, worker: WorkerP
     assert set(report["model"]["report"]["by_source"]) == {"kermany", "hannover"}
     assert report["active"]["report"]["n"] == report["model"]["report"]["n"]  # the same films
     assert report["model"]["report"]["per_class"]["covid19"]["sensitivity_ci95"] is not None
+    # lung focus of both models on the same films; the new one saw lung crops, the active one whole films
+    new_focus, active_focus = report["model"]["report"]["lung_focus"], report["active"]["report"]["lung_focus"]
+    assert new_focus["overall"]["n"] == active_focus["overall"]["n"] == 6
+    assert report["model"]["report"]["checkpoint"]["input_mode"] == "lung-crop"
+    assert report["active"]["report"]["checkpoint"]["input_mode"] == "full"
+    assert new_focus["overall"]["median_lung_area"] > active_focus["overall"]["median_lung_area"]
     for url in job["charts"].values():
         png = env.client.get(url, headers=env.auth("admin"))
         assert png.status_code == 200 and png_size(png.content)[0] > 300

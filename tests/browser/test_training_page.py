@@ -151,6 +151,9 @@ def test_admin_trains_watches_progress_reads_report_and_promotes(serve: LiveServ
     assert rows.count() == 2
     assert "(new)" in rows.nth(0).inner_text() and "(active)" in rows.nth(1).inner_text()
     assert page.locator("#by-source tbody tr").count() >= 3  # kermany/hannover (new) + the active's
+    # lung focus beside sensitivity: one row per true class with films (s1: normal, COVID-19) and "All"
+    focus_rows = page.locator("#lung-focus tbody tr")
+    assert focus_rows.count() == 3 and focus_rows.nth(2).inner_text().startswith("All")
     page.wait_for_function("() => Array.from(document.images).every(i => i.complete)")
     for chart in ("#chart-curves", "#chart-confusion", "#chart-comparison"):
         assert page.eval_on_selector(chart, "img => img.naturalWidth") > 300, chart
