@@ -15,6 +15,8 @@ Grayscale X-rays reach these 3-channel networks by **channel replication** (see
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 import torchvision.models as tvm
@@ -245,7 +247,7 @@ def _new_linear(old: nn.Linear) -> nn.Linear:
     return head
 
 
-def _tv_resnet(fn, weights: str):  # type: ignore[no-untyped-def]
+def _tv_resnet(fn, weights: str):
     def build(pretrained: bool) -> CXRNet:
         if not pretrained:
             return ResNetNet(fn(weights=None, num_classes=NUM_CLASSES))
@@ -264,7 +266,7 @@ def _tv_densenet(pretrained: bool) -> CXRNet:
     net = tvm.densenet201(weights=None)
     # torchvision's own loader renames the old "norm.1"-style keys; reuse it.
     state = load_torchvision_state_dict(weights)
-    tvm.densenet._load_state_dict(net, _FixedWeights(state), progress=False)  # type: ignore[arg-type]
+    tvm.densenet._load_state_dict(net, _FixedWeights(state), progress=False)
     net.classifier = _new_linear(net.classifier)
     return DenseNetNet(net)
 
@@ -308,12 +310,13 @@ def _tv_squeezenet(pretrained: bool) -> CXRNet:
     net.load_state_dict(load_torchvision_state_dict("SqueezeNet1_1_Weights.IMAGENET1K_V1"))
     conv = nn.Conv2d(512, NUM_CLASSES, kernel_size=1)
     nn.init.normal_(conv.weight, mean=0.0, std=0.01)
-    nn.init.zeros_(conv.bias)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
     net.classifier[1] = conv
     return SqueezeNetNet(net)
 
 
-def _tv_plain(fn, weights: str):  # type: ignore[no-untyped-def]
+def _tv_plain(fn, weights: str):
     def build(pretrained: bool) -> CXRNet:
         if not pretrained:
             return PlainConvNet(fn(weights=None, num_classes=NUM_CLASSES))
@@ -325,7 +328,7 @@ def _tv_plain(fn, weights: str):  # type: ignore[no-untyped-def]
     return build
 
 
-def _timm(name: str):  # type: ignore[no-untyped-def]
+def _timm(name: str):
     def build(pretrained: bool) -> CXRNet:
         import timm
 
@@ -343,7 +346,7 @@ def _cnnx(pretrained: bool) -> CXRNet:
 
 
 def _register_all() -> None:
-    tv = "torchvision"
+    tv: Literal["torchvision"] = "torchvision"
     for name, fn, weights, layers in (
         ("resnet18", tvm.resnet18, "ResNet18_Weights.IMAGENET1K_V1", "net.layer4"),
         ("resnet50", tvm.resnet50, "ResNet50_Weights.IMAGENET1K_V1", "net.layer4"),

@@ -12,6 +12,10 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the CLI imports torch lazily, so `--help` and argument errors stay fast
+    from ml.train import TrainConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -175,7 +179,7 @@ def cmd_archs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace, out_dir: str, arch: str | None = None):  # type: ignore[no-untyped-def]
+def _train_config(args: argparse.Namespace, out_dir: str, arch: str | None = None) -> TrainConfig:
     from ml.train import TrainConfig
 
     return TrainConfig(

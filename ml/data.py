@@ -257,8 +257,9 @@ def load_images(
         cache_dir.mkdir(parents=True, exist_ok=True)
         # per-process temp name: several DDP ranks may build the same cache at once
         tmp = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, images=images, ok=np.array(ok_flags, dtype=bool),
-                 errors=np.array([e for _, e in skipped], dtype=str), **extra)
+        payload = {"images": images, "ok": np.array(ok_flags, dtype=bool),
+                   "errors": np.array([e for _, e in skipped], dtype=str), **extra}
+        np.savez(tmp, **payload)  # type: ignore[arg-type]  # numpy's stub types **kwds as its bool option
         os.replace(tmp, cache_file)
     except OSError as exc:
         log.warning("could not write image cache %s: %s", cache_file, exc)

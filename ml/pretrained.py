@@ -65,7 +65,7 @@ def pretrained_dir() -> Path | None:
     return Path(value) if value else None
 
 
-def _torchvision_weights(weights: str):  # type: ignore[no-untyped-def]
+def _torchvision_weights(weights: str):
     import torchvision.models as tvm
 
     return tvm.get_weight(weights)
@@ -107,7 +107,7 @@ def timm_candidates(model_name: str) -> list[Path]:
 
     names = [f"{model_name}{ext}" for ext in (".safetensors", ".pth", ".bin")]
     url = timm.models.get_pretrained_cfg(model_name).url  # type: ignore[union-attr]
-    if url:
+    if isinstance(url, str) and url:
         names.append(os.path.basename(url))
     return [d / n for n in names]
 

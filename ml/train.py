@@ -159,6 +159,9 @@ class ActiveClassLoss(nn.Module):
     smoothing ever see a class the scenario does not train (s1 trains normal vs COVID-19).
     """
 
+    index: torch.Tensor
+    remap: torch.Tensor
+
     def __init__(self, active: tuple[str, ...], weight: torch.Tensor, label_smoothing: float = 0.0) -> None:
         super().__init__()
         index = [CLASSES.index(c) for c in CLASSES if c in active]
@@ -303,7 +306,7 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     dataset = XrayDataset(train_data, train_augmentation() if config.augment else None)
-    sampler = (
+    sampler: DistributedSampler[tuple[torch.Tensor, int]] | None = (
         DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
         if distributed
         else None

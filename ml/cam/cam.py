@@ -24,6 +24,7 @@ class ClassActivationMap(BaseCAM):
         classifier = self.model.get_submodule(self.spec.classifier)
         with torch.no_grad():
             logits = self.model.forward_head(features)
+            bias: torch.Tensor
             if isinstance(classifier, nn.Linear):
                 raw = torch.einsum("kc,bchw->bkhw", classifier.weight, features)
                 bias = classifier.bias if classifier.bias is not None else torch.zeros(raw.shape[1])
