@@ -110,7 +110,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
     host = args.host or settings.host
     port = args.port or settings.port
-    app = create_app(settings)  # migrates, registers models, creates the first admin
+    from app.config import SettingsError
+
+    try:
+        app = create_app(settings)  # migrates, registers models, creates the first admin
+    except SettingsError as exc:  # e.g. CXR_LUNGSEG_CHECKPOINT names a missing file
+        raise CLIError(str(exc)) from exc
     worker = None
     if not args.no_worker:  # the web process never trains: one worker process runs beside it
         from app.worker import start_embedded_worker

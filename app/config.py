@@ -7,11 +7,12 @@ Nothing reads the environment at import time: `create_app(settings=None)` and th
 
 from __future__ import annotations
 
+import math
 import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Secrets that show up in examples and must never guard a production deployment.
@@ -63,6 +64,13 @@ class Settings(BaseSettings):
     preload_models: bool = True
     """Load the active model's weights at start (the first prediction is then as fast as the rest)."""
 
+    # Lung focus (share of a CAM's positive evidence inside the lungs; see ml.lung_focus).
+    lungseg_checkpoint: Path | None = None
+    """The lung segmenter every upload runs once. Default: ml.lungs.BUNDLED_LUNGSEG (ml/bundled/lungseg.pt)."""
+    lung_focus_threshold: float = 0.5
+    """A result is flagged when less than this share of its predicted class's CAM evidence lies inside
+    the lungs. Applied when results are read, so changing it re-flags every stored result."""
+
     # Retraining (app.worker): jobs are claimed from the database by `cxr-review worker` processes.
     train_nproc: int = Field(default=1, ge=1)
     """Processes per training job; above 1 the job runs under `torchrun --standalone --nproc_per_node N`
@@ -77,6 +85,16 @@ class Settings(BaseSettings):
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
     worker_stale_seconds: float = Field(default=30.0, gt=0)
     """A running job whose worker has not heartbeated for this long is failed by the reaper."""
+
+    @field_validator("lung_focus_threshold")
+    @classmethod
+    def _threshold_is_a_share(cls, value: float) -> float:
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise SettingsError(
+                f"CXR_LUNG_FOCUS_THRESHOLD must be a number from 0 to 1 (a share of the CAM's evidence, "
+                f"e.g. 0.5), got {value}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _refuse_default_secret_in_production(self) -> Settings:
@@ -127,6 +145,14 @@ class Settings(BaseSettings):
         from ml.checkpoints import DEFAULT_CHECKPOINT
 
         return DEFAULT_CHECKPOINT
+
+    @property
+    def resolved_lungseg_checkpoint(self) -> Path:
+        if self.lungseg_checkpoint is not None:
+            return self.lungseg_checkpoint
+        from ml.lungs import BUNDLED_LUNGSEG
+
+        return BUNDLED_LUNGSEG
 
     def prepared(self) -> Settings:
         """A copy with absolute paths, the data dir created and the secret key settled."""

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.config import Settings
+from app.config import Settings, SettingsError
 from app.db import make_engine, make_session_factory, upgrade_database
 from app.deps import CSRF_COOKIE, AppContext, pending_csrf_cookie
 from app.services import accounts, model_registry, predictions
@@ -187,6 +187,9 @@ def build_context(settings: Settings, *, announce: Any = None) -> AppContext:
 
         torch.set_num_threads(settings.torch_threads)
     fix_malloc_mmap_threshold()
+    lungseg = settings.resolved_lungseg_checkpoint
+    if not lungseg.is_file():  # every upload needs it: refuse to start rather than fail each request
+        raise SettingsError(f"CXR_LUNGSEG_CHECKPOINT: lung segmenter checkpoint {lungseg} not found")
     engine = make_engine(settings.resolved_database_url)
     upgrade_database(engine)
     session_factory = make_session_factory(engine)
@@ -215,13 +218,13 @@ def build_context(settings: Settings, *, announce: Any = None) -> AppContext:
         engine=engine,
         session_factory=session_factory,
         store=store,
-        models=ModelManager(),
+        models=ModelManager(lungseg_checkpoint=lungseg),
         data_lock=data_lock,
     )
 
 
 def preload_active_model(ctx: AppContext) -> None:
-    """Load the active model's weights now, so the first request does not pay for it."""
+    """Load the active model's weights (and the lung segmenter) now, so the first request does not pay for it."""
     with ctx.session_factory() as session:
         try:
             ctx.models.get(model_registry.get_active_model(session=session))

@@ -5,6 +5,8 @@ at a known path becomes a new version of that name. Exactly one model is `active
 predictions); `models=all` runs every registered model whose checkpoint is present and unchanged.
 A Predictor is loaded once per model (under a lock, so concurrent first requests load it once) and
 is verified against the recorded sha256, so a prediction's recorded hash is always the one used.
+The manager also holds the one lung segmenter (`CXR_LUNGSEG_CHECKPOINT`), loaded the same way and
+shared by every Predictor (lung-crop models crop with it) and by the lung-focus score of each upload.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from app.services.errors import ConflictError, InvalidInputError, ModelUnavailab
 from ml import CLASSES
 from ml.checkpoints import CheckpointError, file_sha256, read_meta
 from ml.inference import Predictor
+from ml.lungs import LungSegmenter
 
 log = logging.getLogger(__name__)
 
@@ -203,33 +206,62 @@ def checkpoint_matches(model: MLModel) -> bool:
 
 
 class ModelManager:
-    """Loads each model's Predictor once and hands it out; safe to share between request threads."""
+    """Loads each model's Predictor, and the lung segmenter, once and hands them out; safe to share
+    between request threads (both are read-only after loading)."""
 
-    def __init__(self) -> None:
+    def __init__(self, lungseg_checkpoint: Path | None = None) -> None:
+        """`lungseg_checkpoint`: the segmenter's file (None: the bundled ml/bundled/lungseg.pt)."""
         self._predictors: dict[int, Predictor] = {}
         self._lock = threading.Lock()
+        self._lungseg_checkpoint = lungseg_checkpoint
+        self._segmenter: LungSegmenter | None = None
 
     def loaded_ids(self) -> list[int]:
         return sorted(self._predictors)
+
+    def segmenter(self) -> LungSegmenter:
+        """The lung segmenter, loaded on first use. ModelUnavailableError (503) if it cannot be loaded."""
+        segmenter = self._segmenter
+        if segmenter is not None:
+            return segmenter
+        with self._lock:
+            if self._segmenter is None:
+                self._segmenter = self._load_segmenter(self._lungseg_checkpoint)
+            return self._segmenter
+
+    @property
+    def segmenter_sha256(self) -> str | None:
+        """sha256 of the loaded segmenter's checkpoint; None until it is loaded."""
+        return self._segmenter.checkpoint_sha256 if self._segmenter is not None else None
 
     def get(self, model: MLModel) -> Predictor:
         predictor = self._predictors.get(model.id)
         if predictor is not None:
             return predictor
+        segmenter = self.segmenter()  # outside the lock below: it takes the same lock
         with self._lock:  # one load per model even when the first requests arrive together
             predictor = self._predictors.get(model.id)
             if predictor is None:
-                predictor = self._load(model)
+                predictor = self._load(model, segmenter)
                 self._predictors[model.id] = predictor
         return predictor
 
     @staticmethod
-    def _load(model: MLModel) -> Predictor:
+    def _load_segmenter(path: Path | None) -> LungSegmenter:
+        if path is not None and not Path(path).is_file():
+            raise ModelUnavailableError(f"lung segmenter checkpoint {path} not found (CXR_LUNGSEG_CHECKPOINT)")
+        try:
+            return LungSegmenter.from_checkpoint(path)
+        except (CheckpointError, OSError) as exc:
+            raise ModelUnavailableError(f"lung segmenter unavailable: {exc}") from exc
+
+    @staticmethod
+    def _load(model: MLModel, segmenter: LungSegmenter) -> Predictor:
         path = Path(model.checkpoint_path)
         if not path.is_file():
             raise ModelUnavailableError(f"model {model.id} ({model.name} v{model.version}): checkpoint missing")
         try:
-            predictor = Predictor.from_checkpoint(path)
+            predictor = Predictor.from_checkpoint(path, segmenter=segmenter)
         except CheckpointError as exc:
             raise ModelUnavailableError(f"model {model.id} ({model.name} v{model.version}): {exc}") from exc
         if predictor.checkpoint_sha256 != model.checkpoint_sha256:
@@ -240,5 +272,6 @@ class ModelManager:
         return predictor
 
     def clear(self) -> None:
+        """Forget the loaded Predictors (the segmenter stays: its file is fixed for the app's lifetime)."""
         with self._lock:
             self._predictors.clear()
