@@ -199,6 +199,20 @@ class PredictionResult(Base):
     cam_method: Mapped[str] = mapped_column(String(32))
     cam_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Lung focus (migration 0003). All NULL on results stored before it existed: "not computed".
+    lung_focus: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    """{class: {"score", "lung_area", "reason"}} for every class (see ml.lung_focus). No threshold and no
+    `flagged` here: those are applied when the result is read (CXR_LUNG_FOCUS_THRESHOLD)."""
+    lung_focus_score: Mapped[float | None] = mapped_column(Float, index=True)
+    """The predicted class's score, for sorting and filtering. Also NULL when that class's score is not
+    meaningful (no positive activation, no lung found): such a result is flagged at any threshold."""
+    lung_mask_sha256: Mapped[str | None] = mapped_column(String(64))
+    """The film's lung mask, masks/<sha[:2]>/<sha>.png; NULL means lung focus was not computed."""
+    lungseg_sha256: Mapped[str | None] = mapped_column(String(64))
+    """Checkpoint sha256 of the lung segmenter that made the mask (the audit trail of the score)."""
+    input_box: Mapped[dict[str, float] | None] = mapped_column(JSON(none_as_null=True))
+    """The film region a lung-crop model saw and its CAM spans ({top, left, bottom, right} fractions);
+    NULL: the whole film."""
 
     prediction: Mapped[Prediction] = relationship(back_populates="results")
     model: Mapped[MLModel] = relationship(lazy="joined")

@@ -48,6 +48,41 @@ class Probabilities(BaseModel):
     covid19: float
 
 
+class LungFocusOut(BaseModel):
+    """How much of one class's heat-map evidence lies inside the lungs."""
+
+    score: float | None = Field(
+        description="share of the class's positive CAM evidence inside the lung mask, 0..1; "
+        "null when the map has no positive evidence (see `reason`)",
+        ge=0.0,
+        le=1.0,
+    )
+    lung_area: float = Field(
+        description="share of the film that is lung, 0..1 (of the crop, for lung-crop models): the chance level, "
+        "the score of a map spread evenly over the film",
+        ge=0.0,
+        le=1.0,
+    )
+    flagged: bool = Field(
+        description="score below `threshold`, or no meaningful score (`reason`): most of the evidence lies "
+        "outside the lungs; check before approving"
+    )
+    threshold: float = Field(description="the threshold applied (CXR_LUNG_FOCUS_THRESHOLD), 0..1")
+    reason: str | None = Field(
+        description="why there is no meaningful score ('no positive activation', 'no lung found in the mask'); "
+        "null otherwise"
+    )
+
+
+class InputBoxOut(BaseModel):
+    """The film region a lung-crop model saw and its maps span, as fractions of the film's height and width."""
+
+    top: float
+    left: float
+    bottom: float
+    right: float
+
+
 class ResultOut(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -60,6 +95,25 @@ class ResultOut(BaseModel):
     predicted_class: ClassName
     cam_method: str
     overlays: dict[str, str] = Field(description="class → overlay PNG URL, predicted class first")
+    lung_focus: LungFocusOut | None = Field(
+        description="lung focus of the predicted class's heat map; null: not computed (stored before lung focus "
+        "existed)"
+    )
+    input_box: InputBoxOut | None = Field(
+        description="lung-crop models: the region of the film the network saw (its heat maps cover only that); "
+        "null: the whole film"
+    )
+    lung_outline_url: str | None = Field(
+        description="transparent PNG of the overlays' exact size with the lung outline in cyan (and the crop box "
+        "in white), to lay over any overlay; null: not computed"
+    )
+    lungseg_sha256: str | None = Field(None, description="checkpoint sha256 of the lung segmenter used")
+
+
+class ResultDetailOut(ResultOut):
+    lung_focus_by_class: dict[str, LungFocusOut] | None = Field(
+        description="every class's lung focus (class → lung focus, in class order); null: not computed"
+    )
 
 
 class VerdictIn(BaseModel):
@@ -101,6 +155,7 @@ class PredictionOut(BaseModel):
 
 
 class PredictionDetailOut(PredictionOut):
+    results: list[ResultDetailOut]  # type: ignore[assignment]  # the detail adds every class's lung focus
     verdicts: list[VerdictOut]
 
 
@@ -119,6 +174,7 @@ class WorklistItemOut(BaseModel):
     created_at: datetime
     verdict_count: int
     latest_verdict: VerdictValue | None
+    lung_focus: LungFocusOut | None = Field(description="the predicted class's lung focus; null: not computed")
     detail_url: str
 
 
@@ -129,3 +185,4 @@ class WorklistOut(BaseModel):
     offset: int
     sort: str
     priority: str = Field(description="how 'priority' sorting orders the worklist")
+    lung_focus_threshold: float = Field(description="the threshold below which a result is flagged")

@@ -20,6 +20,7 @@ from app.deps import AdminUser, CurrentUser, ModelManagerDep, SessionDep, Settin
 from app.models import Prediction, User, Verdict
 from app.services import accounts, model_registry, predictions, reviews
 from app.services.errors import PayloadTooLargeError
+from app.services.lung_focus import LungFocusView
 from app.services.predictions import too_large_message
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
@@ -29,7 +30,40 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": schemas.ErrorOut} for
 
 
 # ------------------------------------------------------------------------------ presentation
-def prediction_out(prediction: Prediction) -> schemas.PredictionOut:
+def lung_focus_out(view: LungFocusView) -> schemas.LungFocusOut:
+    return schemas.LungFocusOut(
+        score=view.score, lung_area=view.lung_area, flagged=view.flagged, threshold=view.threshold, reason=view.reason
+    )
+
+
+def result_out(v: predictions.ResultView) -> schemas.ResultOut:
+    r = v.result
+    return schemas.ResultOut(
+        model_id=r.model_id,
+        model_name=v.model.name,
+        model_version=r.model_version,
+        checkpoint_sha256=r.checkpoint_sha256,
+        architecture=r.architecture,
+        probabilities=schemas.Probabilities(**r.probabilities),
+        predicted_class=r.predicted_class,  # type: ignore[arg-type]
+        cam_method=r.cam_method,
+        overlays=v.overlays,
+        lung_focus=lung_focus_out(v.lung_focus) if v.lung_focus is not None else None,
+        input_box=schemas.InputBoxOut(**v.input_box.as_dict()) if v.input_box is not None else None,
+        lung_outline_url=v.lung_outline_url,
+        lungseg_sha256=r.lungseg_sha256,
+    )
+
+
+def result_detail_out(v: predictions.ResultView) -> schemas.ResultDetailOut:
+    by_class = v.lung_focus_by_class
+    return schemas.ResultDetailOut(
+        **result_out(v).model_dump(),
+        lung_focus_by_class={c: lung_focus_out(f) for c, f in by_class.items()} if by_class is not None else None,
+    )
+
+
+def prediction_out(prediction: Prediction, *, threshold: float) -> schemas.PredictionOut:
     image = prediction.image
     return schemas.PredictionOut(
         id=prediction.id,
@@ -41,20 +75,7 @@ def prediction_out(prediction: Prediction) -> schemas.PredictionOut:
         filename=prediction.filename,
         created_at=prediction.created_at,
         created_by=prediction.created_by.username if prediction.created_by else None,
-        results=[
-            schemas.ResultOut(
-                model_id=v.result.model_id,
-                model_name=v.model.name,
-                model_version=v.result.model_version,
-                checkpoint_sha256=v.result.checkpoint_sha256,
-                architecture=v.result.architecture,
-                probabilities=schemas.Probabilities(**v.result.probabilities),
-                predicted_class=v.result.predicted_class,  # type: ignore[arg-type]
-                cam_method=v.result.cam_method,
-                overlays=v.overlays,
-            )
-            for v in predictions.result_views(prediction)
-        ],
+        results=[result_out(v) for v in predictions.result_views(prediction, threshold=threshold)],
     )
 
 
@@ -133,29 +154,46 @@ def create_prediction(
         models=models,
         user=user,
     )
-    return prediction_out(prediction)
+    return prediction_out(prediction, threshold=settings.lung_focus_threshold)
+
+
+SORT_DESCRIPTION = (
+    f"priority: {reviews.PRIORITY_EXPLANATION}; newest: upload time, newest first; {reviews.FLAGGED_EXPLANATION}"
+)
 
 
 @router.get("/predictions", response_model=schemas.WorklistOut, responses=ERRORS)
 def worklist(
     session: SessionDep,
+    settings: SettingsDep,
     _user: CurrentUser,
     model_id: int | None = None,
     predicted_class: schemas.ClassName | None = None,
     reviewed: Annotated[Literal["yes", "no", "any"], Query(description="has any verdict")] = "no",
-    sort: Annotated[Literal["priority", "newest"], Query(description=reviews.PRIORITY_EXPLANATION)] = "priority",
+    flagged: Annotated[
+        bool | None,
+        Query(
+            description="true: only results whose lung focus is flagged (most heat-map evidence outside the lungs); "
+            "false: only those checked and not flagged; omit for all"
+        ),
+    ] = None,
+    sort: Annotated[Literal["priority", "newest", "flagged"], Query(description=SORT_DESCRIPTION)] = "priority",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> schemas.WorklistOut:
-    """Results waiting for review. `sort=priority`: least-confident first (see `priority` in the reply)."""
+    """Results waiting for review. `sort=priority`: least-confident first (see `priority` in the reply);
+    `sort=flagged`: results whose lung focus is flagged first, then the rest in priority order."""
+    threshold = settings.lung_focus_threshold
     result = reviews.worklist(
         session=session,
         model_id=model_id,
         predicted_class=predicted_class,
         reviewed={"yes": True, "no": False, "any": None}[reviewed],
+        flagged=flagged,
         sort=sort,
         limit=limit,
         offset=offset,
+        threshold=threshold,
     )
     return schemas.WorklistOut(
         items=[
@@ -172,6 +210,7 @@ def worklist(
                 created_at=i.prediction.created_at,
                 verdict_count=i.verdict_count,
                 latest_verdict=i.latest_verdict,  # type: ignore[arg-type]
+                lung_focus=lung_focus_out(i.lung_focus) if i.lung_focus is not None else None,
                 detail_url=f"{predictions.API_PREFIX}/predictions/{i.prediction.id}",
             )
             for i in result.items
@@ -181,16 +220,24 @@ def worklist(
         offset=result.offset,
         sort=result.sort,
         priority=reviews.PRIORITY_EXPLANATION,
+        lung_focus_threshold=threshold,
     )
 
 
 @router.get("/predictions/{prediction_id}", response_model=schemas.PredictionDetailOut, responses=ERRORS)
-def get_prediction(prediction_id: int, session: SessionDep, _user: CurrentUser) -> schemas.PredictionDetailOut:
+def get_prediction(
+    prediction_id: int, session: SessionDep, settings: SettingsDep, _user: CurrentUser
+) -> schemas.PredictionDetailOut:
+    """One prediction with its verdicts; each result also has `lung_focus_by_class` (every class's lung focus)."""
     prediction = predictions.get_prediction(session=session, prediction_id=prediction_id)
     history = reviews.verdict_history(session=session, prediction_id=prediction_id)
     latest = reviews.latest_verdict_ids(history)
+    summary = prediction_out(prediction, threshold=settings.lung_focus_threshold).model_dump(exclude={"results"})
+    views = predictions.result_views(prediction, threshold=settings.lung_focus_threshold)
     return schemas.PredictionDetailOut(
-        **prediction_out(prediction).model_dump(), verdicts=[verdict_out(v, latest) for v in history]
+        **summary,
+        results=[result_detail_out(v) for v in views],
+        verdicts=[verdict_out(v, latest) for v in history],
     )
 
 
@@ -204,6 +251,23 @@ def get_overlay(
 ) -> Response:
     png = predictions.render_overlay_png(
         session=session, store=store, prediction_id=prediction_id, model_id=model_id, cls=cls
+    )
+    return Response(png, media_type="image/png", headers=IMAGE_CACHE_HEADERS)
+
+
+@router.get(
+    "/predictions/{prediction_id}/lung-outline/{model_id}.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **ERRORS},
+)
+def get_lung_outline(
+    prediction_id: int, model_id: int, session: SessionDep, store: StoreDep, _user: CurrentUser
+) -> Response:
+    """The lung outline of this result's film as a transparent PNG of exactly its overlays' size (cyan
+    outline; a lung-crop model's box in white), to lay over any of its overlays. 404 when lung focus
+    was not computed for the result."""
+    png = predictions.render_lung_outline_png(
+        session=session, store=store, prediction_id=prediction_id, model_id=model_id
     )
     return Response(png, media_type="image/png", headers=IMAGE_CACHE_HEADERS)
 
@@ -244,17 +308,21 @@ def create_verdict(
     response_class=Response,
     responses={200: {"content": {"text/csv": {}, "application/json": {}}, "description": "all verdicts"}, **ERRORS},
 )
-def export_verdicts(session: SessionDep, _user: CurrentUser, format: Literal["csv", "json"] = "json") -> Response:
+def export_verdicts(
+    session: SessionDep, settings: SettingsDep, _user: CurrentUser, format: Literal["csv", "json"] = "json"
+) -> Response:
     """Every verdict (history included, `is_latest` marks the one that counts per reviewer) with the
-    image sha256, model version and checkpoint sha256 it refers to."""
+    image sha256, model version and checkpoint sha256 it refers to, and the result's lung focus
+    (the predicted class's score, and flagged at the configured threshold)."""
+    threshold = settings.lung_focus_threshold
     if format == "csv":
         return PlainTextResponse(
-            reviews.export_csv(session=session),
+            reviews.export_csv(session=session, threshold=threshold),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": 'attachment; filename="verdicts.csv"'},
         )
     return Response(
-        reviews.export_json(session=session),
+        reviews.export_json(session=session, threshold=threshold),
         media_type="application/json",
         headers={"Content-Disposition": 'attachment; filename="verdicts.json"'},
     )

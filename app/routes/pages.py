@@ -48,6 +48,7 @@ from app.services.errors import ServiceError, ThrottledError
 from ml import CLASSES
 from ml.cam.overlay import colorbar_png
 from ml.imageio import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from ml.lung_focus import NO_LUNG, NO_POSITIVE_MASS
 
 router = APIRouter(include_in_schema=False)
 
@@ -87,9 +88,18 @@ DATA_CAVEAT = (
 )
 LEGEND_LOW = "blue = little evidence"
 LEGEND_HIGH = "red = strongest evidence for this class"
+LUNG_FOCUS_REASONS = {
+    NO_POSITIVE_MASS: "This heat map has no positive evidence anywhere, so its lung focus cannot be measured.",
+    NO_LUNG: "The lung segmenter found no lungs on this film, so lung focus cannot be measured.",
+}
+"""Why a result is flagged without a meaningful score, in a reader's words (ml.lung_focus reasons)."""
 VIEW_MODES = ("overlay", "film", "side")
 REVIEW_STATES: dict[str, bool | None] = {"no": False, "yes": True, "any": None}
 """Worklist filter values → `reviews.worklist(reviewed=...)`: waiting, reviewed, all."""
+SORT_ORDERS: dict[str, reviews.WorklistSort] = {"priority": "priority", "newest": "newest", "flagged": "flagged"}
+"""Worklist sort values; anything else falls back to priority (a page stays lenient, the API answers 422)."""
+FLAGGED_STATES: dict[str, bool | None] = {"any": None, "yes": True, "no": False}
+"""Worklist lung-focus filter values → `reviews.worklist(flagged=...)`: all, flagged only, checked and not flagged."""
 
 
 # ------------------------------------------------------------------------------ templates
@@ -118,6 +128,7 @@ def _make_templates() -> Jinja2Templates:
         DATA_CAVEAT=DATA_CAVEAT,
         LEGEND_LOW=LEGEND_LOW,
         LEGEND_HIGH=LEGEND_HIGH,
+        LUNG_FOCUS_REASONS=LUNG_FOCUS_REASONS,
         image_url=predictions.image_url,
     )
     return templates
@@ -428,6 +439,7 @@ def _case_page(
     user: User,
     prediction_id: int,
     *,
+    threshold: float,
     model: int | None = None,
     cls: str | None = None,
     view: str | None = None,
@@ -440,7 +452,7 @@ def _case_page(
         prediction = predictions.get_prediction(session=session, prediction_id=prediction_id)
     except ServiceError as exc:
         return error_page(request, user, exc.status_code, "Case not found", str(exc))
-    views = predictions.result_views(prediction)
+    views = predictions.result_views(prediction, threshold=threshold)
     if not views:
         return error_page(request, user, 404, "No results", f"case {prediction_id} has no model results")
     focus = next((v for v in views if v.model.id == model), views[0])
@@ -467,6 +479,7 @@ def _case_page(
         form=form or {},
         metrics_summary=metrics_summary(focus.model),
         next_case=_next_waiting(session) if saved is not None else None,
+        lung_focus_threshold=threshold,
     )
 
 
@@ -485,6 +498,7 @@ def case_page(
     request: Request,
     prediction_id: int,
     session: SessionDep,
+    settings: SettingsDep,
     user: PageUser,
     model: str | None = None,
     cls: str | None = None,
@@ -492,12 +506,22 @@ def case_page(
     saved: str | None = None,
 ) -> Response:
     return _case_page(
-        request, session, user, prediction_id, model=_int_or_none(model), cls=cls, view=view, saved=_int_or_none(saved)
+        request,
+        session,
+        user,
+        prediction_id,
+        threshold=settings.lung_focus_threshold,
+        model=_int_or_none(model),
+        cls=cls,
+        view=view,
+        saved=_int_or_none(saved),
     )
 
 
 @router.get("/cases/{prediction_id}/compare", response_model=None)
-def compare_page(request: Request, prediction_id: int, session: SessionDep, user: PageUser) -> Response:
+def compare_page(
+    request: Request, prediction_id: int, session: SessionDep, settings: SettingsDep, user: PageUser
+) -> Response:
     try:
         prediction = predictions.get_prediction(session=session, prediction_id=prediction_id)
     except ServiceError as exc:
@@ -510,9 +534,10 @@ def compare_page(request: Request, prediction_id: int, session: SessionDep, user
         "compare.html",
         user=user,
         prediction=prediction,
-        views=predictions.result_views(prediction),
+        views=predictions.result_views(prediction, threshold=settings.lung_focus_threshold),
         film_url=predictions.image_url(prediction.image.sha256),
         review_state=latest_by_model,
+        lung_focus_threshold=settings.lung_focus_threshold,
     )
 
 
@@ -521,6 +546,7 @@ def verdict_submit(
     request: Request,
     prediction_id: int,
     session: SessionDep,
+    settings: SettingsDep,
     user: PageUser,
     csrf_ok: CsrfValid,
     model_id: Annotated[str, Form()] = "",
@@ -536,7 +562,15 @@ def verdict_submit(
 
     def again(status_code: int, error: str) -> Response:
         return _case_page(
-            request, session, user, prediction_id, model=mid, status_code=status_code, form_error=error, form=form
+            request,
+            session,
+            user,
+            prediction_id,
+            threshold=settings.lung_focus_threshold,
+            model=mid,
+            status_code=status_code,
+            form_error=error,
+            form=form,
         )
 
     if mid is None:
@@ -577,26 +611,37 @@ def _colorbar_bytes() -> bytes:
 def worklist_page(
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     user: PageUser,
     model: str | None = None,
     cls: str | None = None,
     reviewed: str = "no",
+    flagged: str = "any",
     sort: str = "priority",
     offset: str | None = None,
 ) -> Response:
     model_id = _int_or_none(model)
     predicted_class = cls if cls in CLASSES else None
     review_state = reviewed if reviewed in REVIEW_STATES else "no"
-    order: reviews.WorklistSort = "newest" if sort == "newest" else "priority"
-    filters: dict[str, Any] = {"model": model_id, "cls": predicted_class, "reviewed": review_state, "sort": order}
+    flagged_state = flagged if flagged in FLAGGED_STATES else "any"
+    order = SORT_ORDERS.get(sort, "priority")
+    filters: dict[str, Any] = {
+        "model": model_id,
+        "cls": predicted_class,
+        "reviewed": review_state,
+        "flagged": flagged_state,
+        "sort": order,
+    }
     result = reviews.worklist(
         session=session,
         model_id=model_id,
         predicted_class=predicted_class,
         reviewed=REVIEW_STATES[review_state],
+        flagged=FLAGGED_STATES[flagged_state],
         sort=order,
         limit=WORKLIST_PAGE_SIZE,
         offset=_int_or_none(offset) or 0,
+        threshold=settings.lung_focus_threshold,
     )
     base_query = {k: v for k, v in filters.items() if v is not None}
 
@@ -611,6 +656,8 @@ def worklist_page(
         filters=filters,
         models=model_registry.list_models(session=session),
         priority_explanation=reviews.PRIORITY_EXPLANATION,
+        flagged_explanation=reviews.FLAGGED_EXPLANATION,
+        lung_focus_threshold=settings.lung_focus_threshold,
         prev_url=page_url(max(0, result.offset - result.limit)) if result.offset > 0 else None,
         next_url=page_url(result.offset + result.limit) if result.offset + result.limit < result.total else None,
     )

@@ -1,7 +1,8 @@
 """Uploads → stored predictions (one result per model) and the images/overlays that show them.
 
 `create_prediction` is the one write path: decode (limits checked before pixels are decoded) →
-run each requested model → write files atomically → insert rows → commit. If anything fails after
+segment the lungs once → run each requested model (lung-crop models crop with that mask) → score
+each result's lung focus → write files atomically → insert rows → commit. If anything fails after
 files were written, the files this call created are removed unless a committed row references
 them. Blocking (numpy/torch) work: call from sync (`def`) routes or a worker, never `async def`.
 """
@@ -20,12 +21,16 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db import is_row_id
 from app.models import Image, MLModel, Prediction, PredictionResult, User
+from app.services import lung_focus
 from app.services.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
+from app.services.lung_focus import LungFocusView
 from app.services.model_registry import ModelManager, resolve_models
 from app.services.storage import FileStore, is_sha256
 from ml import CLASSES
-from ml.cam.overlay import overlay_png
+from ml.cam.overlay import outline_png, overlay_png
 from ml.imageio import decode_image
+from ml.lung_crop import Box
+from ml.lung_focus import lung_focus_by_class
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,11 @@ def overlay_url(prediction_id: int, model_id: int, cls: str) -> str:
     return f"{API_PREFIX}/predictions/{prediction_id}/overlays/{model_id}/{cls}.png"
 
 
+def lung_outline_url(prediction_id: int, model_id: int) -> str:
+    """Authenticated URL of a result's lung outline layer (transparent PNG of its overlays' exact size)."""
+    return f"{API_PREFIX}/predictions/{prediction_id}/lung-outline/{model_id}.png"
+
+
 def overlay_classes(result: PredictionResult) -> list[str]:
     """Classes in display order: the predicted class first, then by decreasing probability."""
     rest = sorted((c for c in CLASSES if c != result.predicted_class), key=lambda c: -result.probabilities[c])
@@ -64,7 +74,8 @@ def create_prediction(
     models: str | None,
     user: User | None,
 ) -> Prediction:
-    """Decode `data`, run the requested models (see `resolve_models`), store everything, commit.
+    """Decode `data`, segment its lungs, run the requested models (see `resolve_models`) with that mask,
+    score each result's lung focus, store everything (mask included), commit.
 
     Raises ml.imageio errors (415/422/413), PayloadTooLargeError, InvalidInputError (unknown model id),
     ModelUnavailableError. Nothing is left behind on failure.
@@ -73,12 +84,16 @@ def create_prediction(
         raise PayloadTooLargeError(too_large_message(settings.max_upload_bytes))
     targets = resolve_models(session=session, spec=models)
     decoded = decode_image(data, max_pixels=settings.max_pixels)
-    outputs = [(model, manager.get(model).predict_one(decoded.gray)) for model in targets]
+    segmenter = manager.segmenter()
+    lung_mask = segmenter.predict_small(decoded.gray)  # once per upload, shared by every model
+    outputs = [(model, manager.get(model).predict_one(decoded.gray, lung_mask)) for model in targets]
+    focus = [lung_focus_by_class(out.cam_raw, lung_mask, box=out.input_box) for _model, out in outputs]
 
     batch = store.batch()
     try:
         image_sha = store.put_image(batch, original=data, gray=decoded.gray)
         cam_shas = [store.put_cam(batch, out.cam_raw) for _model, out in outputs]
+        mask_sha = store.put_mask(batch, lung_mask)
         image = _get_or_create_image(
             session, image_sha, decoded.format, decoded.width, decoded.height, len(data), decoded.meta
         )
@@ -87,7 +102,7 @@ def create_prediction(
         )
         session.add(prediction)
         session.flush()
-        for (model, out), cam_sha in zip(outputs, cam_shas, strict=True):
+        for (model, out), cam_sha, by_class in zip(outputs, cam_shas, focus, strict=True):
             session.add(
                 PredictionResult(
                     prediction_id=prediction.id,
@@ -100,6 +115,11 @@ def create_prediction(
                     top_probability=out.probabilities[out.predicted_class],
                     cam_method=out.cam_method,
                     cam_sha256=cam_sha,
+                    lung_focus=lung_focus.stored_lung_focus(by_class),
+                    lung_focus_score=lung_focus.sortable_score(by_class, out.predicted_class),
+                    lung_mask_sha256=mask_sha,
+                    lungseg_sha256=segmenter.checkpoint_sha256,
+                    input_box=out.input_box.as_dict() if out.input_box is not None else None,
                 )
             )
         session.commit()
@@ -154,6 +174,8 @@ def _file_referenced(session: Session, store: FileStore, path: Path) -> bool:
     try:
         if path.parent.parent.name == "cams":
             return bool(session.scalar(select(exists().where(PredictionResult.cam_sha256 == sha))))
+        if path.parent.parent.name == "masks":
+            return bool(session.scalar(select(exists().where(PredictionResult.lung_mask_sha256 == sha))))
         return bool(session.scalar(select(exists().where(Image.sha256 == sha))))
     except Exception:  # cannot tell: keep the file (an orphan is harmless, a dangling row is not)
         session.rollback()
@@ -162,11 +184,12 @@ def _file_referenced(session: Session, store: FileStore, path: Path) -> bool:
 
 def remove_orphan_files(*, session: Session, store: FileStore) -> list[Path]:
     """Remove what an upload cut between writing its files and committing its rows left behind (files
-    under images/ and cams/ that no row names, temp files). Only while no other process can be mid-upload
-    (app.main.build_context calls it holding the data dir's exclusive lock)."""
+    under images/, cams/ and masks/ that no row names, temp files). Only while no other process can be
+    mid-upload (app.main.build_context calls it holding the data dir's exclusive lock)."""
     image_shas = set(session.scalars(select(Image.sha256)))
     cam_shas = set(session.scalars(select(PredictionResult.cam_sha256)))
-    return store.remove_unreferenced(image_shas=image_shas, cam_shas=cam_shas)
+    mask_shas = {sha for sha in session.scalars(select(PredictionResult.lung_mask_sha256)) if sha is not None}
+    return store.remove_unreferenced(image_shas=image_shas, cam_shas=cam_shas, mask_shas=mask_shas)
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -200,20 +223,39 @@ def list_recent_predictions(*, session: Session, limit: int = 50) -> list[Predic
 
 @dataclass
 class ResultView:
-    """A result with the model's identity and the overlay URLs in display order (for API and pages)."""
+    """A result with the model's identity, the overlay URLs in display order and its lung focus at the
+    configured threshold (for API and pages)."""
 
     result: PredictionResult
     model: MLModel
     overlays: dict[str, str]
+    lung_focus: LungFocusView | None
+    """The predicted class's lung focus; None: not computed (stored before lung focus existed)."""
+    lung_focus_by_class: dict[str, LungFocusView] | None
+    lung_outline_url: str | None
+    input_box: Box | None
 
 
-def result_views(prediction: Prediction) -> list[ResultView]:
-    return [
-        ResultView(
-            result=r, model=r.model, overlays={c: overlay_url(prediction.id, r.model_id, c) for c in overlay_classes(r)}
+def result_views(prediction: Prediction, *, threshold: float) -> list[ResultView]:
+    views = []
+    for r in prediction.results:
+        by_class = lung_focus.by_class(r, threshold)
+        views.append(
+            ResultView(
+                result=r,
+                model=r.model,
+                overlays={c: overlay_url(prediction.id, r.model_id, c) for c in overlay_classes(r)},
+                lung_focus=by_class.get(r.predicted_class) if by_class is not None else None,
+                lung_focus_by_class=by_class,
+                lung_outline_url=lung_outline_url(prediction.id, r.model_id) if by_class is not None else None,
+                input_box=_box(r),
+            )
         )
-        for r in prediction.results
-    ]
+    return views
+
+
+def _box(result: PredictionResult) -> Box | None:
+    return Box.from_dict(result.input_box) if result.input_box else None
 
 
 def film_png(*, session: Session, store: FileStore, image_sha256: str) -> bytes:
@@ -232,7 +274,10 @@ def render_overlay_png(*, session: Session, store: FileStore, prediction_id: int
         raise NotFoundError(f"unknown class {cls!r}; expected one of {', '.join(CLASSES)}")
     result = get_result(session=session, prediction_id=prediction_id, model_id=model_id)
     image_sha = result.prediction.image.sha256
+    box = _box(result)  # a lung-crop model's map covers only the crop it saw
     key = f"{image_sha}:{result.cam_sha256}:{cls}:{OVERLAY_ALPHA}:{OVERLAY_COLORMAP}:{OVERLAY_MAX_SIDE}"
+    if box is not None:
+        key += f":box={box.top},{box.left},{box.bottom},{box.right}"
     cached = store.read_cache(key)
     if cached is not None:
         return cached
@@ -244,7 +289,39 @@ def render_overlay_png(*, session: Session, store: FileStore, prediction_id: int
     if cam.ndim != 3 or cam.shape[0] != len(CLASSES):
         raise InvalidInputError(f"stored CAM has unexpected shape {cam.shape}")
     png = overlay_png(
-        gray, cam[CLASSES.index(cls)], alpha=OVERLAY_ALPHA, colormap=OVERLAY_COLORMAP, max_side=OVERLAY_MAX_SIDE
+        gray,
+        cam[CLASSES.index(cls)],
+        alpha=OVERLAY_ALPHA,
+        colormap=OVERLAY_COLORMAP,
+        max_side=OVERLAY_MAX_SIDE,
+        box=box,
     )
+    store.put_cache(key, png)
+    return png
+
+
+def render_lung_outline_png(*, session: Session, store: FileStore, prediction_id: int, model_id: int) -> bytes:
+    """The lung outline layer of one result: a transparent PNG exactly the size of its overlays, the
+    lung mask's outline in cyan (and a lung-crop model's box in white). Rendered once, then cached.
+    404 when the result has no lung mask (stored before lung focus existed)."""
+    result = get_result(session=session, prediction_id=prediction_id, model_id=model_id)
+    mask_sha = result.lung_mask_sha256
+    if mask_sha is None:
+        raise NotFoundError(
+            f"prediction {prediction_id} has no lung outline for model {model_id}: lung focus was not computed "
+            "for it (stored before lung focus existed)"
+        )
+    image = result.prediction.image
+    box = _box(result)
+    box_key = "none" if box is None else f"{box.top},{box.left},{box.bottom},{box.right}"
+    key = f"lung-outline:{mask_sha}:{image.height}x{image.width}:{box_key}:{OVERLAY_MAX_SIDE}"
+    cached = store.read_cache(key)
+    if cached is not None:
+        return cached
+    try:
+        mask = store.read_mask(mask_sha)
+    except FileNotFoundError:
+        raise NotFoundError("stored lung mask missing from the data directory") from None
+    png = outline_png(mask, image.height, image.width, max_side=OVERLAY_MAX_SIDE, box=box)
     store.put_cache(key, png)
     return png

@@ -2,12 +2,14 @@
 
 Worklist priority, explainably: a result whose top probability is lowest is the one the model is
 least sure about, so it is reviewed first (`sort="priority"`: ascending top probability, newest
-first among equals). `sort="newest"` orders by upload time. One worklist item is one
-(prediction, model) result; "reviewed" means it has at least one verdict from anyone.
+first among equals). `sort="newest"` orders by upload time. `sort="flagged"` puts the results whose
+lung focus is flagged (most heat-map evidence outside the lungs, see app.services.lung_focus) first,
+then everything else, each group in priority order. One worklist item is one (prediction, model)
+result; "reviewed" means it has at least one verdict from anyone.
 
 Export rows carry what makes a verdict reproducible: the image sha256 (content address of the
 original bytes), the model id/name/version, architecture, checkpoint sha256 and CAM method, plus
-the probabilities the reviewer saw.
+the probabilities and the lung focus (score, and flagged at the threshold given) the reviewer saw.
 """
 
 from __future__ import annotations
@@ -20,19 +22,27 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import false, func, select
+from sqlalchemy import case, false, func, select
 from sqlalchemy.orm import Session
 
 from app.db import MAX_ROW_ID, is_row_id
 from app.models import REASON_TAGS, VERDICTS, MLModel, Prediction, PredictionResult, User, Verdict
+from app.services import lung_focus
 from app.services.errors import InvalidInputError
+from app.services.lung_focus import LungFocusView
 from app.services.predictions import get_result
 from ml import CLASSES
+from ml.lung_focus import DEFAULT_THRESHOLD
 
-WorklistSort = Literal["priority", "newest"]
+WorklistSort = Literal["priority", "newest", "flagged"]
+WORKLIST_SORTS: tuple[str, ...] = ("priority", "newest", "flagged")
 PRIORITY_EXPLANATION = (
     "least-confident first: ascending probability of the predicted class (the model's top probability), "
     "newest first among equals"
+)
+FLAGGED_EXPLANATION = (
+    "flagged first: results whose heat map has most of its evidence outside the lungs (lung focus below the "
+    "threshold), then the rest (including results without lung focus), each in priority order"
 )
 
 
@@ -101,6 +111,8 @@ class WorklistItem:
     verdict_count: int
     latest_verdict: str | None
     """The newest verdict from anyone on this result (approve/reject), None when unreviewed."""
+    lung_focus: LungFocusView | None = None
+    """The predicted class's lung focus at the worklist's threshold; None: not computed."""
 
 
 @dataclass
@@ -110,6 +122,7 @@ class Worklist:
     limit: int
     offset: int
     sort: str
+    threshold: float = DEFAULT_THRESHOLD
 
 
 def worklist(
@@ -118,18 +131,24 @@ def worklist(
     model_id: int | None = None,
     predicted_class: str | None = None,
     reviewed: bool | None = False,
+    flagged: bool | None = None,
     sort: WorklistSort = "priority",
     limit: int = 50,
     offset: int = 0,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> Worklist:
-    """Results to review, filtered and sorted (see the module docstring for 'priority').
+    """Results to review, filtered and sorted (see the module docstring for 'priority' and 'flagged').
 
     reviewed=False (default): only results without any verdict; True: only reviewed; None: all.
+    flagged=True: only results whose lung focus is flagged at `threshold`; False: only those computed and
+    not flagged; None: all (results without lung focus match neither True nor False).
     """
     if predicted_class is not None and predicted_class not in CLASSES:
         raise InvalidInputError(f"predicted_class must be one of {', '.join(CLASSES)}")
-    if sort not in ("priority", "newest"):
-        raise InvalidInputError("sort must be 'priority' or 'newest'")
+    if sort not in WORKLIST_SORTS:
+        raise InvalidInputError("sort must be 'priority', 'newest' or 'flagged'")
+    if not 0.0 <= threshold <= 1.0:
+        raise InvalidInputError(f"the lung-focus threshold must be from 0 to 1, got {threshold}")
     limit = max(1, min(int(limit), 500))
     offset = max(0, min(int(offset), MAX_ROW_ID))  # no table has more rows; larger values fail to bind
     counts = (
@@ -150,9 +169,16 @@ def worklist(
         stmt = stmt.where(counts.c.n.is_not(None))
     elif reviewed is False:
         stmt = stmt.where(counts.c.n.is_(None))
+    if flagged is True:
+        stmt = stmt.where(lung_focus.flagged_clause(threshold))
+    elif flagged is False:
+        stmt = stmt.where(lung_focus.not_flagged_clause(threshold))
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    if sort == "priority":
-        stmt = stmt.order_by(PredictionResult.top_probability.asc(), Prediction.id.desc(), PredictionResult.id)
+    priority = (PredictionResult.top_probability.asc(), Prediction.id.desc(), PredictionResult.id)
+    if sort == "flagged":
+        stmt = stmt.order_by(case((lung_focus.flagged_clause(threshold), 0), else_=1), *priority)
+    elif sort == "priority":
+        stmt = stmt.order_by(*priority)
     else:
         stmt = stmt.order_by(Prediction.id.desc(), PredictionResult.id)
     rows = session.execute(stmt.limit(limit).offset(offset)).all()
@@ -169,10 +195,11 @@ def worklist(
             model=r.model,
             verdict_count=int(n),
             latest_verdict=last_verdicts.get(last_id) if last_id is not None else None,
+            lung_focus=lung_focus.of_predicted_class(r, threshold),
         )
         for r, n, last_id in rows
     ]
-    return Worklist(items=items, total=int(total), limit=limit, offset=offset, sort=sort)
+    return Worklist(items=items, total=int(total), limit=limit, offset=offset, sort=sort, threshold=threshold)
 
 
 # ----------------------------------------------------------------------------------- export
@@ -197,17 +224,23 @@ EXPORT_FIELDS = (
     "cam_method",
     "predicted_class",
     *(f"p_{c}" for c in CLASSES),
+    "lung_focus_score",
+    "lung_focus_flagged",
+    "lung_focus_threshold",
+    "lungseg_sha256",
 )
 
 
-def export_rows(*, session: Session) -> list[dict[str, Any]]:
-    """Every verdict ever given, oldest first, with what is needed to reproduce it."""
+def export_rows(*, session: Session, threshold: float = DEFAULT_THRESHOLD) -> list[dict[str, Any]]:
+    """Every verdict ever given, oldest first, with what is needed to reproduce it. The lung focus is the
+    predicted class's, flagged at `threshold`; null/empty for results stored without lung focus."""
     verdicts = list(session.scalars(select(Verdict).order_by(Verdict.id)))
     latest = latest_verdict_ids(verdicts)
     rows = []
     for v in verdicts:
         r = v.result
         p = r.prediction
+        focus = lung_focus.of_predicted_class(r, threshold)
         rows.append(
             {
                 "verdict_id": v.id,
@@ -230,25 +263,33 @@ def export_rows(*, session: Session) -> list[dict[str, Any]]:
                 "cam_method": r.cam_method,
                 "predicted_class": r.predicted_class,
                 **{f"p_{c}": r.probabilities[c] for c in CLASSES},
+                "lung_focus_score": focus.score if focus is not None else None,
+                "lung_focus_flagged": focus.flagged if focus is not None else None,
+                "lung_focus_threshold": threshold if focus is not None else None,
+                "lungseg_sha256": r.lungseg_sha256,
             }
         )
     return rows
 
 
-def export_json(*, session: Session) -> str:
-    return json.dumps({"fields": list(EXPORT_FIELDS), "verdicts": export_rows(session=session)}, indent=1)
+def export_json(*, session: Session, threshold: float = DEFAULT_THRESHOLD) -> str:
+    rows = export_rows(session=session, threshold=threshold)
+    return json.dumps({"fields": list(EXPORT_FIELDS), "verdicts": rows}, indent=1)
 
 
-def export_csv(*, session: Session) -> str:
+def export_csv(*, session: Session, threshold: float = DEFAULT_THRESHOLD) -> str:
     """CSV with one row per verdict; reasons joined by ';'. Cells that a spreadsheet would run as a
-    formula (leading = + - @) are prefixed with an apostrophe."""
+    formula (leading = + - @) are prefixed with an apostrophe. Lung focus of a result stored without it:
+    empty cells."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, lineterminator="\n")
     writer.writeheader()
-    for row in export_rows(session=session):
+    for row in export_rows(session=session, threshold=threshold):
         out = dict(row)
         out["reasons"] = ";".join(row["reasons"])
         out["is_latest"] = "true" if row["is_latest"] else "false"
+        if row["lung_focus_flagged"] is not None:
+            out["lung_focus_flagged"] = "true" if row["lung_focus_flagged"] else "false"
         for key in ("comment", "filename"):
             out[key] = _csv_safe(out[key])
         writer.writerow(out)

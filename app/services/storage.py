@@ -4,6 +4,7 @@ Layout (sha = sha256 hex of the file's bytes):
     images/<sha[:2]>/<sha>          original upload bytes, exactly as received
     images/<sha[:2]>/<sha>.png      the decoded 8-bit grayscale film (what overlays are drawn on)
     cams/<sha[:2]>/<sha>.npy        raw CAM maps of one result, K×h×w float32 in CLASSES order
+    masks/<sha[:2]>/<sha>.png       the film's lung mask (1-bit PNG, 256×256, the film squashed to a square)
     cache/overlays/<..>/<key>.png   rendered overlays; disposable, re-rendered when missing
 
 Files are written to a temp name and `os.replace`d into place before the database row that names
@@ -33,7 +34,7 @@ from PIL import Image
 
 SHA256_HEX_LEN = 64
 LOCK_FILE = ".cxr-review.lock"
-CONTENT_FOLDERS = ("images", "cams")
+CONTENT_FOLDERS = ("images", "cams", "masks")
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -143,6 +144,9 @@ class FileStore:
     def cam_path(self, cam_sha: str) -> Path:
         return self._sharded("cams", cam_sha, ".npy")
 
+    def mask_path(self, mask_sha: str) -> Path:
+        return self._sharded("masks", mask_sha, ".png")
+
     def overlay_cache_path(self, key: str) -> Path:
         digest = sha256_bytes(key.encode("utf-8"))
         return self.root / "cache" / "overlays" / digest[:2] / f"{digest}.png"
@@ -169,19 +173,33 @@ class FileStore:
         batch.put(self.cam_path(sha), data)
         return sha
 
+    def put_mask(self, batch: WriteBatch, mask: np.ndarray) -> str:
+        """Store a lung mask (2-D bool) as a 1-bit PNG; returns the sha256 of the PNG bytes."""
+        mask = np.asarray(mask)
+        if mask.ndim != 2 or mask.size == 0:
+            raise ValueError(f"lung mask must be a non-empty 2-D array, got shape {mask.shape}")
+        buf = io.BytesIO()
+        Image.fromarray(mask.astype(bool)).save(buf, format="PNG")  # mode "1": 8 KiB raw for 256×256
+        data = buf.getvalue()
+        sha = sha256_bytes(data)
+        batch.put(self.mask_path(sha), data)
+        return sha
+
     def put_cache(self, key: str, data: bytes) -> Path:
         path = self.overlay_cache_path(key)
         write_atomic(path, data)
         return path
 
-    def remove_unreferenced(self, *, image_shas: Collection[str], cam_shas: Collection[str]) -> list[Path]:
+    def remove_unreferenced(
+        self, *, image_shas: Collection[str], cam_shas: Collection[str], mask_shas: Collection[str]
+    ) -> list[Path]:
         """Remove content files no row names and temp files of interrupted writes; returns them.
 
         Only call while no other process can be writing (under `DataDirLock.try_exclusive`).
         Files whose names this store would never create are left alone.
         """
         doomed = list((self.root / "cache").rglob(".*.tmp"))
-        for folder, keep in (("images", image_shas), ("cams", cam_shas)):
+        for folder, keep in (("images", image_shas), ("cams", cam_shas), ("masks", mask_shas)):
             for path in (self.root / folder).glob("*/*"):
                 sha = path.name.split(".", 1)[0]
                 if _is_temp(path) or (is_sha256(sha) and sha not in keep):
@@ -200,6 +218,11 @@ class FileStore:
 
     def read_cam(self, cam_sha: str) -> np.ndarray:
         return np.load(self.cam_path(cam_sha), allow_pickle=False)
+
+    def read_mask(self, mask_sha: str) -> np.ndarray:
+        """The stored lung mask as a 2-D bool array."""
+        with Image.open(self.mask_path(mask_sha)) as img:
+            return np.asarray(img.convert("L")) >= 128
 
     def read_cache(self, key: str) -> bytes | None:
         path = self.overlay_cache_path(key)

@@ -86,6 +86,8 @@ def test_prediction_detail_has_results_and_empty_verdicts(env: Env, uploaded: di
     r = env.client.get(f"/api/v1/predictions/{body['id']}", headers=env.auth("reviewer"))
     assert r.status_code == 200
     detail = r.json()
+    for result in detail["results"]:
+        assert set(result.pop("lung_focus_by_class")) == set(CLASSES)  # the detail adds every class's lung focus
     assert detail["results"] == body["results"] and detail["verdicts"] == []
     assert env.client.get("/api/v1/predictions/999999", headers=env.auth("reviewer")).status_code == 404
 

@@ -427,7 +427,13 @@ def test_worklist_filters_sorts_and_explains_priority(env: Env, reviewer: TestCl
     pid = case_id(r.headers["location"])
     page = reviewer.get("/worklist")
     assert page.status_code == 200 and page.template.name == "worklist.html"
-    assert page.context["filters"] == {"model": None, "cls": None, "reviewed": "no", "sort": "priority"}
+    assert page.context["filters"] == {
+        "model": None,
+        "cls": None,
+        "reviewed": "no",
+        "flagged": "any",
+        "sort": "priority",
+    }
     assert "least-confident first" in page.context["priority_explanation"]
     assert str(escape(page.context["priority_explanation"])) in page.text
     items = page.context["worklist"].items
@@ -453,9 +459,15 @@ def test_worklist_filters_sorts_and_explains_priority(env: Env, reviewer: TestCl
     reviewed = next(i for i in done if i.prediction.id == pid and i.model.id == item.model.id)
     assert reviewed.latest_verdict == "approve"
 
-    lenient = reviewer.get("/worklist?cls=bogus&sort=bogus&reviewed=bogus&model=x")
+    lenient = reviewer.get("/worklist?cls=bogus&sort=bogus&reviewed=bogus&flagged=bogus&model=x")
     assert lenient.status_code == 200
-    assert lenient.context["filters"] == {"model": None, "cls": None, "reviewed": "no", "sort": "priority"}
+    assert lenient.context["filters"] == {
+        "model": None,
+        "cls": None,
+        "reviewed": "no",
+        "flagged": "any",
+        "sort": "priority",
+    }
 
 
 # -------------------------------------------------------------------------------- export

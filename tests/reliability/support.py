@@ -166,7 +166,7 @@ def film_png(seed: int, size: int = 128) -> bytes:
 
 
 # ------------------------------------------------------------------------------------ audit
-CONTENT_FOLDERS = ("images", "cams")
+CONTENT_FOLDERS = ("images", "cams", "masks")
 
 
 def content_files(data_dir: Path) -> list[Path]:
@@ -178,8 +178,8 @@ def audit(engine: Engine, data_dir: Path) -> list[str]:
 
     Rows: every verdict belongs to an existing result of its own prediction and model; every
     prediction has an image and at least one result. Files: every image row has its original and its
-    decoded film, every result its CAM file; every file under images/ and cams/ is named by a row
-    (no orphans) and no temp file is left. SQLite: integrity_check and foreign_key_check are clean.
+    decoded film, every result its CAM file and its lung mask; every file under images/, cams/ and
+    masks/ is named by a row (no orphans) and no temp file is left. SQLite: integrity_check and foreign_key_check are clean.
     """
     problems: list[str] = []
     with engine.connect() as conn:
@@ -206,11 +206,18 @@ def audit(engine: Engine, data_dir: Path) -> list[str]:
                 problems.append(f"{label}: {ids[:10]}")
         image_shas = set(conn.execute(text("SELECT sha256 FROM images")).scalars())
         cam_shas = set(conn.execute(text("SELECT cam_sha256 FROM prediction_results")).scalars())
+        mask_shas = set(
+            conn.execute(
+                text("SELECT lung_mask_sha256 FROM prediction_results WHERE lung_mask_sha256 IS NOT NULL")
+            ).scalars()
+        )
     expected = set()
     for sha in image_shas:
         expected |= {data_dir / "images" / sha[:2] / sha, data_dir / "images" / sha[:2] / f"{sha}.png"}
     for sha in cam_shas:
         expected.add(data_dir / "cams" / sha[:2] / f"{sha}.npy")
+    for sha in mask_shas:
+        expected.add(data_dir / "masks" / sha[:2] / f"{sha}.png")
     present = set(content_files(data_dir))
     missing = sorted(expected - present)
     if missing:

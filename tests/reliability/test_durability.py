@@ -270,13 +270,14 @@ def plant_leftovers(data_dir: Path) -> list[Path]:
     from app.services.storage import sha256_bytes
 
     paths = []
-    for kind in ("original", "film", "cam", "temp"):
+    for kind in ("original", "film", "cam", "mask", "temp"):
         sha = sha256_bytes(kind.encode())
         paths.append(
             {
                 "original": data_dir / "images" / sha[:2] / sha,
                 "film": data_dir / "images" / sha[:2] / f"{sha}.png",
                 "cam": data_dir / "cams" / sha[:2] / f"{sha}.npy",
+                "mask": data_dir / "masks" / sha[:2] / f"{sha}.png",
                 "temp": data_dir / "images" / sha[:2] / f".{sha}.png.k2j4h5.tmp",
             }[kind]
         )
@@ -304,7 +305,7 @@ def test_leftovers_of_a_cut_upload_are_removed_at_start_and_committed_files_kept
         )
         assert r.status_code == 201, r.text
     committed = content_files(data_dir)
-    assert len(committed) == 3  # original, decoded film, CAM
+    assert len(committed) == 4  # original, decoded film, CAM, lung mask
 
     # Another live process serves the data dir: its uploads may be mid-way, so nothing is touched.
     leftovers = plant_leftovers(data_dir)
