@@ -62,7 +62,7 @@ format: install
 	$(BIN)/ruff check --fix $(LINT_PATHS)
 
 bench: install
-	@shopt -s nullglob; scripts=(bench/*.py); \
+	@shopt -s nullglob; scripts=(bench/[!_]*.py); \
 	if [[ $${#scripts[@]} -eq 0 ]]; then echo "no bench/*.py scripts"; exit 1; fi; \
 	for script in "$${scripts[@]}"; do echo "== $$script"; $(BIN)/python "$$script"; done
 

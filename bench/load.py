@@ -20,51 +20,17 @@ figures can be read in context. Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import httpx
+from _live import Uploader, default_image, live_server, percentile  # bench/ is the script's directory
 
-ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 600
 RSS_GROWTH_LIMIT = 0.10
-
-
-def default_image() -> Path:
-    """The first Kermany film of the shared dataset whose longest side is 512 px."""
-    from PIL import Image
-
-    data_dir = Path(os.environ.get("CXR_DATASET_DIR") or ROOT.parent / "shared" / "data" / "cxr")
-    with open(data_dir / "manifest.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            path = data_dir / row["path"]
-            if row["source"] == "kermany":
-                with Image.open(path) as img:
-                    if max(img.size) == 512 and img.format == "JPEG":
-                        return path
-    raise SystemExit(f"no 512-px Kermany JPEG found under {data_dir}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def rss_mib(pid: int) -> float:
@@ -105,65 +71,6 @@ def write_untrained_checkpoints(models_dir: Path, archs: list[str]) -> None:
         save_checkpoint(models_dir / f"{name}-untrained.pt", spec.builder(False), meta)
 
 
-class Uploader:
-    """Posts the film, each time with distinct trailing bytes (a new content address)."""
-
-    def __init__(self, base: str, token: str, data: bytes, name: str) -> None:
-        self.base, self.token, self.data, self.name = base, token, data, name
-        self._next = iter(range(1, 1 << 62))
-        self._lock = threading.Lock()
-        self.count = 0
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {self.token}"}, timeout=600)
-
-    def post(self, http: httpx.Client, models: str | None = None) -> float:
-        with self._lock:
-            body = self.data + next(self._next).to_bytes(8, "big")
-        t0 = time.perf_counter()
-        r = http.post(
-            "/api/v1/predictions",
-            files={"file": (self.name, body, "image/jpeg")},
-            data={"models": models} if models else None,
-        )
-        elapsed = time.perf_counter() - t0
-        if r.status_code != 201:
-            raise RuntimeError(f"POST /api/v1/predictions -> {r.status_code}: {r.text[:300]}")
-        with self._lock:
-            self.count += 1
-        return elapsed
-
-    def run(self, clients: int, total: int) -> tuple[list[float], float]:
-        """`total` requests spread over `clients` threads; returns latencies and the wall time."""
-        latencies: list[float] = []
-        errors: list[BaseException] = []
-        lock = threading.Lock()
-        start = threading.Barrier(clients)
-        quota = [total // clients + (1 if i < total % clients else 0) for i in range(clients)]
-
-        def worker(n: int) -> None:
-            try:
-                with self.client() as http:
-                    start.wait()
-                    for _ in range(n):
-                        elapsed = self.post(http)
-                        with lock:
-                            latencies.append(elapsed)
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=worker, args=(n,)) for n in quota]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
-        if errors:
-            raise errors[0]
-        return latencies, wall
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", default="1:60,4:120,16:320", help="clients:requests per phase")
@@ -190,36 +97,15 @@ def main() -> int:
         write_untrained_checkpoints(models_dir, archs)
         print(f"wrote {len(archs)} untrained checkpoints in {time.perf_counter() - t0:.0f} s", flush=True)
         env = {**os.environ, "CXR_DATA_DIR": tmp, "CXR_MODELS_DIR": str(models_dir), "CXR_TORCH_THREADS": "1"}
-        created = subprocess.run(
-            [sys.executable, "-m", "app.cli", "users", "create", "bench"],
-            env=env, capture_output=True, text=True, check=True, cwd=ROOT,
-        )  # fmt: skip
-        token = created.stdout.strip().splitlines()[-1]
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        log = Path(tmp) / "server.log"
-        with log.open("w") as out:
-            command = [sys.executable, "-m", "app.cli", "serve", "--no-worker", "--port", str(port)]
-            server = subprocess.Popen(
-                [*command, "--log-level", "warning"], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
-            )
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                try:
-                    if httpx.get(f"{base}/api/v1/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"server did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.5)
-            uploader = Uploader(base, token, data, image.name)
-            rss_idle = rss_mib(server.pid)
+        with live_server(
+            env, Path(tmp) / "server.log", extra_args=["--no-worker"], start_timeout_s=START_TIMEOUT_S
+        ) as server:
+            uploader = Uploader(server.base_url, server.token, data, image.name)
+            rss_idle = rss_mib(server.process.pid)
             with uploader.client() as http:
                 for _ in range(10):
                     uploader.post(http)
-            rss_before = rss_mib(server.pid)
+            rss_before = rss_mib(server.process.pid)
             counted_from = uploader.count
 
             rows = []
@@ -231,19 +117,13 @@ def main() -> int:
             if remaining > 0:
                 uploader.run(8, remaining)
             done = uploader.count - counted_from
-            rss_after = rss_mib(server.pid)
+            rss_after = rss_mib(server.process.pid)
 
             with uploader.client() as http:
                 n_models = len(http.get("/api/v1/models").json())
                 cold = uploader.post(http, models="all")
                 warm = [uploader.post(http, models="all") for _ in range(args.compare_runs)]
-            rss_all = rss_mib(server.pid)
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            rss_all = rss_mib(server.process.pid)
     load_after = os.getloadavg()
 
     from PIL import Image
