@@ -1,7 +1,8 @@
 """The paper's experiment: train and evaluate several architectures under the same settings.
 
 Writes `<out>/<arch>/` (checkpoints, history, `eval.json`) and, across architectures,
-`comparison.json`, `comparison.md` and `sensitivity.png` (per-class sensitivity bars). Interrupted
+`comparison.json`, `comparison.md` (sensitivity and lung focus per network) and `sensitivity.png`
+(per-class sensitivity bars). Interrupted
 runs resume: a finished architecture (its `eval.json` exists) is skipped, a half-trained one
 continues from its `last.pt`.
 """
@@ -51,6 +52,7 @@ def write_comparison(results: dict[str, Any], out: Path, *, split: str) -> None:
             "macro_sensitivity": rep["macro_sensitivity"],
             "error_ci95": rep["error_ci95"],
             "n": rep["n"],
+            "lung_focus": (rep.get("lung_focus") or {}).get("overall"),
         })
     (out / "comparison.json").write_text(json.dumps({"split": split, "results": rows}, indent=2))
 
@@ -58,13 +60,19 @@ def write_comparison(results: dict[str, Any], out: Path, *, split: str) -> None:
         return "–" if v is None else f"{100 * v:.1f}"
 
     md = [f"# Architecture comparison ({split} split)", "",
-          "| Network | " + " | ".join(f"Sn {c}" for c in CLASSES) + " | Macro Sn | Accuracy | 95% CI of error |",
-          "|---" * (len(CLASSES) + 4) + "|"]
+          "| Network | " + " | ".join(f"Sn {c}" for c in CLASSES)
+          + " | Macro Sn | Accuracy | 95% CI of error | Median lung focus | Flagged | Right & in lungs |",
+          "|---" * (len(CLASSES) + 7) + "|"]
     for r in rows:
         ci = r["error_ci95"]
+        focus = r["lung_focus"] or {}
         md.append(f"| {r['arch']} | " + " | ".join(pct(r["sensitivity"][c]) for c in CLASSES)
                   + f" | {pct(r['macro_sensitivity'])} | {pct(r['accuracy'])} | "
-                  + (f"{pct(ci[0])}–{pct(ci[1])}" if ci else "–") + " |")
+                  + (f"{pct(ci[0])}–{pct(ci[1])}" if ci else "–")
+                  + f" | {pct(focus.get('median'))} | {pct(focus.get('flagged_share'))} | "
+                  + f"{pct(focus.get('right_for_right_reasons'))} |")
+    md += ["", "Lung focus: share of the predicted class's CAM evidence inside the lungs (median over the films); "
+           "flagged below the threshold; 'right & in lungs' = classified correctly and not flagged."]
     (out / "comparison.md").write_text("\n".join(md) + "\n")
     _bar_chart(rows, out / "sensitivity.png")
 

@@ -69,8 +69,12 @@ def test_comparison_json_and_markdown_match_the_evaluations(first_run: Path) -> 
     md = (first_run / "comparison.md").read_text().splitlines()
     assert md[0] == "# Architecture comparison (test split)"
     header = [c.strip() for c in md[2].strip("|").split("|")]
-    assert header == ["Network", *[f"Sn {c}" for c in CLASSES], "Macro Sn", "Accuracy", "95% CI of error"]
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in md[4:]}
+    assert header == [
+        "Network", *[f"Sn {c}" for c in CLASSES], "Macro Sn", "Accuracy", "95% CI of error",
+        "Median lung focus", "Flagged", "Right & in lungs",
+    ]  # fmt: skip
+    table = md[4 : md.index("", 4)]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in table}
     assert list(rows) == ARCHS
     for result in comparison["results"]:
         report: dict[str, Any] = json.loads((first_run / result["arch"] / "eval.json").read_text())
@@ -79,6 +83,11 @@ def test_comparison_json_and_markdown_match_the_evaluations(first_run: Path) -> 
         cells = rows[result["arch"]]
         assert cells[1:5] == [f"{100 * report['per_class'][c]['sensitivity']:.1f}" for c in CLASSES]
         assert cells[6] == f"{100 * report['accuracy']:.1f}"
+        focus = report["lung_focus"]["overall"]
+        assert result["lung_focus"] == focus
+        assert cells[8:] == [
+            f"{100 * focus[k]:.1f}" for k in ("median", "flagged_share", "right_for_right_reasons")
+        ]
 
 
 def test_sensitivity_chart_is_a_png(first_run: Path) -> None:
