@@ -1,7 +1,8 @@
 /* cxr-review reading station: small progressive enhancements. Every page works without this file
    (forms post, links navigate); with it:
    - case page: switch heat-map class (1-4), view mode (H heat map / F plain film / S side by side)
-     without reloading; A = approve, R = reject (first R opens the reasons, second R submits),
+     without reloading; L (or the checkbox) shows/hides the lung outline over the heat maps (shown on
+     every page load); A = approve, R = reject (first R opens the reasons, second R submits),
      N = next waiting case after a save;
    - upload page: refuse a file over the size limit before sending it; show progress on submit.
    Loaded in <head> without `defer` only to mark <html class="js"> before the first paint; the rest
@@ -11,10 +12,13 @@
   document.documentElement.classList.remove("no-js");
   document.documentElement.classList.add("js");
 
+  var NOT_TYPED = { checkbox: true, radio: true, button: true, submit: true, reset: true };
+
   function typingIn(target) {
     if (!target || !target.tagName) return false;
     var tag = target.tagName.toLowerCase();
-    return tag === "input" || tag === "textarea" || tag === "select" || target.isContentEditable;
+    if (tag === "input") return !NOT_TYPED[(target.type || "").toLowerCase()];  // a ticked box takes no letters
+    return tag === "textarea" || tag === "select" || target.isContentEditable;
   }
 
   function setQuery(params) {
@@ -30,6 +34,9 @@
     if (!viewer) return;
     var overlay = document.getElementById("overlay-main");
     var caption = document.getElementById("overlay-caption");
+    var focusCaption = document.getElementById("overlay-focus");
+    var outlineToggle = document.getElementById("outline-toggle");
+    var pane = viewer.closest(".viewer-pane") || document.body;
     var shown = document.getElementById("shown-class");
     var thumbs = Array.prototype.slice.call(document.querySelectorAll(".class-thumb"));
     var modeLinks = Array.prototype.slice.call(document.querySelectorAll("#view-switch a[data-view]"));
@@ -39,6 +46,7 @@
       overlay.alt = thumb.dataset.label + " heat map over the film";
       overlay.dataset.cls = thumb.dataset.cls;
       caption.textContent = thumb.dataset.label;
+      if (focusCaption && thumb.dataset.focus) focusCaption.textContent = thumb.dataset.focus;
       if (shown) shown.querySelector("strong").textContent = thumb.dataset.label;
       thumbs.forEach(function (t) { t.classList.toggle("is-selected", t === thumb); });
       if (viewer.dataset.view === "film") setView("overlay");
@@ -62,6 +70,15 @@
         t.href = u.pathname + u.search;
       });
       setQuery({ view: mode });
+    }
+
+    function showOutline(on) {
+      pane.classList.toggle("hide-outline", !on);
+      if (outlineToggle) outlineToggle.checked = on;
+    }
+    if (outlineToggle) {
+      showOutline(true);  // a reload always starts with the outline on, whatever the browser restored
+      outlineToggle.addEventListener("change", function () { showOutline(outlineToggle.checked); });
     }
 
     thumbs.forEach(function (t) {
@@ -126,6 +143,8 @@
         e.preventDefault();
         if (panel && panel.classList.contains("is-open") && rejectSubmit) rejectSubmit.click();
         else rejectBtn.click();
+      } else if (key === "l" && outlineToggle) {
+        showOutline(!outlineToggle.checked);
       } else if (key === "h" || key === "f" || key === "s") {
         setView({ h: "overlay", f: "film", s: "side" }[key]);
       } else if (/^[1-4]$/.test(key) && thumbs[Number(key) - 1]) {

@@ -21,6 +21,7 @@ from markupsafe import escape
 from sqlalchemy import select
 
 from app.models import PredictionResult, User, Verdict
+from app.routes.pages import _pct
 from app.services import accounts, audit
 from ml import CLASSES
 from tests.app.conftest import Env, Film, png_bytes, png_size, start_env
@@ -468,6 +469,39 @@ def test_worklist_filters_sorts_and_explains_priority(env: Env, reviewer: TestCl
         "flagged": "any",
         "sort": "priority",
     }
+
+
+# ---------------------------------------------------------------------------- lung focus
+def test_case_page_shows_lung_focus_outline_and_warning(env: Env, reviewer: TestClient, case: int) -> None:
+    r = reviewer.get(f"/cases/{case}")
+    focus = r.context["focus"]
+    lf = focus.lung_focus
+    assert lf is not None and lf.threshold == r.context["lung_focus_threshold"] == env.settings.lung_focus_threshold
+    assert list(focus.lung_focus_by_class) == list(CLASSES)
+    # The outline layer over the main overlay and every thumbnail, with its toggle (on by default).
+    assert r.text.count(f'src="{focus.lung_outline_url}"') == 1 + len(CLASSES)
+    assert 'id="outline-toggle" checked' in r.text and "Show lung outline" in r.text
+    outline = reviewer.get(focus.lung_outline_url)
+    overlay = reviewer.get(focus.overlays[focus.result.predicted_class])
+    assert outline.status_code == 200 and png_size(outline.content) == png_size(overlay.content)
+    # Each class's score next to the chance level (the film's lung area), as whole percentages.
+    for f in focus.lung_focus_by_class.values():
+        assert f'lungs {_pct(f.score, 0)}</span> <span class="nowrap">· chance {_pct(f.lung_area, 0)}' in r.text
+    # The banner exactly when the predicted class is flagged (the Hannover film: check the value, not a guess).
+    assert ("Most of the highlighted evidence lies outside the lungs" in r.text) is lf.flagged
+    assert ('id="lung-focus-warning"' in r.text) is lf.flagged
+
+
+def test_worklist_page_sorts_flagged_first_and_shows_the_badge(env: Env, reviewer: TestClient, case: int) -> None:
+    page = reviewer.get("/worklist?sort=flagged&reviewed=any")
+    assert page.status_code == 200 and page.context["filters"]["sort"] == "flagged"
+    assert '<option value="flagged" selected' in page.text
+    items = page.context["worklist"].items
+    marks = [bool(i.lung_focus and i.lung_focus.flagged) for i in items]
+    assert items and marks == sorted(marks, reverse=True)
+    assert page.text.count('class="tag tag-warn"') == sum(marks)
+    only = reviewer.get("/worklist?flagged=yes&reviewed=any").context["worklist"].items
+    assert [i.result.id for i in only] == [i.result.id for i, m in zip(items, marks, strict=True) if m]
 
 
 # -------------------------------------------------------------------------------- export

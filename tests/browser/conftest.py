@@ -9,6 +9,7 @@ browser is ever downloaded. Its absence fails the test with the fix, it is not s
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import socket
@@ -18,15 +19,18 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from app.config import Settings
 from app.main import build_context
 from app.services import accounts
+from tests.app.conftest import SOURCES, Film
 from tests.support.checkpoints import write_untrained_cnnx
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -74,20 +78,28 @@ def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     pytest.fail(f"the server did not answer within {SERVER_START_SECONDS} s:\n{log.read_text()[-4000:]}")
 
 
-@pytest.fixture(scope="module")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    data_dir = tmp_path_factory.mktemp("browser-data")
-    write_untrained_cnnx(data_dir / "models" / "cnnx-untrained.pt")
+@contextmanager
+def running_server(data_dir: Path, *, extra_models: bool = True, **env_settings: str) -> Iterator[LiveServer]:
+    """A live server on `data_dir` (the bundled model, plus an untrained CNN-X when `extra_models`) with
+    a reviewer; `env_settings` are further CXR_* variables, e.g. CXR_LUNG_FOCUS_THRESHOLD="1.0"."""
+    if extra_models:
+        write_untrained_cnnx(data_dir / "models" / "cnnx-untrained.pt")
     settings = Settings(data_dir=data_dir, env="development").prepared()
     ctx = build_context(settings, announce=lambda _line: None)  # migrate, register models, bootstrap admin
     username, password = "dr.reader", "reading room 4"
     with ctx.session_factory() as session:
         accounts.create_user(session=session, username=username, password=password, role="reviewer")
-    ctx.engine.dispose()
+    ctx.close()
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "CXR_DATA_DIR": str(data_dir), "CXR_ENV": "development", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "CXR_DATA_DIR": str(data_dir),
+        "CXR_ENV": "development",
+        "PYTHONUNBUFFERED": "1",
+        **env_settings,
+    }
     log = data_dir / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -105,6 +117,12 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with running_server(tmp_path_factory.mktemp("browser-data")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +163,35 @@ def shots(tmp_path: Path) -> Shots:
     folder = tmp_path / "screenshots"
     folder.mkdir()
     return Shots(folder)
+
+
+VIEWPORT = {"width": 1600, "height": 1000}
+
+
+@pytest.fixture(scope="module")
+def films(cxr_data_dir: Path) -> dict[str, Film]:
+    """The first film (manifest order) of each source."""
+    chosen: dict[str, Film] = {}
+    with open(cxr_data_dir / "manifest.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["source"] in SOURCES and row["source"] not in chosen:
+                chosen[row["source"]] = Film(row["source"], row["label"], cxr_data_dir / row["path"])
+    return chosen
+
+
+@pytest.fixture
+def page(chromium: Any) -> Iterator[Any]:
+    """A fresh browser context and page; `page.errors` collects script errors, `page.failed` 4xx/5xx replies."""
+    context = chromium.new_context(viewport=VIEWPORT, device_scale_factor=1)
+    page = context.new_page()
+    page.set_default_timeout(60_000)  # a shared CPU: the first overlays render while the model runs elsewhere
+    errors: list[str] = []
+    failed: list[tuple[int, str]] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("response", lambda r: failed.append((r.status, urlsplit(r.url).path)) if r.status >= 400 else None)
+    page.errors, page.failed = errors, failed
+    try:
+        yield page
+    finally:
+        context.close()

@@ -8,47 +8,17 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
-from tests.app.conftest import SOURCES, Film
+from tests.app.conftest import Film
 from tests.browser.conftest import LiveServer, Shots
 
 pytestmark = pytest.mark.browser
 
-VIEWPORT = {"width": 1600, "height": 1000}
 ALL_IMAGES_LOADED = "() => Array.from(document.images).every(i => i.complete)"
-
-
-@pytest.fixture(scope="module")
-def films(cxr_data_dir: Path) -> dict[str, Film]:
-    chosen: dict[str, Film] = {}
-    with open(cxr_data_dir / "manifest.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["source"] in SOURCES and row["source"] not in chosen:
-                chosen[row["source"]] = Film(row["source"], row["label"], cxr_data_dir / row["path"])
-    return chosen
-
-
-@pytest.fixture
-def page(chromium: Any) -> Iterator[Any]:
-    context = chromium.new_context(viewport=VIEWPORT, device_scale_factor=1)
-    page = context.new_page()
-    page.set_default_timeout(60_000)  # a shared CPU: the first overlays render while the model runs elsewhere
-    errors: list[str] = []
-    failed: list[tuple[int, str]] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("response", lambda r: failed.append((r.status, urlsplit(r.url).path)) if r.status >= 400 else None)
-    page.errors, page.failed = errors, failed
-    try:
-        yield page
-    finally:
-        context.close()
 
 
 def image_widths(page: Any, selector: str) -> list[int]:
@@ -98,7 +68,7 @@ def test_review_flow(page: Any, live_server: LiveServer, films: dict[str, Film],
     # Upload an adult COVID-19 film (Hannover) with the active model: the case page with its heat maps.
     case = upload(page, server, films["hannover"].path)
     assert page.url == f"{server.url}/cases/{case}"
-    widths = image_widths(page, "#overlay-main, .class-thumb img")
+    widths = image_widths(page, "#overlay-main, .class-thumb img.heatmap")
     assert len(widths) == 5 and all(w > 0 for w in widths), widths
     assert "pediatric (Kermany)" in page.inner_text(".caveat")
     assert "red = strongest evidence for this class" in page.inner_text(".legend")
