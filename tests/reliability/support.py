@@ -179,7 +179,8 @@ def audit(engine: Engine, data_dir: Path) -> list[str]:
     Rows: every verdict belongs to an existing result of its own prediction and model; every
     prediction has an image and at least one result. Files: every image row has its original and its
     decoded film, every result its CAM file and its lung mask; every file under images/, cams/ and
-    masks/ is named by a row (no orphans) and no temp file is left. SQLite: integrity_check and foreign_key_check are clean.
+    masks/ is named by a row (no orphans) and no temp file is left. SQLite: integrity_check and
+    foreign_key_check are clean.
     """
     problems: list[str] = []
     with engine.connect() as conn:
