@@ -102,6 +102,7 @@ def evaluate_checkpoint(
     }
     report["cam_method"] = spec.cam_method
     report["checkpoint"]["input_mode"] = input_mode
+    report["input_mode"] = input_mode  # also at the top: reports shown to users drop `checkpoint` (local paths)
     if focus is not None and segmenter is not None:
         sources = [r.source for r in loaded.records]
         report["lung_focus"] = lung_focus_summary(y_true, y_pred, focus, sources, lung_threshold)

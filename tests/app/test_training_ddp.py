@@ -24,8 +24,9 @@ def test_two_process_cpu_ddp_job(cxr_data_dir: Path, tmp_path: Path) -> None:
     command = train_command(params, settings, dataset_dir=data, out=out, events=events)
     assert command[1:7] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
     assert "--input-mode" not in command
-    cropped = train_command(params.model_copy(update={"input_mode": "lung-crop"}), settings, dataset_dir=data,
-                            out=out, events=events)
+    cropped = train_command(
+        params.model_copy(update={"input_mode": "lung-crop"}), settings, dataset_dir=data, out=out, events=events
+    )
     assert cropped[cropped.index("--input-mode") + 1] == "lung-crop"
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -195,8 +195,8 @@ def test_job_succeeds_is_promoted_used_and_rolled_back(env: Env, worker: WorkerP
     # lung focus of both models on the same films; the new one saw lung crops, the active one whole films
     new_focus, active_focus = report["model"]["report"]["lung_focus"], report["active"]["report"]["lung_focus"]
     assert new_focus["overall"]["n"] == active_focus["overall"]["n"] == 6
-    assert report["model"]["report"]["checkpoint"]["input_mode"] == "lung-crop"
-    assert report["active"]["report"]["checkpoint"]["input_mode"] == "full"
+    assert report["model"]["report"]["input_mode"] == "lung-crop"
+    assert report["active"]["report"]["input_mode"] == "full"
     assert new_focus["overall"]["median_lung_area"] > active_focus["overall"]["median_lung_area"]
     for url in job["charts"].values():
         png = env.client.get(url, headers=env.auth("admin"))

@@ -85,9 +85,7 @@ def test_comparison_json_and_markdown_match_the_evaluations(first_run: Path) -> 
         assert cells[6] == f"{100 * report['accuracy']:.1f}"
         focus = report["lung_focus"]["overall"]
         assert result["lung_focus"] == focus
-        assert cells[8:] == [
-            f"{100 * focus[k]:.1f}" for k in ("median", "flagged_share", "right_for_right_reasons")
-        ]
+        assert cells[8:] == [f"{100 * focus[k]:.1f}" for k in ("median", "flagged_share", "right_for_right_reasons")]
 
 
 def test_sensitivity_chart_is_a_png(first_run: Path) -> None:

@@ -29,7 +29,8 @@ TOP_LEVEL_KEYS = {
     "skipped_unreadable",
     "checkpoint",
     "data",
-    "cam_method",  # provenance
+    "cam_method",
+    "input_mode",  # provenance
     "lung_focus",  # right for the right reasons
 }
 FOCUS_KEYS = {"n", "median", "flagged_share", "right_for_right_reasons", "median_lung_area"}
@@ -204,7 +205,7 @@ def test_lung_focus_agrees_with_the_per_image_csv(report: dict[str, Any]) -> Non
     for c in CLASSES:
         for key, expected in stats([r for r in rows if r["label"] == c]).items():
             assert lf["per_class"][c][key] == pytest.approx(expected, abs=1e-4)
-    assert report["checkpoint"]["input_mode"] == "full"
+    assert report["checkpoint"]["input_mode"] == report["input_mode"] == "full"
 
 
 def test_lung_focus_table_sits_next_to_sensitivity(report: dict[str, Any]) -> None:

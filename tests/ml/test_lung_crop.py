@@ -214,7 +214,7 @@ def test_full_film_models_ignore_lung_masks(real_films: list[np.ndarray]) -> Non
 
 def test_evaluate_a_lung_crop_model(lung_crop_run: dict[str, Any], small_dataset: Path) -> None:
     report = evaluate_checkpoint(lung_crop_run["best_checkpoint"], small_dataset, split="test")
-    assert report["checkpoint"]["input_mode"] == "lung-crop"
+    assert report["checkpoint"]["input_mode"] == report["input_mode"] == "lung-crop"
     assert report["lung_focus"]["overall"]["n"] == report["n"]
     # the chance level of a map that spans the crop is the crop's lung share: well above the film's
     full = evaluate_checkpoint(DEFAULT_CHECKPOINT, small_dataset, split="test")
