@@ -9,7 +9,6 @@ browser is ever downloaded. Its absence fails the test with the fix, it is not s
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import socket
@@ -30,7 +29,7 @@ import pytest
 from app.config import Settings
 from app.main import build_context
 from app.services import accounts
-from tests.app.conftest import SOURCES, Film
+from tests.app.conftest import Film, films  # noqa: F401  (films: the shared fixture, one film per source)
 from tests.support.checkpoints import write_untrained_cnnx
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -166,17 +165,6 @@ def shots(tmp_path: Path) -> Shots:
 
 
 VIEWPORT = {"width": 1600, "height": 1000}
-
-
-@pytest.fixture(scope="module")
-def films(cxr_data_dir: Path) -> dict[str, Film]:
-    """The first film (manifest order) of each source."""
-    chosen: dict[str, Film] = {}
-    with open(cxr_data_dir / "manifest.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["source"] in SOURCES and row["source"] not in chosen:
-                chosen[row["source"]] = Film(row["source"], row["label"], cxr_data_dir / row["path"])
-    return chosen
 
 
 @pytest.fixture

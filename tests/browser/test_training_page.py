@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -73,23 +72,6 @@ def serve(tmp_path_factory: pytest.TempPathFactory, cxr_data_dir: Path) -> Itera
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-@pytest.fixture
-def page(chromium: Any) -> Iterator[Any]:
-    context = chromium.new_context(viewport=VIEWPORT, device_scale_factor=1)
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    errors: list[str] = []
-    failed: list[tuple[int, str]] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("response", lambda r: failed.append((r.status, urlsplit(r.url).path)) if r.status >= 400 else None)
-    page.errors, page.failed = errors, failed
-    try:
-        yield page
-    finally:
-        context.close()
 
 
 def job_state(page: Any) -> tuple[float | None, bool]:
