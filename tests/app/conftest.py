@@ -162,6 +162,18 @@ class EnvFactory:
         return start_env(self.stack, data_dir, **overrides)
 
 
+@pytest.fixture(scope="module")
+def uploaded(env: Env, films: dict[str, Film]) -> dict[str, dict[str, Any]]:
+    """Each film (Kermany, Cohen, Hannover) uploaded once by the reviewer into the module's `env`, with the
+    active model (JSON replies keyed by source)."""
+    replies = {}
+    for source, film in films.items():
+        r = env.upload(film.data, name=film.path.name)
+        assert r.status_code == 201, r.text
+        replies[source] = r.json()
+    return replies
+
+
 @pytest.fixture
 def make_env(tmp_path: Path, request: pytest.FixtureRequest, database_engine: str) -> Iterator[EnvFactory]:
     """Factory for tests that need their own settings or a restart on the same data dir."""

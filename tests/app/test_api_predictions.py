@@ -19,17 +19,6 @@ from ml.checkpoints import DEFAULT_CHECKPOINT, file_sha256
 from tests.app.conftest import Env, Film, png_size
 
 
-@pytest.fixture(scope="module")
-def uploaded(env: Env, films: dict[str, Film]) -> dict[str, dict]:
-    """Each of the three films uploaded once by the reviewer (JSON replies keyed by source)."""
-    replies = {}
-    for source, film in films.items():
-        r = env.upload(film.data, name=film.path.name)
-        assert r.status_code == 201, r.text
-        replies[source] = r.json()
-    return replies
-
-
 @pytest.mark.parametrize("source", ["kermany", "cohen", "hannover"])
 def test_upload_returns_probabilities_of_the_four_classes(uploaded: dict, films: dict[str, Film], source: str) -> None:
     body = uploaded[source]

@@ -63,17 +63,6 @@ def env(
         yield start_env(stack, data_dir, database_url=new_database_url(request, database_engine))
 
 
-@pytest.fixture(scope="module")
-def uploaded(env: Env, films: dict[str, Film]) -> dict[str, dict[str, Any]]:
-    """The three films (Kermany, Cohen, Hannover) uploaded once with the active model."""
-    replies = {}
-    for source, film in films.items():
-        r = env.upload(film.data, name=film.path.name)
-        assert r.status_code == 201, r.text
-        replies[source] = r.json()
-    return replies
-
-
 def get(env: Env, url: str, who: str = "reviewer") -> Any:
     return env.client.get(url, headers=env.auth(who))
 
