@@ -111,9 +111,7 @@ def main() -> int:
     budget = 2 * (summary(forward_s)[0] + summary(lungs_s)[0] + summary(decode_s)[0])
     api_p50 = summary(sequential)[0]
     verdict = "PASS" if api_p50 <= budget else "FAIL"
-    print(
-        f"target: API p50 {api_p50:.1f} ms <= 2 x (forward + lung mask + decode) p50 = {budget:.1f} ms -> {verdict}"
-    )
+    print(f"target: API p50 {api_p50:.1f} ms <= 2 x (forward + lung mask + decode) p50 = {budget:.1f} ms -> {verdict}")
     return 0 if verdict == "PASS" else 1
 
 

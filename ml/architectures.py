@@ -353,26 +353,76 @@ def _register_all() -> None:
         ("resnet101", tvm.resnet101, "ResNet101_Weights.IMAGENET1K_V1", "net.layer4"),
     ):
         register_arch(
-            ArchSpec(name, _tv_resnet(fn, weights), 224, IMAGENET_MEAN, IMAGENET_STD, layers, "net.fc",
-                     "cam", tv, f"{tv}:{weights}")
+            ArchSpec(
+                name,
+                _tv_resnet(fn, weights),
+                224,
+                IMAGENET_MEAN,
+                IMAGENET_STD,
+                layers,
+                "net.fc",
+                "cam",
+                tv,
+                f"{tv}:{weights}",
+            )
         )
     register_arch(
-        ArchSpec("densenet201", _tv_densenet, 224, IMAGENET_MEAN, IMAGENET_STD, "net.features",
-                 "net.classifier", "cam", tv, f"{tv}:DenseNet201_Weights.IMAGENET1K_V1",
-                 note="A = relu(net.features(x)): torchvision applies that ReLU functionally")
+        ArchSpec(
+            "densenet201",
+            _tv_densenet,
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "net.features",
+            "net.classifier",
+            "cam",
+            tv,
+            f"{tv}:DenseNet201_Weights.IMAGENET1K_V1",
+            note="A = relu(net.features(x)): torchvision applies that ReLU functionally",
+        )
     )
     register_arch(
-        ArchSpec("googlenet", _tv_googlenet, 224, IMAGENET_MEAN, IMAGENET_STD, "net.inception5b", "net.fc",
-                 "cam", tv, f"{tv}:GoogLeNet_Weights.IMAGENET1K_V1")
+        ArchSpec(
+            "googlenet",
+            _tv_googlenet,
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "net.inception5b",
+            "net.fc",
+            "cam",
+            tv,
+            f"{tv}:GoogLeNet_Weights.IMAGENET1K_V1",
+        )
     )
     register_arch(
-        ArchSpec("inception_v3", _tv_inception_v3, 299, IMAGENET_MEAN, IMAGENET_STD, "net.Mixed_7c", "net.fc",
-                 "cam", tv, f"{tv}:Inception_V3_Weights.IMAGENET1K_V1")
+        ArchSpec(
+            "inception_v3",
+            _tv_inception_v3,
+            299,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "net.Mixed_7c",
+            "net.fc",
+            "cam",
+            tv,
+            f"{tv}:Inception_V3_Weights.IMAGENET1K_V1",
+        )
     )
     register_arch(
-        ArchSpec("squeezenet1_1", _tv_squeezenet, 224, IMAGENET_MEAN, IMAGENET_STD, "net.features",
-                 "net.classifier.1", "cam", tv, f"{tv}:SqueezeNet1_1_Weights.IMAGENET1K_V1",
-                 note="CAM = relu(conv1x1(A)), the class-score map that SqueezeNet averages into its logits")
+        ArchSpec(
+            "squeezenet1_1",
+            _tv_squeezenet,
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "net.features",
+            "net.classifier.1",
+            "cam",
+            tv,
+            f"{tv}:SqueezeNet1_1_Weights.IMAGENET1K_V1",
+            note="CAM = relu(conv1x1(A)), the class-score map that SqueezeNet averages into its logits",
+        )
     )
     for name, fn, weights, layer in (
         ("alexnet", tvm.alexnet, "AlexNet_Weights.IMAGENET1K_V1", "net.features.11"),
@@ -380,22 +430,63 @@ def _register_all() -> None:
         ("vgg19", tvm.vgg19, "VGG19_Weights.IMAGENET1K_V1", "net.features.35"),
     ):
         register_arch(
-            ArchSpec(name, _tv_plain(fn, weights), 224, IMAGENET_MEAN, IMAGENET_STD, layer,
-                     "net.classifier.6", "gradcam", tv, f"{tv}:{weights}")
+            ArchSpec(
+                name,
+                _tv_plain(fn, weights),
+                224,
+                IMAGENET_MEAN,
+                IMAGENET_STD,
+                layer,
+                "net.classifier.6",
+                "gradcam",
+                tv,
+                f"{tv}:{weights}",
+            )
         )
     register_arch(
-        ArchSpec("inception_resnet_v2", _timm("inception_resnet_v2"), 299, INCEPTION_MEAN, INCEPTION_STD,
-                 "net.conv2d_7b", "net.classif", "cam", "timm", "timm:inception_resnet_v2.tf_in1k")
+        ArchSpec(
+            "inception_resnet_v2",
+            _timm("inception_resnet_v2"),
+            299,
+            INCEPTION_MEAN,
+            INCEPTION_STD,
+            "net.conv2d_7b",
+            "net.classif",
+            "cam",
+            "timm",
+            "timm:inception_resnet_v2.tf_in1k",
+        )
     )
     register_arch(
-        ArchSpec("xception", _timm("legacy_xception"), 299, INCEPTION_MEAN, INCEPTION_STD, "net.act4",
-                 "net.fc", "cam", "timm", "timm:legacy_xception.tf_in1k",
-                 note="timm's legacy_xception, the Keras/Chollet Xception the paper used")
+        ArchSpec(
+            "xception",
+            _timm("legacy_xception"),
+            299,
+            INCEPTION_MEAN,
+            INCEPTION_STD,
+            "net.act4",
+            "net.fc",
+            "cam",
+            "timm",
+            "timm:legacy_xception.tf_in1k",
+            note="timm's legacy_xception, the Keras/Chollet Xception the paper used",
+        )
     )
     register_arch(
-        ArchSpec("cnnx", _cnnx, CNNX.input_size, INCEPTION_MEAN, INCEPTION_STD, "pool", "fc",
-                 "linear-decomposition", "cxr-review", None,
-                 note="the paper's shallow CNN; no ImageNet weights exist", fixed_input_size=True)
+        ArchSpec(
+            "cnnx",
+            _cnnx,
+            CNNX.input_size,
+            INCEPTION_MEAN,
+            INCEPTION_STD,
+            "pool",
+            "fc",
+            "linear-decomposition",
+            "cxr-review",
+            None,
+            note="the paper's shallow CNN; no ImageNet weights exist",
+            fixed_input_size=True,
+        )
     )
 
 

@@ -31,8 +31,11 @@ def run_benchmark(configs: list[TrainConfig], *, out_dir: str, split: str = "tes
             continue
         summary = train(config)
         report = evaluate_checkpoint(summary["best_checkpoint"], config.data_dir, split=split)
-        report["training"] = {"seconds": summary["seconds"], "best_val": summary["best_val"],
-                              "hparams": config.hparams()}
+        report["training"] = {
+            "seconds": summary["seconds"],
+            "best_val": summary["best_val"],
+            "hparams": config.hparams(),
+        }
         eval_path.write_text(json.dumps(report, indent=2))
         print(format_table(report))
         results[config.arch] = report
@@ -43,36 +46,48 @@ def run_benchmark(configs: list[TrainConfig], *, out_dir: str, split: str = "tes
 def write_comparison(results: dict[str, Any], out: Path, *, split: str) -> None:
     rows = []
     for arch, rep in results.items():
-        rows.append({
-            "arch": arch,
-            "sensitivity": {c: rep["per_class"][c]["sensitivity"] for c in CLASSES},
-            "specificity": {c: rep["per_class"][c]["specificity"] for c in CLASSES},
-            "f1": {c: rep["per_class"][c]["f1"] for c in CLASSES},
-            "accuracy": rep["accuracy"],
-            "macro_sensitivity": rep["macro_sensitivity"],
-            "error_ci95": rep["error_ci95"],
-            "n": rep["n"],
-            "lung_focus": (rep.get("lung_focus") or {}).get("overall"),
-        })
+        rows.append(
+            {
+                "arch": arch,
+                "sensitivity": {c: rep["per_class"][c]["sensitivity"] for c in CLASSES},
+                "specificity": {c: rep["per_class"][c]["specificity"] for c in CLASSES},
+                "f1": {c: rep["per_class"][c]["f1"] for c in CLASSES},
+                "accuracy": rep["accuracy"],
+                "macro_sensitivity": rep["macro_sensitivity"],
+                "error_ci95": rep["error_ci95"],
+                "n": rep["n"],
+                "lung_focus": (rep.get("lung_focus") or {}).get("overall"),
+            }
+        )
     (out / "comparison.json").write_text(json.dumps({"split": split, "results": rows}, indent=2))
 
     def pct(v: float | None) -> str:
         return "–" if v is None else f"{100 * v:.1f}"
 
-    md = [f"# Architecture comparison ({split} split)", "",
-          "| Network | " + " | ".join(f"Sn {c}" for c in CLASSES)
-          + " | Macro Sn | Accuracy | 95% CI of error | Median lung focus | Flagged | Right & in lungs |",
-          "|---" * (len(CLASSES) + 7) + "|"]
+    md = [
+        f"# Architecture comparison ({split} split)",
+        "",
+        "| Network | "
+        + " | ".join(f"Sn {c}" for c in CLASSES)
+        + " | Macro Sn | Accuracy | 95% CI of error | Median lung focus | Flagged | Right & in lungs |",
+        "|---" * (len(CLASSES) + 7) + "|",
+    ]
     for r in rows:
         ci = r["error_ci95"]
         focus = r["lung_focus"] or {}
-        md.append(f"| {r['arch']} | " + " | ".join(pct(r["sensitivity"][c]) for c in CLASSES)
-                  + f" | {pct(r['macro_sensitivity'])} | {pct(r['accuracy'])} | "
-                  + (f"{pct(ci[0])}–{pct(ci[1])}" if ci else "–")
-                  + f" | {pct(focus.get('median'))} | {pct(focus.get('flagged_share'))} | "
-                  + f"{pct(focus.get('right_for_right_reasons'))} |")
-    md += ["", "Lung focus: share of the predicted class's CAM evidence inside the lungs (median over the films); "
-           "flagged below the threshold; 'right & in lungs' = classified correctly and not flagged."]
+        md.append(
+            f"| {r['arch']} | "
+            + " | ".join(pct(r["sensitivity"][c]) for c in CLASSES)
+            + f" | {pct(r['macro_sensitivity'])} | {pct(r['accuracy'])} | "
+            + (f"{pct(ci[0])}–{pct(ci[1])}" if ci else "–")
+            + f" | {pct(focus.get('median'))} | {pct(focus.get('flagged_share'))} | "
+            + f"{pct(focus.get('right_for_right_reasons'))} |"
+        )
+    md += [
+        "",
+        "Lung focus: share of the predicted class's CAM evidence inside the lungs (median over the films); "
+        "flagged below the threshold; 'right & in lungs' = classified correctly and not flagged.",
+    ]
     (out / "comparison.md").write_text("\n".join(md) + "\n")
     _bar_chart(rows, out / "sensitivity.png")
 

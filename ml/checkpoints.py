@@ -43,8 +43,12 @@ def code_version() -> str:
         base = "0+unknown"
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-            text=True, timeout=5, check=True,
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         return f"{base}+g{sha}" if sha else base
     except (OSError, subprocess.SubprocessError):
@@ -73,8 +77,10 @@ def save_checkpoint(
     """Write atomically (temp file + rename) so a crash never leaves half a checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+        for k, v in model.state_dict().items()
+    }
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save({"meta": meta, "state_dict": state}, tmp)
     os.replace(tmp, path)

@@ -67,7 +67,10 @@ SCENARIOS: dict[str, Scenario] = {
     "s1": Scenario("s1", ("normal", "covid19"), None, description="normal vs COVID-19"),
     "s2": Scenario("s2", CLASSES, None, description="all four classes, all training data"),
     "s3": Scenario(
-        "s3", CLASSES, 350, cap_exempt=("covid19",),
+        "s3",
+        CLASSES,
+        350,
+        cap_exempt=("covid19",),
         description="four classes, at most 350 training images per non-COVID class (all COVID-19)",
     ),
 }
@@ -257,8 +260,12 @@ def load_images(
         cache_dir.mkdir(parents=True, exist_ok=True)
         # per-process temp name: several DDP ranks may build the same cache at once
         tmp = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.tmp.npz")
-        payload = {"images": images, "ok": np.array(ok_flags, dtype=bool),
-                   "errors": np.array([e for _, e in skipped], dtype=str), **extra}
+        payload = {
+            "images": images,
+            "ok": np.array(ok_flags, dtype=bool),
+            "errors": np.array([e for _, e in skipped], dtype=str),
+            **extra,
+        }
         np.savez(tmp, **payload)  # type: ignore[arg-type]  # numpy's stub types **kwds as its bool option
         os.replace(tmp, cache_file)
     except OSError as exc:
@@ -266,8 +273,13 @@ def load_images(
     kept = [r for r, good in zip(records, ok_flags, strict=True) if good]
     if segmenter is None:
         return LoadedImages(kept, images, skipped)
-    return LoadedImages(kept, images, skipped, lung_masks=np.stack(masks) if masks else
-                        np.zeros((0, size, size), dtype=bool), boxes=boxes)
+    return LoadedImages(
+        kept,
+        images,
+        skipped,
+        lung_masks=np.stack(masks) if masks else np.zeros((0, size, size), dtype=bool),
+        boxes=boxes,
+    )
 
 
 def _read_cache(cache_file: Path, records: Sequence[Record], size: int, *, with_masks: bool) -> LoadedImages | None:
@@ -282,8 +294,9 @@ def _read_cache(cache_file: Path, records: Sequence[Record], size: int, *, with_
             boxes = [None if b[0] < 0 else Box(*(float(v) for v in b)) for b in z["boxes"]] if with_masks else None
         kept = [r for r, good in zip(records, ok, strict=True) if good]
         bad = [r for r, good in zip(records, ok, strict=True) if not good]
-        return LoadedImages(kept, images, [(str(r.path), e) for r, e in zip(bad, errors, strict=True)],
-                            lung_masks=masks, boxes=boxes)
+        return LoadedImages(
+            kept, images, [(str(r.path), e) for r, e in zip(bad, errors, strict=True)], lung_masks=masks, boxes=boxes
+        )
     except (OSError, KeyError, ValueError) as exc:
         log.warning("ignoring unreadable image cache %s: %s", cache_file, exc)
         return None

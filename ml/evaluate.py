@@ -112,12 +112,25 @@ def evaluate_checkpoint(
         Path(predictions_csv).parent.mkdir(parents=True, exist_ok=True)
         with open(predictions_csv, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["path", "source", "label", "predicted", *[f"p_{c}" for c in CLASSES],
-                        "lung_focus", "lung_area", "lung_flagged"])
+            w.writerow(
+                [
+                    "path",
+                    "source",
+                    "label",
+                    "predicted",
+                    *[f"p_{c}" for c in CLASSES],
+                    "lung_focus",
+                    "lung_area",
+                    "lung_flagged",
+                ]
+            )
             for i, (r, pred, p) in enumerate(zip(loaded.records, y_pred, probs.tolist(), strict=True)):
                 f = focus[i] if focus is not None else None
-                lung = ["" if f is None or f.score is None else f"{f.score:.4f}",
-                        "" if f is None else f"{f.lung_area:.4f}", "" if f is None else str(int(f.flagged))]
+                lung = [
+                    "" if f is None or f.score is None else f"{f.score:.4f}",
+                    "" if f is None else f"{f.lung_area:.4f}",
+                    "" if f is None else str(int(f.flagged)),
+                ]
                 w.writerow([str(r.path), r.source, r.label, CLASSES[pred], *[f"{v:.6f}" for v in p], *lung])
     return report
 
@@ -161,7 +174,10 @@ def _focus_stats(rows: Sequence[tuple[bool, LungFocus]]) -> dict[str, Any]:
 
 
 def lung_focus_summary(
-    y_true: Sequence[int], y_pred: Sequence[int], focus: Sequence[LungFocus], sources: Sequence[str],
+    y_true: Sequence[int],
+    y_pred: Sequence[int],
+    focus: Sequence[LungFocus],
+    sources: Sequence[str],
     threshold: float,
 ) -> dict[str, Any]:
     """Lung focus of the predicted class's CAM, overall, per true class and per source (see module doc)."""
@@ -169,8 +185,9 @@ def lung_focus_summary(
     per_class = {
         c: _focus_stats([row for row, t in zip(rows, y_true, strict=True) if t == k]) for k, c in enumerate(CLASSES)
     }
-    by_source = {s: _focus_stats([row for row, src in zip(rows, sources, strict=True) if src == s])
-                 for s in sorted(set(sources))}
+    by_source = {
+        s: _focus_stats([row for row, src in zip(rows, sources, strict=True) if src == s]) for s in sorted(set(sources))
+    }
     scores = np.array([f.score for f in focus if f.score is not None], dtype=np.float64)
     return {
         "threshold": threshold,
@@ -219,8 +236,10 @@ def format_table(report: dict[str, Any], name: str | None = None) -> str:
     if report.get("lung_focus"):
         lf = report["lung_focus"]
         lines += ["", f"Lung focus of the predicted class's CAM (flagged below {lf['threshold']:.2f}; all in %):"]
-        head = (f"{'rows':<14}| {'n':>4} | {'Sn/acc':>6} | {'median focus':>12} | {'lung area':>9} | "
-                f"{'flagged':>7} | {'right & in lungs':>16}")
+        head = (
+            f"{'rows':<14}| {'n':>4} | {'Sn/acc':>6} | {'median focus':>12} | {'lung area':>9} | "
+            f"{'flagged':>7} | {'right & in lungs':>16}"
+        )
         lines += [head, "-" * len(head)]
         for label, stats, sens in lung_focus_rows(report):
             lines.append(

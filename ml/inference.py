@@ -55,8 +55,15 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, model: CXRNet, meta: dict[str, Any], *, checkpoint_path: str | None = None,
-                 checkpoint_sha256: str | None = None, segmenter: LungSegmenter | None = None) -> None:
+    def __init__(
+        self,
+        model: CXRNet,
+        meta: dict[str, Any],
+        *,
+        checkpoint_path: str | None = None,
+        checkpoint_sha256: str | None = None,
+        segmenter: LungSegmenter | None = None,
+    ) -> None:
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -85,8 +92,7 @@ class Predictor:
         model, meta = load_model(path)
         if segmenter is None and meta.get("input_mode") == "lung-crop":
             segmenter = LungSegmenter.from_checkpoint()
-        return cls(model, meta, checkpoint_path=str(path), checkpoint_sha256=file_sha256(path),
-                   segmenter=segmenter)
+        return cls(model, meta, checkpoint_path=str(path), checkpoint_sha256=file_sha256(path), segmenter=segmenter)
 
     @property
     def needs_lung_mask(self) -> bool:
@@ -112,9 +118,7 @@ class Predictor:
     def cam_method(self) -> str:
         return self.spec.cam_method
 
-    def predict(
-        self, grays: Sequence[np.ndarray], lung_masks: Sequence[np.ndarray] | None = None
-    ) -> list[Prediction]:
+    def predict(self, grays: Sequence[np.ndarray], lung_masks: Sequence[np.ndarray] | None = None) -> list[Prediction]:
         """H×W uint8 films (any size) → one Prediction each. `lung_masks` (bool, any resolution, one per
         film) are used only by lung-crop models; without them the Predictor's segmenter makes them."""
         if not grays:
@@ -128,15 +132,17 @@ class Predictor:
         results = []
         for i in range(len(grays)):
             p = probs[i].tolist()
-            results.append(Prediction(
-                probabilities={c: float(v) for c, v in zip(CLASSES, p, strict=True)},
-                predicted_class=CLASSES[int(probs[i].argmax())],
-                logits=[float(v) for v in out.logits[i].tolist()],
-                cam_method=out.method,
-                cam_raw=out.raw[i].float().numpy().astype(np.float32),
-                cam_identity=out.identity,
-                input_box=boxes[i],
-            ))
+            results.append(
+                Prediction(
+                    probabilities={c: float(v) for c, v in zip(CLASSES, p, strict=True)},
+                    predicted_class=CLASSES[int(probs[i].argmax())],
+                    logits=[float(v) for v in out.logits[i].tolist()],
+                    cam_method=out.method,
+                    cam_raw=out.raw[i].float().numpy().astype(np.float32),
+                    cam_identity=out.identity,
+                    input_box=boxes[i],
+                )
+            )
         return results
 
     def predict_one(self, gray: np.ndarray, lung_mask: np.ndarray | None = None) -> Prediction:

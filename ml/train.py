@@ -278,9 +278,7 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
     val_records = select(records, scenario, "val", seed=config.seed)
     if not train_records:
         raise ValueError(f"no training images for scenario {scenario.name} in {config.data_dir}")
-    segmenter = (
-        LungSegmenter.from_checkpoint(config.lungseg_checkpoint) if config.input_mode == "lung-crop" else None
-    )
+    segmenter = LungSegmenter.from_checkpoint(config.lungseg_checkpoint) if config.input_mode == "lung-crop" else None
     lung_inputs: dict[str, Any] = (
         {"input_mode": config.input_mode, "segmenter": segmenter, "crop_margin": config.crop_margin}
         if segmenter is not None

@@ -49,9 +49,7 @@ def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(gray).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None))
 
 
-def normalize_batch(
-    batch_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]
-) -> torch.Tensor:
+def normalize_batch(batch_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """B×1×S×S uint8 → B×3×S×S float32, channel-replicated and normalised."""
     x = batch_uint8.float().div_(255.0).expand(-1, 3, -1, -1)
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -72,8 +70,7 @@ def apply_intensity(squares: np.ndarray, mode: str) -> np.ndarray:
         raise ValueError(f"unknown intensity mode {mode!r}; known: {', '.join(INTENSITY_MODES)}")
     if squares.ndim == 2:
         return np.asarray(ImageOps.equalize(Image.fromarray(squares)))
-    return np.stack([np.asarray(ImageOps.equalize(Image.fromarray(s))) for s in squares]) if len(squares) \
-        else squares
+    return np.stack([np.asarray(ImageOps.equalize(Image.fromarray(s))) for s in squares]) if len(squares) else squares
 
 
 def to_model_input(

@@ -61,7 +61,9 @@ def cam_for(model: CXRNet, spec: ArchSpec) -> BaseCAM:
     from ml.cam.gradcam import GradCAM
 
     methods: dict[str, type[BaseCAM]] = {
-        "cam": ClassActivationMap, "gradcam": GradCAM, "linear-decomposition": LinearDecomposition,
+        "cam": ClassActivationMap,
+        "gradcam": GradCAM,
+        "linear-decomposition": LinearDecomposition,
     }
     return methods[spec.cam_method](model, spec)
 

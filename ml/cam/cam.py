@@ -32,6 +32,7 @@ class ClassActivationMap(BaseCAM):
                 raw = torch.relu(classifier(features))
                 bias = torch.zeros(raw.shape[1], device=raw.device)
             else:
-                raise TypeError(f"{self.spec.name}: CAM needs a linear or 1x1-conv classifier, "
-                                f"found {type(classifier).__name__}")
+                raise TypeError(
+                    f"{self.spec.name}: CAM needs a linear or 1x1-conv classifier, found {type(classifier).__name__}"
+                )
         return logits, raw, bias

@@ -73,8 +73,9 @@ def display_size(img: Image.Image, max_side: int | None) -> Image.Image:
     """`img` shrunk (bilinear) so its longest side is at most `max_side`; unchanged when it already is."""
     if max_side is not None and max(img.size) > max_side:
         scale = max_side / max(img.size)
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                         Image.Resampling.BILINEAR)
+        img = img.resize(
+            (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BILINEAR
+        )
     return img
 
 
@@ -116,7 +117,7 @@ def render_outline(
         y0, x0, y1, x1 = box.pixels(h, w)
         frame = np.zeros((h, w), dtype=bool)
         frame[y0:y1, x0:x1] = True
-        frame[y0 + t:max(y0 + t, y1 - t), x0 + t:max(x0 + t, x1 - t)] = False
+        frame[y0 + t : max(y0 + t, y1 - t), x0 + t : max(x0 + t, x1 - t)] = False
         rgba[frame] = BOX_RGBA
     rgba[edge] = OUTLINE_RGBA
     return Image.fromarray(rgba, mode="RGBA")
