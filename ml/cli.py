@@ -33,44 +33,27 @@ def default_dataset_dir() -> str:
     return os.environ.get("CXR_DATASET_DIR") or str(project_root().parent / "shared" / "data" / "cxr")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+def _number_type(
+    parse: Callable[[str], float], noun: str, ok: Callable[[float], bool], rule: str
+) -> Callable[[str], float]:
+    """An argparse `type=`: `parse` the text (else "'x' is not <noun>"), then require `ok` (else "must be <rule>")."""
+
+    def convert(text: str) -> float:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return value
+
+    return convert
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
-    return value
-
-
-def _unit_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+_positive_int = _number_type(int, "an integer", lambda v: v > 0, "> 0")
+_nonnegative_int = _number_type(int, "an integer", lambda v: v >= 0, "≥ 0")
+_positive_float = _number_type(float, "a number", lambda v: v > 0, "> 0")
+_unit_float = _number_type(float, "a number", lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:

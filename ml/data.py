@@ -250,8 +250,8 @@ def load_images(
     if skipped:
         log.warning("skipped %d unreadable image(s): %s", len(skipped), "; ".join(p for p, _ in skipped[:5]))
     extra: dict[str, np.ndarray] = {}
+    mask_array = np.stack(masks) if masks else np.zeros((0, size, size), dtype=bool)
     if segmenter is not None:
-        mask_array = np.stack(masks) if masks else np.zeros((0, size, size), dtype=bool)
         extra = {
             "masks": np.packbits(mask_array, axis=-1),
             "boxes": np.array([b.as_tuple() if b else (-1.0,) * 4 for b in boxes], dtype=np.float64).reshape(-1, 4),
@@ -273,13 +273,7 @@ def load_images(
     kept = [r for r, good in zip(records, ok_flags, strict=True) if good]
     if segmenter is None:
         return LoadedImages(kept, images, skipped)
-    return LoadedImages(
-        kept,
-        images,
-        skipped,
-        lung_masks=np.stack(masks) if masks else np.zeros((0, size, size), dtype=bool),
-        boxes=boxes,
-    )
+    return LoadedImages(kept, images, skipped, lung_masks=mask_array, boxes=boxes)
 
 
 def _read_cache(cache_file: Path, records: Sequence[Record], size: int, *, with_masks: bool) -> LoadedImages | None:

@@ -78,6 +78,29 @@ def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextmanager
+def spawned(args: list[str], env: dict[str, str], log: Path, *, stop_timeout: float) -> Iterator[str]:
+    """Start `python <args> --host 127.0.0.1 --port <free>` (output to `log`), yield its URL once it
+    answers, terminate it on exit (kill after `stop_timeout` seconds)."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, *args, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        _wait_until_up(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=stop_timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
 def running_server(data_dir: Path, *, extra_models: bool = True, **env_settings: str) -> Iterator[LiveServer]:
     """A live server on `data_dir` (the bundled model, plus an untrained CNN-X when `extra_models`) with
     a reviewer; `env_settings` are further CXR_* variables, e.g. CXR_LUNG_FOCUS_THRESHOLD="1.0"."""
@@ -90,8 +113,6 @@ def running_server(data_dir: Path, *, extra_models: bool = True, **env_settings:
         accounts.create_user(session=session, username=username, password=password, role="reviewer")
     ctx.close()
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
         "CXR_DATA_DIR": str(data_dir),
@@ -99,23 +120,9 @@ def running_server(data_dir: Path, *, extra_models: bool = True, **env_settings:
         "PYTHONUNBUFFERED": "1",
         **env_settings,
     }
-    log = data_dir / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app",
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        _wait_until_up(url, proc, log)
+    args = ["-m", "uvicorn", "--factory", "app.main:create_app"]
+    with spawned(args, env, data_dir / "server.log", stop_timeout=15) as url:
         yield LiveServer(url=url, data_dir=data_dir, username=username, password=password)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,7 @@ import pytest
 from app.config import Settings
 from app.db import make_engine, make_session_factory, upgrade_database
 from app.services import accounts
-from tests.browser.conftest import ROOT, LiveServer, Shots, _free_port, _wait_until_up
+from tests.browser.conftest import LiveServer, Shots, spawned
 from tests.support.training import write_tiny_manifest
 
 pytestmark = pytest.mark.browser
@@ -44,8 +42,6 @@ def serve(tmp_path_factory: pytest.TempPathFactory, cxr_data_dir: Path) -> Itera
     finally:
         engine.dispose()
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
         "CXR_DATA_DIR": str(data_dir),
@@ -56,22 +52,9 @@ def serve(tmp_path_factory: pytest.TempPathFactory, cxr_data_dir: Path) -> Itera
         "CXR_WORKER_POLL_SECONDS": "0.5",
         "PYTHONUNBUFFERED": "1",
     }
-    log = data_dir / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        _wait_until_up(url, proc, log)
+    # serve stops its worker on the way out
+    with spawned(["-m", "app.cli", "serve"], env, data_dir / "serve.log", stop_timeout=60) as url:
         yield LiveServer(url=url, data_dir=data_dir, username=username, password=password)
-    finally:
-        proc.terminate()  # serve stops its worker on the way out
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def job_state(page: Any) -> tuple[float | None, bool]:
