@@ -12,8 +12,10 @@ set -euo pipefail
 
 # chromium + chromium-driver: headless browser tests (Playwright drives Debian's Chromium; no
 # browser download is possible or wanted). postgresql: initdb/pg_ctl for the throwaway clusters
-# of the PostgreSQL tests (tests/support/postgres.py).
-DEFAULT_PACKAGES=(chromium chromium-driver postgresql)
+# of the PostgreSQL tests (tests/support/postgres.py). orthanc + orthanc-dicomweb: the throwaway PACS
+# of the hospital-integration tests (tests/support/orthanc.py); dicom3tools: `dciodvfy`, which the
+# tests run on every DICOM object cxr-review writes.
+DEFAULT_PACKAGES=(chromium chromium-driver postgresql orthanc orthanc-dicomweb dicom3tools)
 
 log() { printf 'install-system-deps: %s\n' "$*"; }
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.postgres import postgres_cluster, postgres_url  # noqa: F401  (fixtures for the suite)
+from tests.support.orthanc import orthanc, orthanc_server  # noqa: F401  (fixtures for the suite)
+from tests.support.postgres import postgres_cluster, postgres_url  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 
