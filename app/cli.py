@@ -9,6 +9,9 @@
     cxr-review tokens revoke TOKEN_ID_OR_PREFIX | --all NAME
     cxr-review models list | activate ID | register PATH
     cxr-review db upgrade [REV] | downgrade REV | current
+    cxr-review pacs-sync [--once] [--status]  poll the PACS (DICOMweb), run new films, push results back
+    cxr-review dicom-listener [--ae-title AE] --port N   C-STORE SCP for PACSes that push
+    cxr-review predict FILE_OR_DIR... --csv OUT.csv [--models SPEC] [--overlays DIR] [--dicom-sr DIR]
 
 Commands that print a new API token print it as the LAST line of their output, alone, so scripts
 can take it with `tail -n 1`. Settings come from CXR_* environment variables.
@@ -292,6 +295,60 @@ def cmd_models_register(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------- pacs
+def _pacs_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def cmd_pacs_sync(args: argparse.Namespace) -> int:
+    from app.pacs import sync
+    from app.pacs.dicomweb import PacsError
+
+    settings = _settings()
+    if args.status:
+        from app.main import build_context
+
+        ctx = build_context(settings)
+        try:
+            print("\n".join(sync.status_lines(ctx)))
+        finally:
+            ctx.close()
+        return 0
+    _pacs_logging()
+    try:
+        return sync.run(settings, once=args.once)
+    except PacsError as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def cmd_dicom_listener(args: argparse.Namespace) -> int:
+    from app.pacs import listener
+    from app.pacs.dicomweb import PacsError
+
+    _pacs_logging()
+    try:
+        return listener.run(_settings(), ae_title=args.ae_title, host=args.host, port=args.port)
+    except (PacsError, OSError) as exc:
+        raise CLIError(str(exc)) from exc
+
+
+@_service_errors
+def cmd_predict(args: argparse.Namespace) -> int:
+    from app.services import batch
+
+    return batch.run(
+        _settings(),
+        inputs=[Path(p) for p in args.inputs],
+        csv_path=Path(args.csv),
+        models=args.models,
+        overlays=Path(args.overlays) if args.overlays else None,
+        dicom_sr=Path(args.dicom_sr) if args.dicom_sr else None,
+        progress=not args.no_progress,
+    )
+
+
 # ---------------------------------------------------------------------------------------- db
 def cmd_db(args: argparse.Namespace) -> int:
     from app.db import current_revision, downgrade_database, make_engine, upgrade_database
@@ -386,9 +443,32 @@ def add_service_commands(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_db, revision=None)
 
 
+def add_integration_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("pacs-sync", help="poll the PACS over DICOMweb, run new frontal CR/DX films, push results back")
+    p.add_argument("--once", action="store_true", help="one pass, then exit (exit 1 when the PACS cannot be reached)")
+    p.add_argument("--status", action="store_true", help="list rejected and failed instances and unsent results")
+    p.set_defaults(handler=cmd_pacs_sync)
+
+    p = sub.add_parser("dicom-listener", help="receive films by C-STORE (a DICOM SCP) and push results back")
+    p.add_argument("--ae-title", default=None, help="default: $CXR_PACS_AE_TITLE or CXRREVIEW")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
+    p.add_argument("--port", type=int, required=True)
+    p.set_defaults(handler=cmd_dicom_listener)
+
+    p = sub.add_parser("predict", help="run the models on PNG/JPEG/DICOM files or folders, one CSV row per film")
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
+    p.add_argument("--csv", required=True, metavar="OUT.csv")
+    p.add_argument("--models", default=None, help="model ids (comma-separated) or 'all'; default: the active model")
+    p.add_argument("--overlays", default=None, metavar="DIR", help="write each result's heat-map overlay PNG here")
+    p.add_argument("--dicom-sr", default=None, metavar="DIR", help="write each result's DICOM SR here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = build_ml_parser()
     add_service_commands(parser)
+    add_integration_commands(next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)))
     return parser
 
 

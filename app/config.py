@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Secrets that show up in examples and must never guard a production deployment.
@@ -86,6 +86,33 @@ class Settings(BaseSettings):
     worker_stale_seconds: float = Field(default=30.0, gt=0)
     """A running job whose worker has not heartbeated for this long is failed by the reaper."""
 
+    # Hospital integration (app.pacs): `cxr-review pacs-sync` and `cxr-review dicom-listener`.
+    dicomweb_url: str | None = None
+    """Root of the PACS's DICOMweb API (QIDO-RS, WADO-RS, STOW-RS), e.g. http://pacs:8042/dicom-web."""
+    dicomweb_username: str | None = None
+    dicomweb_password: SecretStr | None = None
+    """HTTP basic credentials for the DICOMweb API (both or neither)."""
+    dicomweb_token: SecretStr | None = None
+    """A bearer token for the DICOMweb API, instead of basic credentials."""
+    dicomweb_timeout_seconds: float = Field(default=60.0, gt=0)
+    pacs_poll_seconds: float = Field(default=60.0, gt=0)
+    """How often `pacs-sync` (without --once) asks the PACS for new films."""
+    pacs_lookback_days: int = Field(default=7, ge=0)
+    """Only studies from this many days back are queried (0: every study on the PACS)."""
+    pacs_modalities: str = "CR,DX"
+    pacs_models: str | None = None
+    """Which models run on PACS films (as the API's `models` field: ids, 'all'); default the active one."""
+    pacs_max_attempts: int = Field(default=3, ge=1)
+    """Tries per instance (retrieve + predict) and per result object (push) before it is reported failed."""
+    pacs_output: Literal["stow-rs", "c-store", "none"] = "stow-rs"
+    """Where the SR, SEG and SC go: STOW-RS to CXR_DICOMWEB_URL, C-STORE to CXR_PACS_STORE_*, or nowhere."""
+    pacs_ae_title: str = Field(default="CXRREVIEW", min_length=1, max_length=16)
+    """This service's AE title: the listener's, and the calling AE of its C-STOREs."""
+    pacs_store_host: str | None = None
+    pacs_store_port: int | None = Field(default=None, ge=1, le=65535)
+    pacs_store_ae_title: str = Field(default="ORTHANC", min_length=1, max_length=16)
+    """The C-STORE destination of results when CXR_PACS_OUTPUT=c-store."""
+
     @field_validator("lung_focus_threshold")
     @classmethod
     def _threshold_is_a_share(cls, value: float) -> float:
@@ -106,6 +133,14 @@ class Settings(BaseSettings):
                     f"{MIN_SECRET_LENGTH} characters when CXR_ENV=production "
                     '(e.g. python -c "import secrets; print(secrets.token_urlsafe(48))")'
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _pacs_output_has_a_destination(self) -> Settings:
+        if (self.dicomweb_username is None) != (self.dicomweb_password is None):
+            raise SettingsError("set both CXR_DICOMWEB_USERNAME and CXR_DICOMWEB_PASSWORD, or neither")
+        if self.pacs_output == "c-store" and (self.pacs_store_host is None or self.pacs_store_port is None):
+            raise SettingsError("CXR_PACS_OUTPUT=c-store needs CXR_PACS_STORE_HOST and CXR_PACS_STORE_PORT")
         return self
 
     @property

@@ -316,3 +316,71 @@ class AuditEntry(Base):
     target_type: Mapped[str] = mapped_column(String(32))
     target_id: Mapped[int | None] = mapped_column(Integer)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+PACS_STATUSES = ("pending", "done", "rejected", "failed")
+PACS_ORIGINS = ("dicomweb", "c-store")
+
+
+class PacsInstance(Base):
+    """A DICOM instance found on the PACS (pacs-sync) or pushed to the listener, and what became of it.
+
+    `pending`: to do, or to retry after a failure (`attempts` so far, `reason` the last error);
+    `done`: its prediction exists; `rejected`: not processable (`reason` says why; never retried);
+    `failed`: gave up after the configured number of attempts (`reason`: the last error).
+    """
+
+    __tablename__ = "pacs_instances"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'done', 'rejected', 'failed')", name="status"),
+        Index("ix_pacs_instances_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    series_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    origin: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str | None] = mapped_column(Text)
+    prediction_id: Mapped[int | None] = mapped_column(ForeignKey("predictions.id", ondelete="RESTRICT"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+EXPORT_KINDS = ("sr", "seg", "sc")
+EXPORT_STATUSES = ("pending", "sent", "failed")
+
+
+class DicomExport(Base):
+    """One DICOM object of a result to push to the PACS (an outbox row): the SR, SEG or SC of a
+    result, or an amended SR after a verdict (`verdict_id`). Its UIDs are fixed when the row is made,
+    so a retried push sends the same instance again instead of a duplicate.
+
+    `pending`: to send (`attempts` so far, `error` the last failure); `sent`; `failed`: gave up.
+    """
+
+    __tablename__ = "dicom_exports"
+    __table_args__ = (
+        CheckConstraint("kind IN ('sr', 'seg', 'sc')", name="kind"),
+        CheckConstraint("status IN ('pending', 'sent', 'failed')", name="status"),
+        Index("ix_dicom_exports_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="RESTRICT"), index=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("prediction_results.id", ondelete="RESTRICT"), index=True)
+    verdict_id: Mapped[int | None] = mapped_column(ForeignKey("verdicts.id", ondelete="RESTRICT"))
+    kind: Mapped[str] = mapped_column(String(8))
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    instance_number: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    result: Mapped[PredictionResult] = relationship(lazy="joined")

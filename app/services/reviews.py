@@ -84,6 +84,11 @@ def add_verdict(
         diagnosis=diagnosis or None,
     )
     session.add(row)
+    session.flush()
+    # A result that went to the PACS gets an amended SR with this verdict, queued in the same commit.
+    from app.pacs.outbox import enqueue_amended_sr
+
+    enqueue_amended_sr(session=session, verdict=row)
     session.commit()
     return row
 

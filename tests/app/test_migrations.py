@@ -26,6 +26,8 @@ TABLES = {
     "verdicts",
     "training_jobs",
     "audit_log",
+    "pacs_instances",
+    "dicom_exports",
 }
 
 
