@@ -11,6 +11,7 @@ counts an attempt, and after CXR_PACS_MAX_ATTEMPTS the row is `failed` and repor
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -103,6 +104,13 @@ class CStoreSender:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
         for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
             ae.add_requested_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        # Refused connections are reported here: pynetdicom leaves its socket open when connect() fails.
+        try:
+            socket.create_connection((self.host, self.port), timeout=self.timeout).close()
+        except OSError as exc:
+            raise ConnectionError(
+                f"C-STORE: no association with {self.called_ae}@{self.host}:{self.port}: {exc}"
+            ) from exc
         assoc = ae.associate(self.host, self.port, ae_title=self.called_ae)
         if not assoc.is_established:
             raise ConnectionError(f"C-STORE: no association with {self.called_ae}@{self.host}:{self.port}")

@@ -133,6 +133,7 @@ class OrthancServer:
             "DicomPort": self.dicom_port,
             "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True,  # our C-STORE of results comes from an undeclared AE
+            "DicomScuTimeout": 120,  # forwarding waits while the listener runs the model on a busy machine
             "UnknownSopClassAccepted": True,  # bad-input tests store what a PACS may hold
             "DicomModalities": {},
             "Plugins": [str(find_dicomweb_plugin())],
