@@ -443,7 +443,7 @@ def add_service_commands(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_db, revision=None)
 
 
-def add_integration_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_integration_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pacs-sync", help="poll the PACS over DICOMweb, run new frontal CR/DX films, push results back")
     p.add_argument("--once", action="store_true", help="one pass, then exit (exit 1 when the PACS cannot be reached)")
     p.add_argument("--status", action="store_true", help="list rejected and failed instances and unsent results")
