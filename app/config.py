@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     def _pacs_output_has_a_destination(self) -> Settings:
         if (self.dicomweb_username is None) != (self.dicomweb_password is None):
             raise SettingsError("set both CXR_DICOMWEB_USERNAME and CXR_DICOMWEB_PASSWORD, or neither")
+        if self.dicomweb_password is not None and not self.dicomweb_password.get_secret_value():
+            raise SettingsError(
+                "CXR_DICOMWEB_PASSWORD is empty (e.g. CXR_ORTHANC_PASSWORD unset for the compose profile)"
+            )
         if self.pacs_output == "c-store" and (self.pacs_store_host is None or self.pacs_store_port is None):
             raise SettingsError("CXR_PACS_OUTPUT=c-store needs CXR_PACS_STORE_HOST and CXR_PACS_STORE_PORT")
         return self

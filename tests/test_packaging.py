@@ -199,7 +199,9 @@ def _compose_binary() -> Path:
     return binary
 
 
-def _compose_config(compose_file: Path, tmp_path: Path, *, secrets: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _compose_config(
+    compose_file: Path, tmp_path: Path, *, secrets: dict[str, str], profile: str = "worker"
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CXR_", "COMPOSE_"))} | secrets
     empty_env_file = tmp_path / "empty.env"
     empty_env_file.write_text("")
@@ -208,7 +210,7 @@ def _compose_config(compose_file: Path, tmp_path: Path, *, secrets: dict[str, st
             str(_compose_binary()),
             "--file", str(compose_file),
             "--env-file", str(empty_env_file),
-            "--profile", "worker",
+            "--profile", profile,
             "config", "--format", "json",
         ],
         capture_output=True,
@@ -248,6 +250,24 @@ def test_compose_file_is_valid_and_wires_app_db_and_worker(tmp_path: Path) -> No
     assert worker["image"] == app["image"]
     assert worker["environment"]["CXR_DATABASE_URL"] == env["CXR_DATABASE_URL"]
     assert {"cxr-data", "pg-data"} <= set(config["volumes"])
+
+
+def test_compose_pacs_profile_wires_orthanc_pacs_sync_and_the_listener(tmp_path: Path) -> None:
+    secrets = {**SECRETS, "CXR_ORTHANC_PASSWORD": "orthanc-password-for-the-test"}
+    result = _compose_config(ROOT / "docker-compose.yml", tmp_path, secrets=secrets, profile="pacs")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert set(services) == {"app", "db", "orthanc", "pacs-sync", "dicom-listener"}
+    sync, listener, orthanc = services["pacs-sync"], services["dicom-listener"], services["orthanc"]
+    assert sync["command"] == ["cxr-review", "pacs-sync"]
+    assert listener["command"][:2] == ["cxr-review", "dicom-listener"] and "11112" in listener["command"]
+    for service in (sync, listener):
+        env = service["environment"]
+        assert env["CXR_DICOMWEB_URL"] == "http://orthanc:8042/dicom-web"
+        assert env["CXR_DICOMWEB_PASSWORD"] == secrets["CXR_ORTHANC_PASSWORD"]
+        assert env["CXR_DATABASE_URL"] == services["app"]["environment"]["CXR_DATABASE_URL"]
+    assert '"cxr": "orthanc-password-for-the-test"' in orthanc["environment"]["ORTHANC__REGISTERED_USERS"]
+    assert "dicom-listener" in orthanc["environment"]["ORTHANC__DICOM_MODALITIES"]
 
 
 @pytest.mark.parametrize("missing", ["CXR_SECRET_KEY", "CXR_DB_PASSWORD"])

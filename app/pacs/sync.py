@@ -136,8 +136,8 @@ def run(settings: Settings, *, once: bool) -> int:
     """The command: one pass (`once`) or a pass every CXR_PACS_POLL_SECONDS until SIGTERM/SIGINT."""
     from app.main import build_context
 
+    pacs = Pacs(settings)  # first: a missing CXR_DICOMWEB_URL stops the command before anything starts
     ctx = build_context(settings)
-    pacs = Pacs(settings)
     sender = make_sender(settings, pacs)
     stop = threading.Event()
     if not once:
