@@ -55,6 +55,9 @@ class Pacs:
         if settings.dicomweb_token is not None:
             self.session.headers["Authorization"] = f"Bearer {settings.dicomweb_token.get_secret_value()}"
         self.client = DICOMwebClient(url=self.url, session=self.session, timeout=self.timeout)
+        # No retries inside a request (dicomweb_client's back-off held a refused connection for 30 s):
+        # a failed pass is retried by the next one, a failed instance by its attempt count.
+        self.client.set_http_retry_params(retry=False)
 
     def close(self) -> None:
         self.session.close()

@@ -7,11 +7,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from app.models import DicomExport, PacsInstance
 from app.pacs.listener import start_listener
 from tests.pacs.conftest import series_of_study, store
 from tests.support.dicom_films import dicom_film
 from tests.support.orthanc import OrthancServer, free_port
+
+pytestmark = pytest.mark.pacs  # a real Orthanc (tests/support/orthanc.py)
 
 
 def test_orthanc_forwards_a_study_to_the_listener_and_gets_the_results_back(

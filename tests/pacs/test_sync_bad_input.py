@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from app.models import DicomExport, Image, PacsInstance, Prediction
 from app.pacs.intake import check_header
 from app.pacs.sync import status_lines
 from tests.pacs.conftest import run_sync, store
 from tests.support.dicom_films import BASIC_TEXT_SR, MPEG2_MAIN, dicom_film
 from tests.support.orthanc import OrthancServer, free_port
+
+pytestmark = pytest.mark.pacs  # a real Orthanc (tests/support/orthanc.py)
 
 
 def test_lateral_wrong_sop_class_unreadable_syntax_and_no_pixels_are_rejected_and_the_good_film_runs(

@@ -17,6 +17,8 @@ from tests.pacs.conftest import retrieve_series, run_sync, series_of_study, stor
 from tests.support.dicom_films import dicom_film
 from tests.support.orthanc import OrthancServer
 
+pytestmark = pytest.mark.pacs  # a real Orthanc (tests/support/orthanc.py)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
