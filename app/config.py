@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     """Where the SR, SEG and SC go: STOW-RS to CXR_DICOMWEB_URL, C-STORE to CXR_PACS_STORE_*, or nowhere."""
     pacs_ae_title: str = Field(default="CXRREVIEW", min_length=1, max_length=16)
     """This service's AE title: the listener's, and the calling AE of its C-STOREs."""
+    pacs_calling_ae_titles: str = ""
+    """Comma-separated AE titles the listener accepts associations from; empty: any."""
     pacs_store_host: str | None = None
     pacs_store_port: int | None = Field(default=None, ge=1, le=65535)
     pacs_store_ae_title: str = Field(default="ORTHANC", min_length=1, max_length=16)

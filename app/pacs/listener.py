@@ -33,7 +33,8 @@ class Listener:
     host: str
     port: int
     sender: Sender | None
-    outcomes: list[intake.IntakeOutcome] = field(default_factory=list)
+    calling_ae_titles: tuple[str, ...] = ()
+    """Only these calling AE titles may associate; empty: any."""
     _wake: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
     _server: Any = None
@@ -46,7 +47,6 @@ class Listener:
             log.warning("C-STORE from %s: unreadable dataset: %s", event.assoc.requestor.ae_title, exc)
             return 0xC000
         outcome = intake.ingest(ctx=self.ctx, data=data, origin=ORIGIN)
-        self.outcomes.append(outcome)
         log.info(
             "C-STORE %s: %s%s", outcome.sop_instance_uid, outcome.status, f" ({outcome.reason})" * bool(outcome.reason)
         )
@@ -60,6 +60,8 @@ class Listener:
 
         ae = AE(ae_title=self.ae_title)
         ae.maximum_associations = 4
+        if self.calling_ae_titles:
+            ae.require_calling_aet = list(self.calling_ae_titles)
         for context in AllStoragePresentationContexts:
             if context.abstract_syntax is not None:
                 ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
@@ -95,8 +97,12 @@ class Listener:
 
 def start_listener(*, ctx: Any, ae_title: str, host: str, port: int) -> Listener:
     """Listen on host:port as `ae_title` (returns at once; `.stop()` ends it)."""
-    sender = make_sender(ctx.settings)
-    return Listener(ctx=ctx, ae_title=ae_title, host=host, port=port, sender=sender).start()
+    settings: Settings = ctx.settings
+    allowed = tuple(t.strip() for t in settings.pacs_calling_ae_titles.split(",") if t.strip())
+    listener = Listener(
+        ctx=ctx, ae_title=ae_title, host=host, port=port, sender=make_sender(settings), calling_ae_titles=allowed
+    )
+    return listener.start()
 
 
 def run(settings: Settings, *, ae_title: str | None, host: str, port: int) -> int:

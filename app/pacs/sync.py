@@ -90,14 +90,13 @@ def listed_reason(ref: InstanceRef) -> str | None:
 def sync_once(*, ctx: Any, pacs: Pacs, sender: Sender | None) -> SyncReport:
     settings: Settings = ctx.settings
     report = SyncReport()
-    with ctx.session_factory() as session:
-        known = {
-            uid: status for uid, status in session.execute(select(PacsInstance.sop_instance_uid, PacsInstance.status))
-        }
     modalities = [m.strip().upper() for m in settings.pacs_modalities.split(",") if m.strip()]
     for ref in pacs.find_instances(modalities=modalities, lookback_days=settings.pacs_lookback_days):
         report.listed += 1
-        status = known.get(ref.sop_instance_uid)
+        with ctx.session_factory() as session:
+            status = session.scalar(
+                select(PacsInstance.status).where(PacsInstance.sop_instance_uid == ref.sop_instance_uid)
+            )
         if status in ("done", "rejected", "failed"):
             report.skipped += 1
             continue

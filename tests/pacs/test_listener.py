@@ -51,3 +51,25 @@ def test_orthanc_forwards_a_study_to_the_listener_and_gets_the_results_back(
         assert rows[lateral.SOPInstanceUID].status == "rejected"
         assert "lateral view" in str(rows[lateral.SOPInstanceUID].reason)
     assert sorted(series_of_study(orthanc, study)) == ["CR", "OT", "SEG", "SR"]
+
+
+def test_the_listener_accepts_only_the_configured_calling_ae_titles(pacs_env) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    env = pacs_env(pacs_output="none", pacs_calling_ae_titles="ORTHANC, PACS2")
+    port = free_port()
+    listener = start_listener(ctx=env.app.state.ctx, ae_title="CXRREVIEW", host="127.0.0.1", port=port)
+    try:
+        answers = {}
+        for calling in ("ORTHANC", "INTRUDER"):
+            scu = AE(ae_title=calling)
+            scu.add_requested_context(Verification)
+            assoc = scu.associate("127.0.0.1", port, ae_title="CXRREVIEW")
+            answers[calling] = assoc.is_established
+            if assoc.is_established:
+                assert int(assoc.send_c_echo().Status) == 0
+                assoc.release()
+    finally:
+        listener.stop()
+    assert answers == {"ORTHANC": True, "INTRUDER": False}
