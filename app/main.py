@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import openapi_contract
 from app.config import Settings, SettingsError
 from app.db import make_engine, make_session_factory, upgrade_database
 from app.deps import CSRF_COOKIE, AppContext, pending_csrf_cookie
@@ -144,9 +145,15 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail
+        headers = exc.headers
         if exc.status_code == 413:  # the framework's body limit says only "Content Too Large"
             detail = too_large_message(request.app.state.ctx.settings.max_upload_bytes)
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+        elif exc.status_code == 405:  # Starlette names only the first matching route's methods
+            headers = {
+                **(headers or {}),
+                "Allow": ", ".join(openapi_contract.allowed_methods(request.app, request.scope)),
+            }
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -260,6 +267,7 @@ def create_app(settings: Settings | None = None, *, announce: Any = None) -> Fas
     )
     app.state.ctx = ctx
     _error_handlers(app)
+    openapi_contract.install(app, settings)  # documented errors, upload limits, links on every operation
 
     from app.routes import admin_training, api, docs, pages
 

@@ -305,7 +305,7 @@ def training_submit(
         "input_mode": input_mode,
     }
     try:
-        params = training.TrainingParams.model_validate(data)
+        params = training.TrainingParams.model_validate(data, strict=False)  # form fields arrive as strings
         job = training.create_job(session=session, settings=settings, params=params, actor=user)
     except ValidationError as exc:
         return _index(request, session, user, status_code=422, form=data, errors=_validation_messages(exc))

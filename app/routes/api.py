@@ -339,9 +339,11 @@ class UserOut(BaseModel):
 class UserCreateIn(BaseModel):
     model_config = {"extra": "forbid"}
 
-    username: str = Field(min_length=1, max_length=64)
+    username: str = Field(min_length=1, max_length=64, pattern=accounts.USERNAME_RE.pattern)
     role: Literal["reviewer", "admin"] = "reviewer"
-    password: str | None = Field(None, description="omit to have one generated (returned once)")
+    password: str | None = Field(
+        None, min_length=accounts.MIN_PASSWORD_LENGTH, description="omit to have one generated (returned once)"
+    )
 
 
 class UserCreatedOut(UserOut):

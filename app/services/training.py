@@ -52,12 +52,24 @@ class TrainingUnavailableError(ServiceError):
     status_code = 409
 
 
+def _architecture_enum(schema: dict[str, Any]) -> None:
+    """The registry's names as the schema's enum (read when the schema is built, not at import)."""
+    from ml.registry import list_archs
+
+    schema["enum"] = list(list_archs())
+
+
 class TrainingParams(BaseModel):
-    """What an admin asks for. Validated before anything is queued (bad values → HTTP 422)."""
+    """What an admin asks for. Validated before anything is queued (bad values → HTTP 422).
 
-    model_config = ConfigDict(extra="forbid")
+    Strict, so the API accepts exactly what its schema says (a JSON integer, not "5" or 5.5; a boolean,
+    not "yes"); the admin page validates its form strings with `strict=False`."""
 
-    architecture: str = Field(description="a registry name (GET /api/v1/architectures)")
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    architecture: str = Field(
+        description="a registry name (GET /api/v1/architectures)", json_schema_extra=_architecture_enum
+    )
     scenario: Literal["s1", "s2", "s3"] = Field(
         "s2", description="s1 normal vs COVID-19; s2 all four classes; s3 four classes, ≤350 per non-COVID class"
     )
