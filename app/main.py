@@ -149,10 +149,9 @@ def _error_handlers(app: FastAPI) -> None:
         if exc.status_code == 413:  # the framework's body limit says only "Content Too Large"
             detail = too_large_message(request.app.state.ctx.settings.max_upload_bytes)
         elif exc.status_code == 405:  # Starlette names only the first matching route's methods
-            headers = {
-                **(headers or {}),
-                "Allow": ", ".join(openapi_contract.allowed_methods(request.app, request.scope)),
-            }
+            allowed = openapi_contract.allowed_methods(request.app, request.url.path)
+            if allowed is not None:
+                headers = {**(headers or {}), "Allow": ", ".join(allowed)}
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)

@@ -9,21 +9,19 @@ once, in one place, for every `/api/` operation (whatever router declared it):
   throttled;
 - the upload's accepted content and limits (PNG, JPEG or DICOM; CXR_MAX_UPLOAD_BYTES; CXR_MAX_PIXELS)
   are in its request body schema;
-- links between operations where ids flow (a created prediction → its detail, verdicts, overlays;
+- links between operations where ids flow (a created prediction → its detail and verdicts;
   a queued training job → its status), so clients and stateful testers can follow them.
 
-`allowed_methods(app, path)` gives the methods of every route matching `path`: the `Allow` header of
-a 405, which Starlette would otherwise fill from the first matching route only.
+`allowed_methods(app, path)` gives the methods the schema documents for a path: the `Allow` header of a
+405, which Starlette would otherwise fill from the first matching route only.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import MutableMapping
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.routing import Match, Route
 
 from app.config import Settings
 
@@ -152,14 +150,18 @@ def _add_links(paths: dict[str, dict[str, Any]]) -> None:
                 response["links"] = links
 
 
-def allowed_methods(app: Any, scope: MutableMapping[str, Any]) -> list[str]:
-    """Every method any route of `app` accepts at the request's path (the full `Allow` list)."""
-    methods: set[str] = set()
-    for route in app.routes:
-        if isinstance(route, Route) and route.methods:
-            match, _ = route.matches({**scope, "method": next(iter(route.methods))})
-            if match == Match.FULL:
-                methods |= route.methods
-    if "GET" in methods:
-        methods.add("HEAD")
-    return sorted(methods)
+def allowed_methods(app: Any, path: str) -> list[str] | None:
+    """The methods the schema documents for the path template `path` matches (the full `Allow` list of
+    a 405, HEAD with GET); None for a path the schema does not describe (pages)."""
+    for template, item in app.openapi().get("paths", {}).items():
+        if _template_regex(template).fullmatch(path):
+            methods = {m.upper() for m in item if m in ("get", "post", "put", "patch", "delete")}
+            if "GET" in methods:
+                methods.add("HEAD")
+            return sorted(methods)
+    return None
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    parts = _PATH_PARAM.split(template)  # literal, name, literal, name, ...
+    return re.compile("".join(re.escape(p) if i % 2 == 0 else "[^/]+" for i, p in enumerate(parts)))

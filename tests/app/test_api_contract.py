@@ -62,3 +62,21 @@ def run_schemathesis(env: Env, who: str) -> dict[str, list[str]]:
 def test_every_operation_answers_as_documented(contract_env: Env, who: str) -> None:
     failures = run_schemathesis(contract_env, who)
     assert not failures, "\n".join(f"{label}\n  " + "\n  ".join(items) for label, items in failures.items())
+
+
+def test_the_schema_states_the_upload_limits_the_errors_and_the_links(contract_env: Env) -> None:
+    schema = contract_env.client.get("/openapi.json", headers=contract_env.auth("reviewer")).json()
+    upload = schema["paths"]["/api/v1/predictions"]["post"]
+    body = upload["requestBody"]["content"]["multipart/form-data"]
+    assert "image/png" in body["encoding"]["file"]["contentType"]
+    ref = body["schema"]["$ref"].rsplit("/", 1)[-1]
+    file_part = schema["components"]["schemas"][ref]["properties"]["file"]
+    assert file_part["maxLength"] == contract_env.settings.max_upload_bytes
+    assert str(contract_env.settings.max_pixels) in file_part["description"]
+    for item in (p for path, p in schema["paths"].items() if path.startswith("/api/")):
+        for operation in item.values():
+            assert {"400", "401", "403", "404", "405", "409", "413", "415", "422"} <= set(operation["responses"])
+    links = upload["responses"]["201"]["links"]
+    assert {link["parameters"]["prediction_id"] for link in links.values()} == {"$response.body#/id"}
+    r = contract_env.client.delete("/api/v1/predictions", headers=contract_env.auth("reviewer"))
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD, POST" and "detail" in r.json()
