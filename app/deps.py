@@ -90,7 +90,6 @@ def get_model_manager(request: Request) -> ModelManager:
     return get_context(request).models
 
 
-ContextDep = Annotated[AppContext, Depends(get_context)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 StoreDep = Annotated[FileStore, Depends(get_store)]

@@ -229,11 +229,6 @@ class ModelManager:
                 self._segmenter = self._load_segmenter(self._lungseg_checkpoint)
             return self._segmenter
 
-    @property
-    def segmenter_sha256(self) -> str | None:
-        """sha256 of the loaded segmenter's checkpoint; None until it is loaded."""
-        return self._segmenter.checkpoint_sha256 if self._segmenter is not None else None
-
     def get(self, model: MLModel) -> Predictor:
         predictor = self._predictors.get(model.id)
         if predictor is not None:
