@@ -213,7 +213,7 @@ class TrainConfig:
     """One training run: what `ml.train.train` needs, and all it needs."""
 
     arch: str = option(
-        help="registry name, see `cxr-review archs`",
+        help="a registry name (`cxr-review archs` lists them)",
         expose="public",
         public_name="architecture",
         choices=_architectures,
