@@ -70,12 +70,6 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def class_mask(active: tuple[str, ...], device: torch.device | str = "cpu") -> torch.Tensor:
     """0 for active classes, -inf for the others: added to logits, it gives the others probability 0."""
     return torch.tensor([0.0 if c in active else MASKED_LOGIT for c in CLASSES], device=device)
@@ -190,8 +184,10 @@ class Runtime:
 
 
 def init_runtime(config: TrainConfig) -> Runtime:
-    """The device, and under `torchrun` (WORLD_SIZE > 1) the process group: nccl on GPU, gloo on CPU."""
-    device = pick_device(config.device)
+    """The device ("auto": CUDA if there is one), and under `torchrun` (WORLD_SIZE > 1) the process group:
+    nccl on GPU, gloo on CPU."""
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if config.device == "auto" else config.device)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Runtime(device)
     if not dist.is_initialized():
