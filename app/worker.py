@@ -419,7 +419,7 @@ def job_train_config(
     The steps per epoch are capped by the job's own cap and CXR_TRAIN_MAX_STEPS, whichever is lower."""
     caps = [c for c in (params.train_options()["max_steps_per_epoch"], settings.train_max_steps) if c is not None]
     return params.train_config(
-        data_dir=str(dataset_dir),
+        data_dirs=[str(dataset_dir)],
         out_dir=str(out),
         extra_train_dirs=[str(d) for d in extra_dirs],
         device=settings.train_device,

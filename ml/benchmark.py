@@ -30,7 +30,7 @@ def run_benchmark(configs: list[TrainConfig], *, out_dir: str, split: str = "tes
             results[config.arch] = json.loads(eval_path.read_text())
             continue
         summary = train(config)
-        report = evaluate_checkpoint(summary["best_checkpoint"], config.data_dir, split=split)
+        report = evaluate_checkpoint(summary["best_checkpoint"], config.data_dirs, split=split)
         report["training"] = {
             "seconds": summary["seconds"],
             "best_val": summary["best_val"],

@@ -28,9 +28,26 @@ def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def default_dataset_dir() -> str:
-    """`$CXR_DATASET_DIR`, else `../shared/data/cxr` beside the project root."""
-    return os.environ.get("CXR_DATASET_DIR") or str(project_root().parent / "shared" / "data" / "cxr")
+def default_dataset_dirs() -> list[str]:
+    """The manifest folders used when no `--data` is given: `$CXR_DATASET_DIRS` (a list separated by
+    os.pathsep), else `$CXR_DATASET_DIR`, else both `../shared/data/cxr` and `../shared/data/cxr-adult`."""
+    listed = [d for d in os.environ.get("CXR_DATASET_DIRS", "").split(os.pathsep) if d.strip()]
+    if listed:
+        return listed
+    if os.environ.get("CXR_DATASET_DIR"):
+        return [os.environ["CXR_DATASET_DIR"]]
+    shared = project_root().parent / "shared" / "data"
+    return [str(shared / "cxr"), str(shared / "cxr-adult")]
+
+
+DATA_HELP = (
+    "dataset folder with manifest.csv; repeat for several, read together (default: $CXR_DATASET_DIRS, "
+    "else $CXR_DATASET_DIR, else ../shared/data/cxr and ../shared/data/cxr-adult)"
+)
+
+
+def add_data_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", action="append", default=None, metavar="DIR", help=DATA_HELP)
 
 
 def _number_type(
@@ -73,8 +90,11 @@ def add_config_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()
             p.add_argument(f.flag, dest=f.name, default=argparse.SUPPRESS, help=_option_help(f), **_option_kind(f))
 
 
-CLI_FALLBACKS: dict[str, tuple[str, Callable[[], str]]] = {
-    "data_dir": ("$CXR_DATASET_DIR or ../shared/data/cxr", default_dataset_dir)
+CLI_FALLBACKS: dict[str, tuple[str, Callable[[], Any]]] = {
+    "data_dirs": (
+        "$CXR_DATASET_DIRS, else $CXR_DATASET_DIR, else ../shared/data/cxr and ../shared/data/cxr-adult",
+        default_dataset_dirs,
+    ),
 }
 """Required fields the command line fills in when neither the options nor --config give them."""
 
@@ -127,7 +147,7 @@ def _field_number_type(f: ConfigField) -> Callable[[str], float]:
 
 def config_from_args(args: argparse.Namespace, **fixed: Any) -> TrainConfig:
     """The run `args` describe: the fields' defaults, then `--config FILE`, then the options given,
-    then `fixed`; the dataset defaults to `default_dataset_dir()`. Validated (CLIError otherwise)."""
+    then `fixed`; the datasets default to `default_dataset_dirs()`. Validated (CLIError otherwise)."""
     from ml.config import ConfigError, TrainConfig, config_fields, read_config_file
 
     try:
@@ -229,7 +249,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         report = evaluate_checkpoint(
             checkpoint,
-            args.data or default_dataset_dir(),
+            args.data or default_dataset_dirs(),
             split=args.split,
             batch_size=args.batch_size,
             predictions_csv=args.predictions,
@@ -290,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on one split (default: the bundled model)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the bundled default model)")
-    p.add_argument("--data", default=None, help="dataset folder with manifest.csv")
+    add_data_option(p)
     p.add_argument("--split", default="test")
     p.add_argument("--json", default=None, help="write the full report as JSON here")
     p.add_argument("--predictions", default=None, help="write per-image predictions as CSV here")

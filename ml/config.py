@@ -53,7 +53,15 @@ INPUT_MODE_CHOICES: Choices = {
     "so text markers and devices outside the chest are not seen",
 }
 INTENSITY_CHOICES: Choices = {"raw": "none", "equalize": "histogram equalisation"}
-LR_SCHEDULE_CHOICES: Choices = {"constant": "the paper's constant rate", "cosine": "cosine decay to 0"}
+LR_SCHEDULE_CHOICES: Choices = {
+    "constant": "the paper's constant rate",
+    "cosine": "cosine decay to 0",
+    "onecycle": "torch's OneCycleLR: warm-up to the learning rate, then anneal (no warmup epochs)",
+}
+OPTIMIZER_CHOICES: Choices = {
+    "adam": "Adam (the paper; weight decay is L2)",
+    "adamw": "AdamW (decoupled weight decay)",
+}
 CLASS_WEIGHTING_CHOICES: Choices = {
     "inverse-frequency": "each class weighted N / (K · n_c), so every class counts equally",
     "none": "every film counts the same",
@@ -174,7 +182,7 @@ class ConfigField:
                 return f"must be {self.bound_rule(value)}, got {_num(value)}"
         choices = self.static_choices
         if choices is not None and value not in choices:
-            return f"must be one of {', '.join(map(repr, choices))}, got {value!r}"
+            return f"must be one of {', '.join(choices)}, got {value!r}"
         return None
 
     def check(self, value: Any) -> None:
@@ -219,8 +227,8 @@ class TrainConfig:
         choices=_architectures,
         example="resnet18",
     )
-    data_dir: str = option(
-        help="dataset folder with manifest.csv",
+    data_dirs: list[str] = option(
+        help="dataset folder with manifest.csv; repeat for several, read together (their train/val splits are used)",
         expose="local",
         flag="--data",
     )
@@ -236,8 +244,9 @@ class TrainConfig:
         exclusive_minimum=0,
         maximum=1.0,
     )
-    weight_decay: float = option(0.0, help="Adam weight decay", expose="cli", minimum=0)
+    weight_decay: float = option(0.0, help="weight decay of the optimiser", expose="cli", minimum=0)
     lr_schedule: str = option("constant", help="learning rate over the run", expose="cli", choices=LR_SCHEDULE_CHOICES)
+    optimizer: str = option("adam", help="the optimiser", expose="cli", choices=OPTIMIZER_CHOICES)
     warmup_epochs: int = option(0, help="epochs of linear learning rate warm-up", expose="cli", minimum=0)
     label_smoothing: float = option(0.0, help="cross-entropy label smoothing", expose="cli", minimum=0, maximum=1)
     seed: int = option(
@@ -279,7 +288,7 @@ class TrainConfig:
     intensity: str = option(
         "raw", help="grey-level standardisation after resizing", expose="cli", choices=INTENSITY_CHOICES
     )
-    extra_train_dirs: list[str] = option(  # noqa: RUF009 (option is dataclasses.field)
+    extra_train_dirs: list[str] = option(
         default_factory=list,
         help="another manifest folder whose train split is added to the training set (repeatable)",
         expose="local",
@@ -311,6 +320,10 @@ class TrainConfig:
             raise ValueError(f"{spec.name} has no ImageNet weights; train it from scratch (--no-pretrained)")
         if self.input_size is not None and spec.fixed_input_size and self.input_size != spec.input_size:
             raise ValueError(f"{spec.name} needs input size {spec.input_size}")
+        if not self.data_dirs:
+            raise ValueError("no dataset folder given")
+        if self.lr_schedule == "onecycle" and self.warmup_epochs:
+            raise ValueError("lr schedule 'onecycle' has its own warm-up: leave warmup epochs at 0")
 
     # ----------------------------------------------------------------- conversions
     def hparams(self) -> dict[str, Any]:

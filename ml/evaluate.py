@@ -2,7 +2,10 @@
 
 The report's keys are a contract (see the README): `per_class.<class>.{sensitivity,specificity,f1,
 support}`, `accuracy`, `macro_sensitivity`, `error_ci95`, `confusion_matrix` (rows = truth, columns
-= prediction, CLASSES order) and `by_source` (the same, per `source`).
+= prediction, CLASSES order) and `by_source` (the same, per `source`). These 4-class figures are over
+the 4-class rows only: rows with a partial label (`pneumonia`, bacterial or viral) are evaluated
+but left out of them; `partial_label_rows` counts them and how many were called one of their
+candidate classes. Several manifest folders may be evaluated together (`ml.data.read_manifests`).
 
 Lung focus ("right for the right reasons"): unless turned off, every film is also segmented (the
 bundled lung segmenter, or `lungseg_checkpoint`) and the predicted class's CAM, taken from the same
@@ -28,7 +31,18 @@ from ml import CLASSES
 from ml.architectures import CXRNet
 from ml.cam import cam_for
 from ml.checkpoints import file_sha256, load_model
-from ml.data import LoadedImages, get_scenario, load_images, manifest_sha256, read_manifest, select
+from ml.data import (
+    LABELS,
+    PARTIAL_LABELS,
+    LoadedImages,
+    get_scenario,
+    is_full_label,
+    load_images,
+    manifest_sha256,
+    read_manifests,
+    select,
+    target_matches,
+)
 from ml.lung_crop import DEFAULT_INPUT_MODE, DEFAULT_MARGIN
 from ml.lung_focus import DEFAULT_THRESHOLD, LungFocus, lung_focus
 from ml.lungs import LungSegmenter
@@ -40,7 +54,7 @@ from ml.transforms import apply_intensity, normalize_batch
 
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike[str],
-    data_dir: str | os.PathLike[str],
+    data_dirs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     split: str = "test",
     batch_size: int = 32,
@@ -56,10 +70,12 @@ def evaluate_checkpoint(
     input_mode = str(meta.get("input_mode", DEFAULT_INPUT_MODE))
     if input_mode == "lung-crop" and not with_lung_focus:
         raise ValueError("this model was trained on lung-cropped films: it cannot be evaluated without the segmenter")
-    records = read_manifest(data_dir)
+    dirs = [data_dirs] if isinstance(data_dirs, str | os.PathLike) else list(data_dirs)
+    records = read_manifests(dirs)
     chosen = select(records, scenario, split)
     if not chosen:
-        raise ValueError(f"split {split!r} of {data_dir} has no images of classes {', '.join(active)}")
+        where = ", ".join(str(d) for d in dirs)
+        raise ValueError(f"split {split!r} of {where} has no images of classes {', '.join(active)}")
     segmenter = LungSegmenter.from_checkpoint(lungseg_checkpoint) if with_lung_focus else None
     loaded = load_images(
         chosen,
@@ -78,13 +94,15 @@ def evaluate_checkpoint(
     probs = torch.softmax(logits, dim=1)
     y_true = loaded.labels.tolist()
     y_pred = probs.argmax(1).tolist()
+    full = [i for i, t in enumerate(y_true) if is_full_label(t)]
 
-    report = classification_report(y_true, y_pred)
+    report = classification_report([y_true[i] for i in full], [y_pred[i] for i in full])
     by_source: dict[str, Any] = {}
     for source in sorted({r.source for r in loaded.records}):
-        idx = [i for i, r in enumerate(loaded.records) if r.source == source]
+        idx = [i for i in full if loaded.records[i].source == source]
         by_source[source] = classification_report([y_true[i] for i in idx], [y_pred[i] for i in idx])
     report["by_source"] = by_source
+    report["partial_label_rows"] = partial_label_rows(y_true, y_pred)
     report["skipped_unreadable"] = [{"path": p, "error": e} for p, e in loaded.skipped]
     report["checkpoint"] = {
         "path": str(checkpoint),
@@ -96,8 +114,10 @@ def evaluate_checkpoint(
         "code_version": meta.get("code_version"),
     }
     report["data"] = {
-        "data_dir": str(Path(data_dir).resolve()),
-        "manifest_sha256": manifest_sha256(data_dir),
+        # the first manifest (the only one before several could be given); `manifests` lists every one
+        "data_dir": str(Path(dirs[0]).resolve()),
+        "manifest_sha256": manifest_sha256(dirs[0]),
+        "manifests": [{"data_dir": str(Path(d).resolve()), "sha256": manifest_sha256(d)} for d in dirs],
         "split": split,
     }
     report["cam_method"] = spec.cam_method
@@ -133,6 +153,18 @@ def evaluate_checkpoint(
                 ]
                 w.writerow([str(r.path), r.source, r.label, CLASSES[pred], *[f"{v:.6f}" for v in p], *lung])
     return report
+
+
+def partial_label_rows(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, dict[str, int]]:
+    """Per partial label: its rows `n`, and how many were called one of its candidate classes."""
+    out = {}
+    for label in PARTIAL_LABELS:
+        of_label = [p for t, p in zip(y_true, y_pred, strict=True) if t == LABELS.index(label)]
+        out[label] = {
+            "n": len(of_label),
+            "called_a_candidate": sum(CLASSES[p] in PARTIAL_LABELS[label] for p in of_label),
+        }
+    return out
 
 
 @torch.no_grad()
@@ -181,7 +213,7 @@ def lung_focus_summary(
     threshold: float,
 ) -> dict[str, Any]:
     """Lung focus of the predicted class's CAM, overall, per true class and per source (see module doc)."""
-    rows = [(t == p, f) for t, p, f in zip(y_true, y_pred, focus, strict=True)]
+    rows = [(target_matches(t, p), f) for t, p, f in zip(y_true, y_pred, focus, strict=True)]
     per_class = {
         c: _focus_stats([row for row, t in zip(rows, y_true, strict=True) if t == k]) for k, c in enumerate(CLASSES)
     }
@@ -231,6 +263,12 @@ def format_table(report: dict[str, Any], name: str | None = None) -> str:
         f"macro sensitivity: {_pct(ms).strip()}%   images: {report['n']}   "
         f"support: " + ", ".join(f"{c} {report['per_class'][c]['support']}" for c in CLASSES)
     )
+    for label, counts in (report.get("partial_label_rows") or {}).items():
+        if counts["n"]:
+            lines.append(
+                f"{label} rows (partial label, not in the 4-class figures): {counts['n']}, "
+                f"called {' or '.join(PARTIAL_LABELS[label])}: {counts['called_a_candidate']}"
+            )
     if report.get("skipped_unreadable"):
         lines.append(f"skipped unreadable images: {len(report['skipped_unreadable'])}")
     if report.get("lung_focus"):

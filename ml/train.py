@@ -9,8 +9,9 @@ optimiser state, for resuming), and writes `history.json`. It runs unchanged und
 (DistributedDataParallel: gloo on CPU, nccl on GPU); then only rank 0 validates and writes files.
 What a run is, option by option, is `ml.config.TrainConfig`.
 
-Class imbalance is handled with a class-weighted cross-entropy: each class present in the training
-set is weighted by N / (K · n_c), so every class contributes equally to the loss on average.
+It reads one or several manifest folders (`data_dirs`, see `ml.data.read_manifests`). The loss is
+`ml.losses.PartialLabelLoss`: class-weighted cross-entropy, with `pneumonia` rows (bacterial or viral,
+organism unknown) trained on −log(p_bacterial + p_viral) and weighted as their own group.
 Scenarios that use a subset of the classes (s1) mask the other logits out, so those classes get
 probability 0 everywhere, in training and at inference.
 """
@@ -44,11 +45,14 @@ from ml.data import (
     XrayDataset,
     class_counts,
     get_scenario,
+    is_full_label,
     load_images,
     manifest_sha256,
     read_manifest,
+    read_manifests,
     select,
 )
+from ml.losses import PartialLabelLoss, class_weights
 from ml.lungs import LungSegmenter
 from ml.metrics import classification_report
 from ml.registry import ArchSpec, get_arch
@@ -73,38 +77,6 @@ def seed_everything(seed: int) -> torch.Generator:
 def class_mask(active: tuple[str, ...], device: torch.device | str = "cpu") -> torch.Tensor:
     """0 for active classes, -inf for the others: added to logits, it gives the others probability 0."""
     return torch.tensor([0.0 if c in active else MASKED_LOGIT for c in CLASSES], device=device)
-
-
-class ActiveClassLoss(nn.Module):
-    """Weighted cross-entropy over a scenario's classes only.
-
-    The other logit columns are dropped before the loss, so neither the class weights nor label
-    smoothing ever see a class the scenario does not train (s1 trains normal vs COVID-19).
-    """
-
-    index: torch.Tensor
-    remap: torch.Tensor
-
-    def __init__(self, active: tuple[str, ...], weight: torch.Tensor, label_smoothing: float = 0.0) -> None:
-        super().__init__()
-        index = [CLASSES.index(c) for c in CLASSES if c in active]
-        remap = torch.full((len(CLASSES),), -100, dtype=torch.long)
-        remap[index] = torch.arange(len(index))
-        self.register_buffer("index", torch.tensor(index, dtype=torch.long))
-        self.register_buffer("remap", remap)
-        self.ce = nn.CrossEntropyLoss(weight=weight[index], label_smoothing=label_smoothing)
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.ce(logits.index_select(1, self.index), self.remap[targets])
-
-
-def class_weights(labels: np.ndarray, active: tuple[str, ...], how: str) -> torch.Tensor:
-    counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
-    weights = np.zeros(len(CLASSES))
-    present = [CLASSES.index(c) for c in active if counts[CLASSES.index(c)] > 0]
-    for i in present:
-        weights[i] = 1.0 if how == "none" else counts.sum() / (len(present) * counts[i])
-    return torch.tensor(weights, dtype=torch.float32)
 
 
 @torch.no_grad()
@@ -138,9 +110,11 @@ def validate_epoch(
     criterion: nn.Module,
     device: torch.device,
 ) -> dict[str, Any]:
+    """4-class metrics over the 4-class rows; the loss over every row (partial labels included)."""
     logits = predict_logits(model, loaded.images, spec_mean, spec_std, mask=mask, device=device)
     labels = torch.from_numpy(loaded.labels)
-    report = classification_report(labels.tolist(), logits.argmax(1).tolist())
+    full = [i for i, t in enumerate(labels.tolist()) if is_full_label(t)]
+    report = classification_report(labels[full].tolist(), logits[full].argmax(1).tolist())
     report["loss"] = float(criterion(logits, labels).item()) if len(labels) else None
     return report
 
@@ -153,7 +127,21 @@ def _lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     if config.lr_schedule == "cosine":
         progress = (step - warm) / max(1, total - warm)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if config.lr_schedule == "onecycle":
+        return onecycle_factor(step, total)
     return 1.0
+
+
+def onecycle_factor(step: int, total: int, pct_start: float = 0.3, div: float = 25.0, final_div: float = 1e4) -> float:
+    """torch's OneCycleLR (two cosine phases, its defaults) as a factor of the peak lr at `step` of
+    `total`: from 1/div up to 1 over the first pct_start of the steps, then down to 1/(div·final_div)."""
+    peak = pct_start * total - 1
+    if step <= peak:
+        begin, end, first, last = 0.0, peak, 1 / div, 1.0
+    else:
+        begin, end, first, last = peak, total - 1.0, 1.0, 1 / (div * final_div)
+    pct = min(1.0, (step - begin) / (end - begin)) if end > begin else 1.0
+    return last + (first - last) / 2.0 * (math.cos(math.pi * pct) + 1.0)
 
 
 def _better(new: dict[str, Any], best: dict[str, Any] | None) -> bool:
@@ -214,13 +202,13 @@ class TrainingData:
 
 def load_training_data(config: TrainConfig, scenario: Scenario, input_size: int) -> TrainingData:
     """The scenario's train split (plus the train splits of `extra_train_dirs`) and val split."""
-    records = read_manifest(config.data_dir)
+    records = read_manifests(config.data_dirs)
     train_records = select(records, scenario, "train", seed=config.seed)
     for extra in config.extra_train_dirs:
         train_records += select(read_manifest(extra), scenario, "train", seed=config.seed)
     val_records = select(records, scenario, "val", seed=config.seed)
     if not train_records:
-        raise ValueError(f"no training images for scenario {scenario.name} in {config.data_dir}")
+        raise ValueError(f"no training images for scenario {scenario.name} in {', '.join(config.data_dirs)}")
     segmenter = LungSegmenter.from_checkpoint(config.lungseg_checkpoint) if config.input_mode == "lung-crop" else None
     lung_inputs: dict[str, Any] = (
         {"input_mode": config.input_mode, "segmenter": segmenter, "crop_margin": config.crop_margin}
@@ -282,8 +270,10 @@ def checkpoint_meta(
         hparams=config.hparams(),
         train_config=config.to_dict(),
         data={
-            "data_dir": str(Path(config.data_dir).resolve()),
-            "manifest_sha256": manifest_sha256(config.data_dir),
+            # the first manifest, as before several could be given; `manifests` lists every one
+            "data_dir": str(Path(config.data_dirs[0]).resolve()),
+            "manifest_sha256": manifest_sha256(config.data_dirs[0]),
+            "manifests": [{"data_dir": str(Path(d).resolve()), "sha256": manifest_sha256(d)} for d in config.data_dirs],
             "extra_train_manifests": {d: manifest_sha256(d) for d in config.extra_train_dirs},
             "train_counts": class_counts(data.train.records),
             "val_counts": class_counts(data.val.records),
@@ -430,9 +420,10 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
     core: CXRNet = model  # type: ignore[assignment]
     mask = class_mask(scenario.classes, device)
     weights = class_weights(data.train.labels, scenario.classes, config.class_weighting).to(device)
-    criterion = ActiveClassLoss(scenario.classes, weights, config.label_smoothing).to(device)
-    eval_criterion = ActiveClassLoss(scenario.classes, weights.cpu())
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    criterion = PartialLabelLoss(scenario.classes, weights, config.label_smoothing).to(device)
+    eval_criterion = PartialLabelLoss(scenario.classes, weights.cpu())
+    make_optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    optimizer = make_optimizer(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loader, sampler, steps_per_epoch = make_loader(config, data.train, runtime, generator)
 
     start_epoch, history, best = 1, list[dict[str, Any]](), None
@@ -449,9 +440,11 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
           "train_images": train_images, "val_images": val_images, "skipped": len(skipped)})  # fmt: skip
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        partial = {k: n for k, n in class_counts(data.train.records).items() if k not in CLASSES}
         print(
-            f"training {spec.name} ({config.scenario}) on {train_images} images, "
-            f"validating on {val_images}; {steps_per_epoch} steps/epoch, device {device}"
+            f"training {spec.name} ({config.scenario}) on {train_images} images"
+            + "".join(f" (including {n} {k}, a partial label)" for k, n in partial.items())
+            + f", validating on {val_images}; {steps_per_epoch} steps/epoch, device {device}"
         )
 
     clock = RunClock(config.epochs, steps_per_epoch, start_epoch)

@@ -37,7 +37,7 @@ class JobParams(BaseModel):
         return {f.name: getattr(self, f.public) for f in public_fields()}
 
     def train_config(self, **local: Any) -> TrainConfig:
-        """The run: the options asked for plus the machine-local fields (`data_dir`, `out_dir`, ...)."""
+        """The run: the options asked for plus the machine-local fields (`data_dirs`, `out_dir`, ...)."""
         return TrainConfig(**{**self.train_options(), **local})
 
     @model_validator(mode="after")

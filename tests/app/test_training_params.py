@@ -97,5 +97,5 @@ def test_form_defaults_and_posted_values_follow_the_spec() -> None:
     assert values["pretrained"] is False and values["include_reviewed"] is True  # checkboxes: sent only when ticked
     assert values["max_steps_per_epoch"] is None and "input_mode" not in values  # blank → none; not sent → default
     params = TrainingParams.model_validate(values)
-    config = params.train_config(data_dir="d", out_dir="o")
+    config = params.train_config(data_dirs=["d"], out_dir="o")
     assert (config.arch, config.epochs, config.input_mode, config.lr) == ("cnnx", 3, "full", 3e-4)

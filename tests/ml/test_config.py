@@ -63,9 +63,9 @@ def test_fixed_choices_agree_with_the_code_that_uses_them() -> None:
 
 
 def test_every_field_declares_its_exposure_and_hparams_leave_out_machine_local_ones() -> None:
-    config = TrainConfig(arch="cnnx", data_dir="d", out_dir="o")
+    config = TrainConfig(arch="cnnx", data_dirs=["d"], out_dir="o")
     local = {f.name for f in config_fields() if f.option.expose == "local"}
-    assert {"data_dir", "out_dir", "device", "threads", "num_workers", "resume", "lungseg_checkpoint"} <= local
+    assert {"data_dirs", "out_dir", "device", "threads", "num_workers", "resume", "lungseg_checkpoint"} <= local
     assert set(config.hparams()) == {f.name for f in config_fields()} - local
     assert set(config.to_dict()) == {f.name for f in config_fields()}
 
@@ -82,12 +82,12 @@ def parse(argv: list[str]) -> TrainConfig:
 def test_command_line_options_override_the_config_file(tmp_path: Path, small_dataset: Path) -> None:
     file = write_config(
         tmp_path / "c.json",
-        {"arch": "resnet18", "data_dir": str(small_dataset), "out_dir": "o", "epochs": 5, "batch_size": 4,
+        {"arch": "resnet18", "data_dirs": [str(small_dataset)], "out_dir": "o", "epochs": 5, "batch_size": 4,
          "augment": False, "extra_train_dirs": ["a"]},
     )  # fmt: skip
     config = parse(["train", "--config", file, "--epochs", "7", "--augment", "--out", str(tmp_path / "o2")])
     assert (config.epochs, config.batch_size, config.augment) == (7, 4, True)
-    assert config.out_dir == str(tmp_path / "o2") and config.data_dir == str(small_dataset)
+    assert config.out_dir == str(tmp_path / "o2") and config.data_dirs == [str(small_dataset)]
     assert config.extra_train_dirs == ["a"] and config.lr == 3e-4  # from the file; a field's default
     assert parse(["train", "--config", file, "--extra-train-dir", "b"]).extra_train_dirs == ["b"]
 
@@ -95,14 +95,17 @@ def test_command_line_options_override_the_config_file(tmp_path: Path, small_dat
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"arch": "cnnx", "out_dir": "o", "epochz": 3}, "unknown option(s) epochz; known: arch, data_dir"),
+        ({"arch": "cnnx", "out_dir": "o", "epochz": 3}, "unknown option(s) epochz; known: arch, data_dirs"),
         ({"arch": "cnnx", "out_dir": "o", "epochs": "3"}, "epochs must be an integer, got '3'"),
         ({"arch": "cnnx", "out_dir": "o", "epochs": 2.5}, "epochs must be an integer"),
         ({"arch": "cnnx", "out_dir": "o", "pretrained": "yes"}, "pretrained must be true or false"),
         ({"arch": "cnnx", "out_dir": "o", "input_size": None, "threads": "4"}, "threads must be an integer or null"),
         ({"arch": "cnnx", "out_dir": "o", "epochs": 0}, "epochs must be > 0, got 0"),
         ({"arch": "cnnx", "out_dir": "o", "lr": 2}, "learning rate must be ≤ 1, got 2"),
-        ({"arch": "cnnx", "out_dir": "o", "input_mode": "lungs"}, "input mode must be one of 'full', 'lung-crop'"),
+        (
+            {"arch": "cnnx", "out_dir": "o", "input_mode": "lungs"},
+            "input mode must be one of full, lung-crop",
+        ),
         ({"arch": "lenet", "out_dir": "o"}, "unknown architecture 'lenet'"),
     ],
 )
@@ -144,7 +147,7 @@ def test_the_recorded_config_fed_back_with_config_reproduces_the_run(
              "--lr", "0.002", "--threads", "1"]  # fmt: skip
     assert main(first) == 0, capsys.readouterr().err
     recorded = read_meta(out / "best.pt")["train_config"]
-    assert recorded == {**TrainConfig(arch="resnet18", data_dir="d", out_dir="o").to_dict(), **recorded}
+    assert recorded == {**TrainConfig(arch="resnet18", data_dirs=["d"], out_dir="o").to_dict(), **recorded}
     assert (recorded["seed"], recorded["lr"], recorded["input_size"], recorded["augment"]) == (5, 0.002, 32, False)
     first_history = json.loads((out / "history.json").read_text())
 
