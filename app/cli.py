@@ -121,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from exc
     worker = None
     if not args.no_worker:  # the web process never trains: one worker process runs beside it
-        from app.worker import start_embedded_worker
+        from app.processes import start_embedded_worker
 
         worker = start_embedded_worker()
         print(f"cxr-review: training worker started (pid {worker.pid}; --no-worker to disable)", flush=True)
@@ -268,9 +268,7 @@ def cmd_models_activate(args: argparse.Namespace) -> int:
     from app.services import model_registry
 
     with _db_session() as session:
-        model = model_registry.set_active_model(
-            session=session, model=model_registry.get_model(session=session, model_id=args.id)
-        )
+        model = model_registry.activate_model(session=session, model_id=args.id, actor=None)
         print(f"model {model.id} ({model.name} v{model.version}) is now the active model")
     return 0
 

@@ -23,7 +23,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
@@ -39,10 +38,9 @@ from app.services.errors import (
     ServiceError,
 )
 from app.services.model_registry import get_active_model
+from app.services.training_params import TrainingParams
 from ml.data import SCENARIOS
 
-MAX_EPOCHS = 1000
-MAX_BATCH_SIZE = 1024
 CHART_NAMES = ("curves", "confusion", "comparison")
 
 
@@ -50,67 +48,6 @@ class TrainingUnavailableError(ServiceError):
     """The service cannot train now (e.g. the training dataset is not where the settings say)."""
 
     status_code = 409
-
-
-def _architecture_enum(schema: dict[str, Any]) -> None:
-    """The registry's names as the schema's enum (read when the schema is built, not at import)."""
-    from ml.registry import list_archs
-
-    schema["enum"] = list(list_archs())
-
-
-class TrainingParams(BaseModel):
-    """What an admin asks for. Validated before anything is queued (bad values → HTTP 422).
-
-    Strict, so the API accepts exactly what its schema says (a JSON integer, not "5" or 5.5; a boolean,
-    not "yes"); the admin page validates its form strings with `strict=False`."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    architecture: str = Field(
-        description="a registry name (GET /api/v1/architectures)", json_schema_extra=_architecture_enum
-    )
-    scenario: Literal["s1", "s2", "s3"] = Field(
-        "s2", description="s1 normal vs COVID-19; s2 all four classes; s3 four classes, ≤350 per non-COVID class"
-    )
-    epochs: int = Field(20, ge=1, le=MAX_EPOCHS)
-    batch_size: int = Field(15, ge=1, le=MAX_BATCH_SIZE)
-    learning_rate: float = Field(3e-4, gt=0, le=1.0)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    pretrained: bool = Field(False, description="start from ImageNet weights (they must be on the worker)")
-    include_reviewed: bool = Field(
-        False, description="add uploads with a reviewer diagnosis to the training split (never val/test images)"
-    )
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap the steps per epoch (smoke runs)")
-    input_mode: Literal["full", "lung-crop"] = Field(
-        "full",
-        description="the whole film, or the film cropped to its lungs' bounding box (+10 % margin) by the bundled "
-        "lung segmenter, for training and for every later prediction of this model",
-    )
-
-    @field_validator("architecture")
-    @classmethod
-    def _known_architecture(cls, value: str) -> str:
-        from ml.registry import list_archs
-
-        if value not in list_archs():
-            raise ValueError(f"unknown architecture {value!r}; known: {', '.join(list_archs())}")
-        return value
-
-    @field_validator("learning_rate")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("learning rate must be a finite number")
-        return value
-
-    @model_validator(mode="after")
-    def _pretrained_possible(self) -> TrainingParams:
-        from ml.registry import get_arch
-
-        if self.pretrained and get_arch(self.architecture).pretrained_weights is None:
-            raise ValueError(f"{self.architecture} has no ImageNet weights; train it from scratch (pretrained=false)")
-        return self
 
 
 def architecture_choices() -> list[dict[str, Any]]:
@@ -144,9 +81,10 @@ def create_job(*, session: Session, settings: Settings, params: TrainingParams, 
     from ml.pretrained import pretrained_available
     from ml.registry import get_arch
 
-    if params.pretrained and not pretrained_available(get_arch(params.architecture).pretrained_weights):
+    options = params.train_options()
+    if options["pretrained"] and not pretrained_available(get_arch(options["arch"]).pretrained_weights):
         raise InvalidInputError(
-            f"ImageNet weights for {params.architecture} are not on this machine; put them in "
+            f"ImageNet weights for {options['arch']} are not on this machine; put them in "
             "CXR_PRETRAINED_DIR or train from scratch"
         )
     manifest = settings.resolved_dataset_dir / "manifest.csv"
@@ -162,7 +100,7 @@ def create_job(*, session: Session, settings: Settings, params: TrainingParams, 
         status="queued",
         phase="queued",
         params=params.model_dump(),
-        epochs=params.epochs,
+        epochs=options["epochs"],
         created_by_id=actor.id,
         parent_model_id=parent_id,
         progress=0.0,
@@ -173,14 +111,7 @@ def create_job(*, session: Session, settings: Settings, params: TrainingParams, 
     )
     session.add(job)
     session.flush()
-    audit.record(
-        session=session,
-        actor=actor,
-        action="training_job.create",
-        target_type="training_job",
-        target_id=job.id,
-        details={"params": params.model_dump(), "parent_model_id": parent_id},
-    )
+    _audit(session, actor, "create", job.id, {"params": params.model_dump(), "parent_model_id": parent_id})
     session.commit()
     return job
 
@@ -217,14 +148,7 @@ def request_cancel(*, session: Session, job_id: int, actor: User) -> TrainingJob
             .where(TrainingJob.id == job_id, TrainingJob.status == "running")
             .values(cancel_requested=True)
         )
-    audit.record(
-        session=session,
-        actor=actor,
-        action="training_job.cancel",
-        target_type="training_job",
-        target_id=job_id,
-        details={"status_when_cancelled": "queued" if queued == 1 else job.status},
-    )
+    _audit(session, actor, "cancel", job_id, {"status_when_cancelled": "queued" if queued == 1 else job.status})
     session.commit()
     return get_job(session=session, job_id=job_id)
 
@@ -345,14 +269,7 @@ def finish_job(
             details["error"] = str(values["error"])[:500]
         if values and values.get("model_id"):
             details["model_id"] = values["model_id"]
-        audit.record(
-            session=session,
-            actor=None,
-            action=f"training_job.{status}",
-            target_type="training_job",
-            target_id=job_id,
-            details=details,
-        )
+        _audit(session, None, status, job_id, details)
     session.commit()
     return result == 1
 
@@ -387,17 +304,22 @@ def reap_stale_jobs(*, session: Session, stale_after_seconds: float, now: dateti
             .values(status=status, phase=status, finished_at=now, error=None if cancel else error),
         )
         if result == 1:
-            audit.record(
-                session=session,
-                actor=None,
-                action="training_job.reaped",
-                target_type="training_job",
-                target_id=job_id,
-                details={"worker": worker_id, "status": status, "error": error},
-            )
+            _audit(session, None, "reaped", job_id, {"worker": worker_id, "status": status, "error": error})
             reaped.append(job_id)
         session.commit()
     return reaped
+
+
+def _audit(session: Session, actor: User | None, event: str, job_id: int, details: dict[str, Any]) -> None:
+    """Record `training_job.<event>` on job `job_id` in the audit log (`actor=None`: the system)."""
+    audit.record(
+        session=session,
+        actor=actor,
+        action=f"training_job.{event}",
+        target_type="training_job",
+        target_id=job_id,
+        details=details,
+    )
 
 
 def _updated(session: Session, statement: Any) -> int:
