@@ -96,6 +96,15 @@ def test_form_defaults_and_posted_values_follow_the_spec() -> None:
     values = form_values(posted)
     assert values["pretrained"] is False and values["include_reviewed"] is True  # checkboxes: sent only when ticked
     assert values["max_steps_per_epoch"] is None and "input_mode" not in values  # blank → none; not sent → default
-    params = TrainingParams.model_validate(values)
+    params = TrainingParams.model_validate(values, strict=False)  # as the form route does: fields are strings
     config = params.train_config(data_dirs=["d"], out_dir="o")
     assert (config.arch, config.epochs, config.input_mode, config.lr) == ("cnnx", 3, "full", 3e-4)
+
+
+def test_the_api_body_is_as_strict_as_its_schema() -> None:
+    from pydantic import ValidationError
+
+    TrainingParams.model_validate({"architecture": "cnnx", "epochs": 3, "include_reviewed": True})
+    for wrong in ({"epochs": "3"}, {"epochs": 3.5}, {"include_reviewed": "yes"}, {"include_reviewed": 1}):
+        with pytest.raises(ValidationError):
+            TrainingParams.model_validate({"architecture": "cnnx", **wrong})
