@@ -45,6 +45,8 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; object-src 'none'; "
     "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
+CACHEABLE_PREFIXES = ("/static/",)
+"""Paths whose replies may be cached; every other reply is `Cache-Control: no-store`."""
 SECURITY_HEADERS = (
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"x-content-type-options", b"nosniff"),
@@ -55,7 +57,8 @@ SECURITY_HEADERS = (
 
 
 class SecurityHeadersMiddleware:
-    """Adds CSP and friends to every HTTP response (pure ASGI: no buffering of streamed bodies).
+    """Adds CSP and friends to every HTTP response (pure ASGI: no buffering of streamed bodies), and
+    `Cache-Control: no-store` to every one outside /static/ (pages, films, overlays, the API).
 
     Also sets the anonymous CSRF cookie when a page asked for one (`app.deps.csrf_token`).
     """
@@ -75,7 +78,10 @@ class SecurityHeadersMiddleware:
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
                 headers.extend((name, value) for name, value in SECURITY_HEADERS if name not in present)
-                if scope.get("path", "").startswith("/api/") and b"cache-control" not in present:
+                if not scope.get("path", "").startswith(CACHEABLE_PREFIXES):
+                    # Pages, films and heat maps show patient images: a shared workstation's Back button
+                    # or disk cache must not show them after logout. Only the static assets are cached.
+                    headers = [(n, v) for n, v in headers if n.lower() != b"cache-control"]
                     headers.append((b"cache-control", b"no-store"))
                 new_cookie = pending_csrf_cookie(scope["state"])
                 if new_cookie:

@@ -122,7 +122,7 @@ def get_training_report(job_id: int, session: SessionDep, _admin: AdminUser) -> 
 )
 def get_training_chart(job_id: int, name: str, session: SessionDep, _admin: AdminUser) -> FileResponse:
     path = training.chart_path(training.get_job(session=session, job_id=job_id), name)
-    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 @api_router.get("/architectures", responses=ERRORS)

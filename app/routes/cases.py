@@ -37,7 +37,7 @@ from ml.imageio import ImageDecodeError, ImageTooLargeError, UnsupportedImageErr
 api = APIRouter(prefix="/api/v1", tags=["api"])
 pages = APIRouter(include_in_schema=False)
 
-IMAGE_CACHE_HEADERS = {"Cache-Control": "private, max-age=86400, immutable"}
+IMAGE_CACHE_HEADERS = {"Cache-Control": "no-store"}  # patient images: never kept by the browser
 PNG_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}}, **schemas.ERRORS}
 COMMENT_MAX_CHARS = 4000
 VIEW_MODES = ("overlay", "film", "side")
@@ -439,7 +439,7 @@ def verdict_submit(
 
 @pages.get("/legend/colorbar.png", response_model=None)
 def colorbar(_user: PageUser) -> Response:
-    return Response(_colorbar_bytes(), media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+    return Response(_colorbar_bytes(), media_type="image/png", headers=IMAGE_CACHE_HEADERS)
 
 
 @lru_cache(maxsize=1)

@@ -184,6 +184,12 @@
     });
   }
 
+  // A page restored from the back/forward cache after logout must not show a film: ask the server again
+  // (every authenticated reply is no-store, so this only matters for browsers that cache regardless).
+  window.addEventListener("pageshow", function (e) {
+    if (e.persisted) window.location.reload();
+  });
+
   document.addEventListener("DOMContentLoaded", function () {
     initCase();
     initUpload();
