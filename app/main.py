@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -125,6 +125,8 @@ class BodyLimitMiddleware:
 
 
 def _error_handlers(app: FastAPI) -> None:
+    from app.routes.templating import HTTP_ERROR_TITLES, http_error_page, wants_page
+
     @app.exception_handler(ServiceError)
     async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ThrottledError) else None
@@ -141,14 +143,19 @@ def _error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": str(exc)}, status_code=code)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        if wants_page(request):
+            return http_error_page(request, 422, "The form could not be read. Go back, reload the page and try again.")
         # Same shape as FastAPI's default ({"detail": [...]}) without echoing the input back
         # (an upload or a password must not be reflected into error bodies or logs).
         errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if wants_page(request) and exc.status_code in HTTP_ERROR_TITLES:
+            messages = {404: "There is no page at this address.", 405: "This address is not a page."}
+            return http_error_page(request, exc.status_code, messages.get(exc.status_code, str(exc.detail)))
         detail = exc.detail
         if exc.status_code == 413:  # the framework's body limit says only "Content Too Large"
             detail = too_large_message(request.app.state.ctx.settings.max_upload_bytes)

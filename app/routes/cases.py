@@ -437,6 +437,12 @@ def verdict_submit(
     return see_other(f"/cases/{prediction_id}?{query}")
 
 
+@pages.get("/cases/{prediction_id}/verdicts", response_model=None)
+def verdicts_address(prediction_id: int, _user: PageUser) -> Response:
+    """The verdict form's address answers only POST; opened as a page (history, a pasted link) it is the case."""
+    return see_other(f"/cases/{prediction_id}")
+
+
 @pages.get("/legend/colorbar.png", response_model=None)
 def colorbar(_user: PageUser) -> Response:
     return Response(_colorbar_bytes(), media_type="image/png", headers=IMAGE_CACHE_HEADERS)

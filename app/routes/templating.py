@@ -25,7 +25,7 @@ from fastapi import Request, status
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from app.deps import PageRefused, csrf_token
+from app.deps import PageRefused, csrf_token, referring_page
 from app.models import CLASS_LABELS, REASON_TAGS, User
 from app.services import predictions
 from ml import CLASSES
@@ -121,7 +121,26 @@ def render(
 
 
 def error_page(request: Request, user: User | None, status_code: int, title: str, message: str) -> Response:
-    return render(request, "error.html", user=user, status_code=status_code, title=title, message=message)
+    """The error page, with a link back to the same-site page the visitor came from (when there is one)."""
+    back = referring_page(request)
+    back = back if back not in ("/", request.url.path) else None
+    return render(request, "error.html", user=user, status_code=status_code, title=title, message=message, back=back)
+
+
+HTTP_ERROR_TITLES = {404: "Not found", 405: "Not here", 422: "Form not understood"}
+
+
+def wants_page(request: Request) -> bool:
+    """A browser page request (not the API): errors answer with a page, never a JSON body."""
+    return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
+
+
+def http_error_page(request: Request, status_code: int, message: str) -> Response:
+    """A framework error (unknown page, wrong method, unreadable form) on a browser page, as a page."""
+    web_session = getattr(request.state, "web_session", None)
+    user = web_session.user if web_session is not None else None
+    title = HTTP_ERROR_TITLES.get(status_code, "Something went wrong")
+    return error_page(request, user, status_code, title, message)
 
 
 async def page_refused(request: Request, exc: Exception) -> Response:

@@ -96,3 +96,47 @@ def test_account_changes_are_audited_with_who_did_them(env: Env) -> None:
         ("user.password_reset", "system", {"username": "dr.audit"}),
     ]
     assert "user.role_changed" in admin.get("/admin/audit").text
+
+
+def test_a_reject_needs_a_reason_on_the_page_and_in_the_api(env: Env, case: dict[str, Any]) -> None:
+    model_id = case["results"][0]["model_id"]
+    client = login(env)
+    token = client.get(f"/cases/{case['id']}").context["csrf_token"]
+    form = {"csrf_token": token, "model_id": str(model_id), "verdict": "reject", "comment": "kept"}
+    r = client.post(f"/cases/{case['id']}/verdicts", data=form)
+    assert r.status_code == 422 and "at least one reason" in r.context["form_error"]
+    assert r.context["form"]["comment"] == "kept"  # what was typed comes back
+    r = client.post(f"/cases/{case['id']}/verdicts", data={**form, "reasons": "other", "comment": " "})
+    assert r.status_code == 422 and "needs a comment" in r.context["form_error"]
+    url = f"/api/v1/predictions/{case['id']}/verdicts"
+    api = env.client.post(url, headers=env.auth("reviewer"), json={"model_id": model_id, "verdict": "reject"})
+    assert api.status_code == 422 and "at least one reason" in api.json()["detail"]
+    ok = client.post(f"/cases/{case['id']}/verdicts", data={**form, "reasons": "other", "comment": "a ruler"})
+    assert ok.status_code == 303
+
+
+def test_an_expired_session_posting_a_verdict_returns_to_the_case_not_to_a_405(env: Env, case: dict[str, Any]) -> None:
+    anonymous = TestClient(env.app, follow_redirects=False)
+    base = str(anonymous.base_url)
+    r = anonymous.post(
+        f"/cases/{case['id']}/verdicts",
+        data={"verdict": "approve", "model_id": "1"},
+        headers={"referer": f"{base}/cases/{case['id']}?model=1"},
+    )
+    assert r.status_code == 303 and r.headers["location"] == f"/login?next=%2Fcases%2F{case['id']}%3Fmodel%3D1"
+    other_site = anonymous.post(f"/cases/{case['id']}/verdicts", headers={"referer": "https://evil.example/x"})
+    assert other_site.headers["location"] == "/login"
+    client = login(env)
+    assert client.get(f"/cases/{case['id']}/verdicts").headers["location"] == f"/cases/{case['id']}"
+
+
+def test_browser_errors_are_pages_with_a_way_back_and_the_api_keeps_json(env: Env) -> None:
+    client = login(env)
+    html = {"accept": "text/html,application/xhtml+xml"}
+    r = client.get("/no/such/page", headers={**html, "referer": f"{client.base_url}/worklist"})
+    assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+    assert 'href="/worklist" id="error-back"' in r.text
+    r = client.put("/worklist", headers=html)
+    assert r.status_code == 405 and "<h1>Not here</h1>" in r.text
+    api = client.get("/api/v1/no-such", headers=html)
+    assert api.status_code == 404 and api.json() == {"detail": "Not Found"}

@@ -5,12 +5,13 @@ session expiry, the verdict controls inside a 1280×720 viewport, fixed class ke
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.app.conftest import Film
-from tests.browser.conftest import LiveServer, Shots  # noqa: F401
+from tests.browser.conftest import LiveServer, Shots, running_server
 
 pytestmark = pytest.mark.browser
 
@@ -21,6 +22,13 @@ def log_in(page: Any, server: LiveServer, path: str = "/worklist") -> None:
     page.fill("input[name=password]", server.password)
     page.click("button[type=submit]")
     page.wait_for_url(f"{server.url}{path}")
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The bundled model only, every result flagged for lung focus (threshold 100 %): the tallest case page."""
+    with running_server(tmp_path_factory.mktemp("reading"), extra_models=False, CXR_LUNG_FOCUS_THRESHOLD="1.0") as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +57,76 @@ def test_back_after_logout_shows_no_film(page: Any, live_server: LiveServer, cas
     assert "/login" in page.url, page.url  # the case page was asked for again and refused
     assert page.locator("img[src^='/api/v1/images/']").count() == 0
     assert page.locator("#overlay-main").count() == 0
+
+
+def test_a_verdict_survives_a_forced_session_expiry(page: Any, live_server: LiveServer, case_id: int) -> None:
+    log_in(page, live_server, f"/cases/{case_id}")
+    page.click("#reject-btn")
+    page.check("input[name=reasons][value=text_or_marker]")
+    page.click("#extras summary")
+    page.fill("textarea[name=comment]", "hot spot on the L marker")
+    page.context.clear_cookies()  # the session ends while the verdict is being written
+    page.click("#reject-submit")
+    page.wait_for_url(re.compile(r"/login\?next="))
+    assert page.locator("pre").count() == 0 and "Method Not Allowed" not in page.content()
+    page.fill("input[name=username]", live_server.username)
+    page.fill("input[name=password]", live_server.password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{live_server.url}/cases/{case_id}")
+    assert page.is_visible("#draft-banner") and "A reject" in page.inner_text("#draft-banner")
+    assert page.is_checked("input[name=reasons][value=text_or_marker]")
+    assert page.input_value("textarea[name=comment]") == "hot spot on the L marker"
+    page.click("#draft-submit")
+    page.wait_for_url(re.compile(r"saved=\d+"))
+    assert "Verdict saved" in page.inner_text("#verdict")
+    row = page.locator(".history tbody tr").first.inner_text()
+    assert "rejected" in row and "hot spot on the L marker" in row and "Text" in row
+    assert page.evaluate("Object.keys(sessionStorage).filter(k => k.startsWith('cxr-draft:'))") == []
+    page.reload()
+    assert page.is_hidden("#draft-banner")  # saved: not offered again
+
+
+def test_a_stale_form_keeps_the_verdict_too(page: Any, live_server: LiveServer, case_id: int) -> None:
+    log_in(page, live_server, f"/cases/{case_id}")
+    page.click("#extras summary")
+    page.fill("textarea[name=comment]", "looks fine to me")
+    other = page.context.new_page()  # logs out and in again in another tab: this tab's form token is stale
+    other.goto(f"{live_server.url}/worklist")
+    other.click("form[action='/logout'] button")
+    log_in(other, live_server)
+    other.close()
+    page.click("#approve-btn")
+    assert "Form expired" in page.inner_text("h1")
+    page.click("#error-back")
+    page.wait_for_url(re.compile(rf"/cases/{case_id}"))
+    assert "An approval" in page.inner_text("#draft-banner")
+    assert page.input_value("textarea[name=comment]") == "looks fine to me"
+    page.click("#draft-submit")
+    page.wait_for_url(re.compile(r"saved=\d+"))
+    assert "looks fine to me" in page.locator(".history tbody tr").first.inner_text()
+
+
+def _inside(box: dict[str, float], width: int, height: int) -> bool:
+    return box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= width and box["y"] + box["height"] <= height
+
+
+def test_film_probabilities_and_verdict_controls_fit_1280x720_on_a_flagged_case(
+    chromium: Any, live_server: LiveServer, case_id: int, shots: Shots
+) -> None:
+    for width, height in ((1280, 720), (1440, 900)):
+        context = chromium.new_context(viewport={"width": width, "height": height}, device_scale_factor=1)
+        page = context.new_page()
+        log_in(page, live_server, f"/cases/{case_id}")
+        page.wait_for_function("() => Array.from(document.images).every(i => i.complete)")
+        assert page.is_visible("#lung-focus-warning")
+        for selector in ("#overlay-main", "table.probs", "#approve-btn", "#reject-btn"):
+            box = page.locator(selector).first.bounding_box()
+            assert box is not None and _inside(box, width, height), (width, height, selector, box)
+        shots.take(page, f"reading-{width}x{height}")
+        page.click("#reject-btn")
+        box = page.locator("#reject-submit").bounding_box()
+        assert box is not None and _inside(box, width, height), (width, height, "reject-submit", box)
+        comment = page.locator("#extras").bounding_box()
+        assert comment is not None and comment["y"] < box["y"]  # the submit comes after the optional fields
+        shots.take(page, f"reading-{width}x{height}-reject")
+        context.close()
