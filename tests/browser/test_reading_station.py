@@ -119,14 +119,14 @@ def test_film_probabilities_and_verdict_controls_fit_1280x720_on_a_flagged_case(
         log_in(page, live_server, f"/cases/{case_id}")
         page.wait_for_function("() => Array.from(document.images).every(i => i.complete)")
         assert page.is_visible("#lung-focus-warning")
+        shots.take(page, f"reading-{width}x{height}")
         for selector in ("#overlay-main", "table.probs", "#approve-btn", "#reject-btn"):
             box = page.locator(selector).first.bounding_box()
             assert box is not None and _inside(box, width, height), (width, height, selector, box)
-        shots.take(page, f"reading-{width}x{height}")
         page.click("#reject-btn")
+        shots.take(page, f"reading-{width}x{height}-reject")
         box = page.locator("#reject-submit").bounding_box()
         assert box is not None and _inside(box, width, height), (width, height, "reject-submit", box)
         comment = page.locator("#extras").bounding_box()
         assert comment is not None and comment["y"] < box["y"]  # the submit comes after the optional fields
-        shots.take(page, f"reading-{width}x{height}-reject")
         context.close()
