@@ -1,6 +1,6 @@
 /* cxr-review reading station: small progressive enhancements. Every page works without this file
    (forms post, links navigate); with it:
-   - case page: switch heat-map class (1-4), view mode (H heat map / F plain film / S side by side)
+   - case page: switch heat-map class (fixed keys: 1 normal, 2 bacterial, 3 viral, 4 COVID-19), view mode (H heat map / F plain film / S side by side)
      without reloading; L (or the checkbox) shows/hides the lung outline over the heat maps (shown on
      every page load); A = approve, R = reject (first R opens the reasons, second R submits),
      N = next waiting case after a save;
@@ -12,6 +12,8 @@
   document.documentElement.classList.remove("no-js");
   document.documentElement.classList.add("js");
 
+  // Fixed class keys, whatever the rail's order (it is sorted by probability on each case).
+  var CLASS_KEYS = { 1: "normal", 2: "bacterial", 3: "viral", 4: "covid19" };
   var NOT_TYPED = { checkbox: true, radio: true, button: true, submit: true, reset: true };
 
   function typingIn(target) {
@@ -40,6 +42,10 @@
     var shown = document.getElementById("shown-class");
     var thumbs = Array.prototype.slice.call(document.querySelectorAll(".class-thumb"));
     var modeLinks = Array.prototype.slice.call(document.querySelectorAll("#view-switch a[data-view]"));
+
+    function thumbOf(cls) {
+      return thumbs.filter(function (t) { return t.dataset.cls === cls; })[0];
+    }
 
     function selectClass(thumb) {
       overlay.src = thumb.dataset.src;
@@ -173,8 +179,8 @@
         showOutline(!outlineToggle.checked);
       } else if (key === "h" || key === "f" || key === "s") {
         setView({ h: "overlay", f: "film", s: "side" }[key]);
-      } else if (/^[1-4]$/.test(key) && thumbs[Number(key) - 1]) {
-        selectClass(thumbs[Number(key) - 1]);
+      } else if (CLASS_KEYS[key] && thumbOf(CLASS_KEYS[key])) {
+        selectClass(thumbOf(CLASS_KEYS[key]));
       } else if (key === "n" && document.getElementById("next-case")) {
         window.location.href = document.getElementById("next-case").href;
       } else if (key === "escape" && panel && panel.classList.contains("is-open")) {

@@ -130,3 +130,15 @@ def test_film_probabilities_and_verdict_controls_fit_1280x720_on_a_flagged_case(
         comment = page.locator("#extras").bounding_box()
         assert comment is not None and comment["y"] < box["y"]  # the submit comes after the optional fields
         context.close()
+
+
+def test_class_keys_are_fixed_whatever_the_rail_order(page: Any, live_server: LiveServer, case_id: int) -> None:
+    log_in(page, live_server, f"/cases/{case_id}")
+    rail = page.eval_on_selector_all(".class-thumb", "els => els.map(e => e.dataset.cls)")
+    assert rail[0] == page.get_attribute("#overlay-main", "data-cls")  # the rail starts with the predicted class
+    for key, cls in (("4", "covid19"), ("1", "normal"), ("3", "viral"), ("2", "bacterial"), ("4", "covid19")):
+        page.keyboard.press(key)
+        assert page.get_attribute("#overlay-main", "data-cls") == cls, (key, rail)
+        thumb = page.locator(f".class-thumb[data-cls={cls}]")
+        assert "is-selected" in (thumb.get_attribute("class") or "")
+        assert thumb.locator("kbd").inner_text() == key
