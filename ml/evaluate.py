@@ -31,7 +31,7 @@ from ml.checkpoints import file_sha256, load_model
 from ml.data import LoadedImages, get_scenario, load_images, manifest_sha256, read_manifest, select
 from ml.lung_crop import DEFAULT_INPUT_MODE, DEFAULT_MARGIN
 from ml.lung_focus import DEFAULT_THRESHOLD, LungFocus, lung_focus
-from ml.lungs import LungSegmenter
+from ml.lungseg import LungSegmenter
 from ml.metrics import classification_report
 from ml.registry import ArchSpec, get_arch
 from ml.train import class_mask, predict_logits

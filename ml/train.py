@@ -45,7 +45,7 @@ from ml.data import (
     select,
 )
 from ml.lung_crop import DEFAULT_INPUT_MODE, DEFAULT_MARGIN, check_input_mode
-from ml.lungs import LungSegmenter
+from ml.lungseg import LungSegmenter
 from ml.metrics import classification_report
 from ml.registry import get_arch
 from ml.transforms import INTENSITY_MODES, apply_intensity, normalize_batch, train_augmentation

@@ -27,7 +27,7 @@ from app.services.errors import ConflictError, InvalidInputError, ModelUnavailab
 from ml import CLASSES
 from ml.checkpoints import CheckpointError, file_sha256, read_meta
 from ml.inference import Predictor
-from ml.lungs import LungSegmenter
+from ml.lungseg import LungSegmenter
 
 log = logging.getLogger(__name__)
 

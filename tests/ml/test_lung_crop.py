@@ -18,7 +18,7 @@ from ml.evaluate import evaluate_checkpoint
 from ml.inference import Predictor
 from ml.lung_crop import MIN_LUNG_FRACTION, Box, crop, lung_box
 from ml.lung_focus import lung_focus, lung_focus_by_class
-from ml.lungs import LungSegmenter
+from ml.lungseg import LungSegmenter
 from ml.train import TrainConfig, train
 from ml.transforms import to_model_input
 

@@ -16,20 +16,10 @@ import torch
 from ml.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
 from ml.cli import main as cli_main
 from ml.data import ManifestError
-from ml.lungs import (
-    BUNDLED_LUNGSEG,
-    CHECKPOINT_KIND,
-    LungSegmenter,
-    LungTrainConfig,
-    LungUNet,
-    augment_batch,
-    dice,
-    fuse_for_inference,
-    load_lung_model,
-    load_lungseg_split,
-    read_lungseg_manifest,
-    train_lungs,
-)
+from ml.lungseg import BUNDLED_LUNGSEG, CHECKPOINT_KIND, LungSegmenter, LungUNet, load_lung_model
+from ml.lungseg.data import augment_batch, load_lungseg_split, read_lungseg_manifest
+from ml.lungseg.model import fuse_for_inference
+from ml.lungseg.train import LungTrainConfig, dice, train_lungs
 from ml.transforms import load_grayscale
 
 DICE_TARGET = 0.95
@@ -236,7 +226,7 @@ def test_cli_train_lungs_rejects_a_folder_without_masks(
 
 def test_ml_lung_modules_never_import_the_web_service() -> None:
     code = (
-        "import sys, ml.lungs, ml.lung_focus, ml.cli; "
+        "import sys, ml.lungseg.train, ml.lung_focus, ml.cli; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'app', 'fastapi', 'sqlalchemy'}); "
         "print(bad); sys.exit(1 if bad else 0)"
     )
