@@ -32,7 +32,7 @@ from ml.cam.overlay import BOX_RGBA, OUTLINE_RGBA
 from ml.checkpoints import base_meta, file_sha256, save_checkpoint
 from ml.lung_crop import Box
 from ml.lung_focus import lung_focus_by_class
-from ml.lungs import BUNDLED_LUNGSEG
+from ml.lungseg import BUNDLED_LUNGSEG
 from ml.registry import get_arch
 from tests.app.conftest import Env, Film, new_database_url, png_size, start_env
 
