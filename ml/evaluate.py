@@ -33,8 +33,8 @@ from ml.lung_crop import DEFAULT_INPUT_MODE, DEFAULT_MARGIN
 from ml.lung_focus import DEFAULT_THRESHOLD, LungFocus, lung_focus
 from ml.lungseg import LungSegmenter
 from ml.metrics import classification_report
+from ml.model_io import class_mask, predict_logits
 from ml.registry import ArchSpec, get_arch
-from ml.train import class_mask, predict_logits
 from ml.transforms import apply_intensity, normalize_batch
 
 

@@ -28,8 +28,8 @@ from ml.cam.overlay import normalized_map
 from ml.checkpoints import DEFAULT_CHECKPOINT, file_sha256, load_model
 from ml.lung_crop import DEFAULT_INPUT_MODE, DEFAULT_MARGIN, Box, check_input_mode, crop, lung_box
 from ml.lungseg import LungSegmenter
+from ml.model_io import class_mask
 from ml.registry import ArchSpec, get_arch
-from ml.train import class_mask
 from ml.transforms import to_model_input
 
 

@@ -47,12 +47,11 @@ from ml.data import (
 from ml.lung_crop import DEFAULT_INPUT_MODE, DEFAULT_MARGIN, check_input_mode
 from ml.lungseg import LungSegmenter
 from ml.metrics import classification_report
+from ml.model_io import class_mask, predict_logits
 from ml.registry import get_arch
 from ml.transforms import INTENSITY_MODES, apply_intensity, normalize_batch, train_augmentation
 
 log = logging.getLogger(__name__)
-
-MASKED_LOGIT = float("-inf")
 
 
 class TrainingCancelled(Exception):
@@ -147,11 +146,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def class_mask(active: tuple[str, ...], device: torch.device | str = "cpu") -> torch.Tensor:
-    """0 for active classes, -inf for the others: added to logits, it gives the others probability 0."""
-    return torch.tensor([0.0 if c in active else MASKED_LOGIT for c in CLASSES], device=device)
-
-
 class ActiveClassLoss(nn.Module):
     """Weighted cross-entropy over a scenario's classes only.
 
@@ -182,28 +176,6 @@ def class_weights(labels: np.ndarray, active: tuple[str, ...], how: str) -> torc
     for i in present:
         weights[i] = 1.0 if how == "none" else counts.sum() / (len(present) * counts[i])
     return torch.tensor(weights, dtype=torch.float32)
-
-
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module,
-    images: np.ndarray,
-    mean: tuple[float, ...] | list[float],
-    std: tuple[float, ...] | list[float],
-    *,
-    mask: torch.Tensor,
-    batch_size: int = 32,
-    device: torch.device | None = None,
-) -> torch.Tensor:
-    """Logits (N×4, masked) for N×S×S uint8 films, in eval mode."""
-    device = device or torch.device("cpu")
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(images[start : start + batch_size]).unsqueeze(1)
-        x = normalize_batch(batch, mean, std).to(device)
-        out.append((model(x) + mask.to(device)).float().cpu())
-    return torch.cat(out) if out else torch.zeros((0, len(CLASSES)))
 
 
 def validate_epoch(

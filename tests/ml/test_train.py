@@ -18,8 +18,9 @@ from ml import CLASSES
 from ml.checkpoints import code_version, load_model, read_meta
 from ml.data import SCENARIOS, Record, load_images, read_manifest, select
 from ml.inference import Predictor
+from ml.model_io import MASKED_LOGIT, class_mask
 from ml.registry import get_arch
-from ml.train import MASKED_LOGIT, TrainConfig, TrainingCancelled, class_mask, class_weights, train
+from ml.train import TrainConfig, TrainingCancelled, class_weights, train
 from ml.transforms import normalize_batch
 from tests.ml.conftest import write_manifest
 
