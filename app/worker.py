@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -462,7 +462,18 @@ class JobRun:
         """Evaluate (checkpoint, dataset) pairs on their test split in one child process; name → report."""
         arguments = [f"{name}={path}@{data}" for name, (path, data) in checkpoints.items() if path is not None]
         self.run_child(
-            [sys.executable, "-m", "app.training_eval", "--split", "test", "--out-dir", str(out_dir), *arguments],
+            [
+                sys.executable,
+                "-m",
+                "app.training_eval",
+                "--split",
+                "test",
+                "--out-dir",
+                str(out_dir),
+                "--lung-threshold",
+                str(self.settings.lung_focus_threshold),
+                *arguments,
+            ],
             log_name="evaluate.log",
         )
         written = {name: out_dir / f"{name}.json" for name in checkpoints}
@@ -479,29 +490,29 @@ class JobRun:
     def register(self, best: Path, test_report: dict[str, Any]) -> MLModel:
         """Copy the best checkpoint into the models dir with its test figures in `meta`, read-only, and
         register it as the next version of `<architecture>-<scenario>`."""
-        import torch
-
-        from ml.checkpoints import read_checkpoint
+        from ml.checkpoints import read_checkpoint, write_checkpoint
 
         p = self.params
         name = f"{p.architecture}-{p.scenario}"
         meta, state = read_checkpoint(best)
-        meta["name"] = name
-        meta["metrics"] = {**(meta.get("metrics") or {}), "test": _without(test_report, "checkpoint")}
-        meta["hparams"] = {
-            **(meta.get("hparams") or {}),
-            "include_reviewed": p.include_reviewed,
-            "reviewed_uploads_added": self._reviewed_added(),
-            "training_job_id": self.job.id,
-        }
-        meta["training_job"] = {"id": self.job.id, "parent_model_id": self.job.parent_model_id}
+        meta = replace(
+            meta,
+            name=name,
+            metrics=training.json_safe({**meta.metrics, "test": _without(test_report, "checkpoint")}),
+            hparams=training.json_safe(
+                {
+                    **meta.hparams,
+                    "include_reviewed": p.include_reviewed,
+                    "reviewed_uploads_added": self._reviewed_added(),
+                    "training_job_id": self.job.id,
+                }
+            ),
+            training_job={"id": self.job.id, "parent_model_id": self.job.parent_model_id},
+        )
         models_dir = self.settings.resolved_models_dir
         models_dir.mkdir(parents=True, exist_ok=True)
         target = models_dir / f"{name}-job{self.job.id}.pt"
-        tmp = target.with_suffix(".pt.tmp")
-        torch.save({"meta": training.json_safe(meta), "state_dict": state}, tmp)
-        tmp.chmod(0o444)  # versions are immutable: the file too
-        os.replace(tmp, target)
+        write_checkpoint(target, meta, state, read_only=True)  # versions are immutable: the file too
         with self.worker.session_factory() as session:
             model, _created = model_registry.register_checkpoint(
                 session=session, path=target, name=name, parent_id=self.job.parent_model_id

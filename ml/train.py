@@ -21,7 +21,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ml import CLASSES
 from ml.architectures import CXRNet
-from ml.checkpoints import base_meta, save_checkpoint
+from ml.checkpoints import TrainingDataMeta, base_meta, read_checkpoint, save_checkpoint
 from ml.data import (
     LoadedImages,
     XrayDataset,
@@ -297,27 +297,28 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
     start_epoch, history, best = 1, [], None
     last_path = out_dir / "last.pt"
     if config.resume and last_path.is_file():
-        blob = torch.load(last_path, map_location="cpu", weights_only=True)
-        core.load_state_dict(blob["state_dict"])
-        optimizer.load_state_dict(blob["meta"]["optimizer"])
-        start_epoch = int(blob["meta"]["epoch"]) + 1
-        history = blob["meta"]["history"]
-        best = blob["meta"].get("best_val")
+        last_meta, last_state = read_checkpoint(last_path)
+        if last_meta.optimizer is None or last_meta.epoch is None:
+            raise ValueError(f"{last_path} holds no training state to resume from")
+        core.load_state_dict(last_state)
+        optimizer.load_state_dict(last_meta.optimizer)
+        start_epoch = last_meta.epoch + 1
+        history = list(last_meta.history or [])
+        best = last_meta.best_val
         if is_main:
             print(f"resuming {spec.name} from epoch {start_epoch}")
     if distributed:
         model = nn.parallel.DistributedDataParallel(model)
 
-    data_meta = {
-        "data_dir": str(Path(config.data_dir).resolve()),
-        "manifest_sha256": manifest_sha256(config.data_dir),
-        "extra_train_manifests": {d: manifest_sha256(d) for d in config.extra_train_dirs},
-        "train_counts": class_counts(train_data.records),
-        "val_counts": class_counts(val_data.records),
-        "skipped_unreadable": len(skipped),
-    }
-    meta_base = base_meta(spec, input_size=input_size, scenario_classes=scenario.classes)
-    meta_base.update(
+    data_meta = TrainingDataMeta(
+        manifests={str(Path(config.data_dir).resolve()): manifest_sha256(config.data_dir)},
+        extra_train_manifests={d: manifest_sha256(d) for d in config.extra_train_dirs},
+        train_counts=class_counts(train_data.records),
+        val_counts=class_counts(val_data.records),
+        skipped_unreadable=len(skipped),
+    )
+    meta_base = replace(
+        base_meta(spec, input_size=input_size, scenario_classes=scenario.classes),
         intensity=config.intensity,
         input_mode=config.input_mode,
         crop_margin=config.crop_margin,
@@ -418,20 +419,20 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
                 save_checkpoint(
                     out_dir / "best.pt",
                     core,
-                    {**meta_base, "epoch": epoch, "metrics": {"val": val}},
+                    replace(meta_base, epoch=epoch, metrics={"val": val}),
                     half=config.half_checkpoint,
                 )
             save_checkpoint(
                 last_path,
                 core,
-                {
-                    **meta_base,
-                    "epoch": epoch,
-                    "metrics": {"val": val},
-                    "optimizer": optimizer.state_dict(),
-                    "history": history,
-                    "best_val": best,
-                },
+                replace(
+                    meta_base,
+                    epoch=epoch,
+                    metrics={"val": val},
+                    optimizer=optimizer.state_dict(),
+                    history=history,
+                    best_val=best,
+                ),
             )
             (out_dir / "history.json").write_text(json.dumps(history, indent=2))
             print(

@@ -20,8 +20,8 @@ from app.deps import AdminUser, CurrentUser, ModelManagerDep, SessionDep, Settin
 from app.models import Prediction, User, Verdict
 from app.services import accounts, model_registry, predictions, reviews
 from app.services.errors import PayloadTooLargeError
-from app.services.lung_focus import LungFocusView
 from app.services.predictions import too_large_message
+from ml.lung_focus import LungFocus
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
 
@@ -30,7 +30,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": schemas.ErrorOut} for
 
 
 # ------------------------------------------------------------------------------ presentation
-def lung_focus_out(view: LungFocusView) -> schemas.LungFocusOut:
+def lung_focus_out(view: LungFocus) -> schemas.LungFocusOut:
     return schemas.LungFocusOut(
         score=view.score, lung_area=view.lung_area, flagged=view.flagged, threshold=view.threshold, reason=view.reason
     )

@@ -478,14 +478,14 @@ def _case_page(
         form_error=form_error,
         form=form or {},
         metrics_summary=metrics_summary(focus.model),
-        next_case=_next_waiting(session) if saved is not None else None,
+        next_case=_next_waiting(session, threshold) if saved is not None else None,
         lung_focus_threshold=threshold,
     )
 
 
-def _next_waiting(session: Any) -> str | None:
+def _next_waiting(session: Any, threshold: float) -> str | None:
     """URL of the worklist's first waiting result (priority order), offered after a verdict is saved."""
-    first = reviews.worklist(session=session, reviewed=False, sort="priority", limit=1).items
+    first = reviews.worklist(session=session, reviewed=False, sort="priority", limit=1, threshold=threshold).items
     return f"/cases/{first[0].prediction.id}?model={first[0].model.id}" if first else None
 
 

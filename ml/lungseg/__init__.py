@@ -6,7 +6,10 @@ The segmenter runs once per film: the lung-focus score (`ml.lung_focus`) and lun
 `ml.lungseg` stays light; training code is `ml.lungseg.train`.
 """
 
+from ml.checkpoints import LungSegMeta
 from ml.lungseg.inference import BUNDLED_LUNGSEG, LungSegmenter, load_lung_model
-from ml.lungseg.model import CHECKPOINT_KIND, INPUT_SIZE, LungUNet
+from ml.lungseg.model import INPUT_SIZE, LungUNet
+
+CHECKPOINT_KIND = LungSegMeta.KIND
 
 __all__ = ["BUNDLED_LUNGSEG", "CHECKPOINT_KIND", "INPUT_SIZE", "LungSegmenter", "LungUNet", "load_lung_model"]

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ml.checkpoints import BUNDLED_DIR, CheckpointError, file_sha256, read_checkpoint
+from ml.checkpoints import BUNDLED_DIR, CheckpointError, LungSegMeta, file_sha256, read_lungseg_checkpoint
 from ml.lungseg.model import (
     ARCH_NAME,
-    CHECKPOINT_KIND,
-    INPUT_SIZE,
     LungUNet,
     build_lung_model,
     fuse_for_inference,
@@ -30,13 +27,11 @@ from ml.transforms import resize_square
 BUNDLED_LUNGSEG = BUNDLED_DIR / "lungseg.pt"
 
 
-def load_lung_model(path: str | os.PathLike[str]) -> tuple[LungUNet, dict[str, Any]]:
+def load_lung_model(path: str | os.PathLike[str]) -> tuple[LungUNet, LungSegMeta]:
     """Rebuild the segmentation network described in a lung checkpoint and load its weights (float32, eval)."""
-    meta, state = read_checkpoint(path)
-    if meta.get("kind") != CHECKPOINT_KIND:
-        raise CheckpointError(f"{path} is not a lung segmentation checkpoint (kind {meta.get('kind')!r})")
+    meta, state = read_lungseg_checkpoint(path)
     try:
-        model = build_lung_model(meta["net"])
+        model = build_lung_model(meta.net)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: weights do not fit {ARCH_NAME}: {exc}") from exc
@@ -53,7 +48,7 @@ class LungSegmenter:
     def __init__(
         self,
         model: LungUNet,
-        meta: dict[str, Any],
+        meta: LungSegMeta,
         *,
         checkpoint_path: str | None = None,
         checkpoint_sha256: str | None = None,
@@ -62,8 +57,8 @@ class LungSegmenter:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.meta = meta
-        self.input_size = int(meta.get("input_size", INPUT_SIZE))
-        self.threshold = float(meta.get("threshold", 0.5))
+        self.input_size = meta.input_size
+        self.threshold = meta.threshold
         self.checkpoint_path = checkpoint_path
         self.checkpoint_sha256 = checkpoint_sha256
 

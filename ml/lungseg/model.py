@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CHECKPOINT_KIND = "lung-segmentation"
 ARCH_NAME = "lung-unet"
 INPUT_SIZE = 256
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ml.checkpoints import code_version, file_sha256, read_checkpoint, save_checkpoint
+from ml.checkpoints import (
+    LungSegMeta,
+    code_version,
+    file_sha256,
+    now_iso,
+    read_lungseg_checkpoint,
+    save_checkpoint,
+    write_checkpoint,
+)
 from ml.lungseg.data import LungSegData, augment_batch, load_lungseg_split
 from ml.lungseg.inference import load_lung_model
-from ml.lungseg.model import ARCH_NAME, CHECKPOINT_KIND, INPUT_SIZE, LungUNet, predict_logits, standardize
+from ml.lungseg.model import ARCH_NAME, INPUT_SIZE, LungUNet, predict_logits, standardize
 
 
 def dice(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> float:
@@ -152,25 +158,23 @@ def train_lungs(
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta_base = {
-        "format": 1,
-        "kind": CHECKPOINT_KIND,
-        "arch": ARCH_NAME,
-        "net": dict(model.config),
-        "input_size": INPUT_SIZE,
-        "normalization": "per-image standardisation (mean 0, std 1) of the 256x256 film scaled to [0, 1]",
-        "threshold": 0.5,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "hparams": config.hparams(),
-        "data": {
+    meta_base = LungSegMeta(
+        arch=ARCH_NAME,
+        net=dict(model.config),
+        input_size=INPUT_SIZE,
+        normalization="per-image standardisation (mean 0, std 1) of the 256x256 film scaled to [0, 1]",
+        threshold=0.5,
+        parameters=sum(p.numel() for p in model.parameters()),
+        hparams=config.hparams(),
+        data={
             "data_dir": str(Path(config.data_dir).resolve()),
             "manifest_sha256": file_sha256(Path(config.data_dir) / "manifest.csv"),
             "train_images": n,
             "val_images": len(val_data.images),
         },
-        "command": command,
-        "code_version": code_version(),
-    }
+        command=command,
+        code_version=code_version(),
+    )
     emit(
         {
             "type": "start",
@@ -181,7 +185,7 @@ def train_lungs(
         }
     )
     print(
-        f"training {ARCH_NAME} ({meta_base['parameters']:,} parameters) on {n} images, validating on "
+        f"training {ARCH_NAME} ({meta_base.parameters:,} parameters) on {n} images, validating on "
         f"{len(val_data.images)}; {steps_per_epoch} steps/epoch, device {device}, "
         f"{torch.get_num_threads()} thread(s)",
         flush=True,
@@ -242,10 +246,10 @@ def train_lungs(
         improved = best is None or row["val_dice"] > best["val_dice"]
         if improved:
             best = dict(row)
-            meta = dict(
+            meta = replace(
                 meta_base,
                 val=dict(best, split="val", per_image=dict(zip(val_data.names, scores, strict=True))),
-                created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                created_at=now_iso(),
             )
             save_checkpoint(out_dir / "best.pt", averaged, meta, half=config.half_checkpoint)
         print(
@@ -257,22 +261,21 @@ def train_lungs(
         emit({"type": "epoch", **row, "best": improved})
     assert best is not None
     train_seconds = round(time.monotonic() - started, 1)
-    last_meta = dict(
-        meta_base,
-        val=dict(history[-1], split="val"),
-        train_seconds=train_seconds,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    last_meta = replace(
+        meta_base, val=dict(history[-1], split="val"), train_seconds=train_seconds, created_at=now_iso()
     )
     save_checkpoint(out_dir / "last.pt", averaged, last_meta)
     # Re-score what was actually written (float16 rounding may move Dice in the 4th decimal).
-    best_model, best_meta = load_lung_model(out_dir / "best.pt")
-    best_meta["train_seconds"] = train_seconds
-    best_meta["val"]["dice_as_stored"] = float(np.mean(dice_per_image(best_model.to(device), val_data)))
-    torch.save({"meta": best_meta, "state_dict": read_checkpoint(out_dir / "best.pt")[1]}, out_dir / "best.pt.tmp")
-    os.replace(out_dir / "best.pt.tmp", out_dir / "best.pt")
+    best_model, _ = load_lung_model(out_dir / "best.pt")
+    stored_meta, stored_state = read_lungseg_checkpoint(out_dir / "best.pt")
+    dice_as_stored = float(np.mean(dice_per_image(best_model.to(device), val_data)))
+    stored_meta = replace(
+        stored_meta, train_seconds=train_seconds, val={**stored_meta.val, "dice_as_stored": dice_as_stored}
+    )
+    write_checkpoint(out_dir / "best.pt", stored_meta, stored_state)
     summary = {
         "best_val": best,
-        "best_val_dice_as_stored": best_meta["val"]["dice_as_stored"],
+        "best_val_dice_as_stored": dice_as_stored,
         "best_checkpoint": str(out_dir / "best.pt"),
         "last_checkpoint": str(out_dir / "last.pt"),
         "train_seconds": train_seconds,

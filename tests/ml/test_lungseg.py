@@ -62,17 +62,17 @@ def test_bundled_model_reaches_the_dice_target_on_the_validation_split(
     assert mean >= DICE_TARGET, f"mean val Dice {mean:.4f} < {DICE_TARGET}; worst {min(scores):.3f}"
     assert min(scores) > 0.75, f"one validation film is badly segmented (Dice {min(scores):.3f})"
     # the number in the checkpoint (and the model card) is what the bundled file gives
-    assert mean == pytest.approx(segmenter.meta["val"]["dice_as_stored"], abs=2e-3)
+    assert mean == pytest.approx(segmenter.meta.val["dice_as_stored"], abs=2e-3)
 
 
 def test_bundled_checkpoint_is_small_and_describes_itself(segmenter: LungSegmenter) -> None:
     assert BUNDLED_LUNGSEG.stat().st_size <= 5 * 1024 * 1024
     meta = segmenter.meta
-    assert meta["kind"] == CHECKPOINT_KIND and meta["input_size"] == 256 and meta["threshold"] == 0.5
-    assert meta["command"].startswith("cxr-review train-lungs")
-    assert len(meta["data"]["manifest_sha256"]) == 64
+    assert meta.to_dict()["kind"] == CHECKPOINT_KIND and meta.input_size == 256 and meta.threshold == 0.5
+    assert meta.command is not None and meta.command.startswith("cxr-review train-lungs")
+    assert len(meta.data["manifest_sha256"]) == 64
     model, _ = load_lung_model(BUNDLED_LUNGSEG)
-    assert meta["parameters"] == sum(p.numel() for p in model.parameters())
+    assert meta.parameters == sum(p.numel() for p in model.parameters())
     assert (BUNDLED_LUNGSEG.parent / "LUNGSEG_MODEL_CARD.md").is_file()
     assert segmenter.checkpoint_sha256 is not None and len(segmenter.checkpoint_sha256) == 64
 
@@ -210,8 +210,8 @@ def test_cli_train_lungs_writes_a_loadable_checkpoint(
     history = json.loads((out / "history.json").read_text())
     assert [row["epoch"] for row in history["history"]] == [1, 2]
     segmenter = LungSegmenter.from_checkpoint(out / "best.pt")
-    assert segmenter.meta["data"]["train_images"] == 6 and segmenter.meta["data"]["val_images"] == 2
-    assert "--epochs 2" in segmenter.meta["command"]
+    assert segmenter.meta.data["train_images"] == 6 and segmenter.meta.data["val_images"] == 2
+    assert "--epochs 2" in (segmenter.meta.command or "")
     film = load_grayscale(read_lungseg_manifest(small_lungseg)[0]["image"])
     assert segmenter.predict(film).shape == film.shape
     assert (out / "last.pt").is_file()
