@@ -32,7 +32,7 @@ def run_benchmark(configs: list[TrainConfig], *, out_dir: str, split: str = "tes
             continue
         summary = train(config)
         report = evaluate_checkpoint(
-            summary["best_checkpoint"], config.data_dir, split=split, lung_threshold=DEFAULT_THRESHOLD
+            summary["best_checkpoint"], config.data_dirs, split=split, lung_threshold=DEFAULT_THRESHOLD
         )
         report["training"] = {
             "seconds": summary["seconds"],

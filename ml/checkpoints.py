@@ -64,10 +64,11 @@ class TrainingDataMeta:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainingDataMeta:
         d = dict(d)
-        manifests = {str(k): str(v) for k, v in (d.pop("manifests", None) or {}).items()}
-        data_dir, sha = d.pop("data_dir", None), d.pop("manifest_sha256", None)  # format 1: one folder
-        if data_dir is not None and sha is not None and str(data_dir) not in manifests:
-            manifests = {str(data_dir): str(sha), **manifests}
+        listed = d.pop("manifests", None) or []
+        manifests = {str(m["data_dir"]): str(m["sha256"]) for m in listed}
+        data_dir, sha = d.pop("data_dir", None), d.pop("manifest_sha256", None)  # before `manifests`: one folder
+        if not manifests and data_dir is not None and sha is not None:
+            manifests = {str(data_dir): str(sha)}
         return cls(
             manifests=manifests,
             extra_train_manifests={str(k): str(v) for k, v in (d.pop("extra_train_manifests", None) or {}).items()},
@@ -80,8 +81,9 @@ class TrainingDataMeta:
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.extra,
-            "manifests": dict(self.manifests),
+            "data_dir": next(iter(self.manifests), None),  # the primary folder, as one-folder readers expect
             "manifest_sha256": self.manifest_sha256,
+            "manifests": [{"data_dir": d, "sha256": sha} for d, sha in self.manifests.items()],
             "extra_train_manifests": dict(self.extra_train_manifests),
             "train_counts": dict(self.train_counts),
             "val_counts": dict(self.val_counts),

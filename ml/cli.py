@@ -28,9 +28,26 @@ def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def default_dataset_dir() -> str:
-    """`$CXR_DATASET_DIR`, else `../shared/data/cxr` beside the project root."""
-    return os.environ.get("CXR_DATASET_DIR") or str(project_root().parent / "shared" / "data" / "cxr")
+def default_dataset_dirs() -> list[str]:
+    """The manifest folders used when no `--data` is given: `$CXR_DATASET_DIRS` (a list separated by
+    os.pathsep), else `$CXR_DATASET_DIR`, else both `../shared/data/cxr` and `../shared/data/cxr-adult`."""
+    listed = [d for d in os.environ.get("CXR_DATASET_DIRS", "").split(os.pathsep) if d.strip()]
+    if listed:
+        return listed
+    if os.environ.get("CXR_DATASET_DIR"):
+        return [os.environ["CXR_DATASET_DIR"]]
+    shared = project_root().parent / "shared" / "data"
+    return [str(shared / "cxr"), str(shared / "cxr-adult")]
+
+
+DATA_HELP = (
+    "dataset folder with manifest.csv; repeat for several, read together (default: $CXR_DATASET_DIRS, "
+    "else $CXR_DATASET_DIR, else ../shared/data/cxr and ../shared/data/cxr-adult)"
+)
+
+
+def add_data_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", action="append", default=None, metavar="DIR", help=DATA_HELP)
 
 
 def _number_type(
@@ -63,16 +80,23 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
         choices=["s1", "s2", "s3"],
         help="s1 normal vs COVID-19; s2 all four classes; s3 four classes, <=350 per non-COVID class",
     )
-    p.add_argument(
-        "--data",
-        default=None,
-        help="dataset folder with manifest.csv (default: $CXR_DATASET_DIR or ../shared/data/cxr)",
-    )
+    add_data_option(p)
     p.add_argument("--epochs", type=_positive_int, default=20, help="paper default: 20")
     p.add_argument("--batch-size", type=_positive_int, default=15, help="paper default: 15")
     p.add_argument("--lr", type=_positive_float, default=3e-4, help="initial learning rate (Adam), paper: 3e-4")
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
+    p.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine", "onecycle"],
+        default="constant",
+        help="constant (paper), cosine decay, or one-cycle (torch's OneCycleLR: warm-up to --lr, then anneal)",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=["adam", "adamw"],
+        default="adam",
+        help="adam (paper; --weight-decay is L2) or adamw (decoupled weight decay)",
+    )
     p.add_argument("--warmup-epochs", type=_nonnegative_int, default=0)
     p.add_argument("--label-smoothing", type=_unit_float, default=0.0, help="in [0, 1]")
     p.add_argument("--seed", type=int, default=0)
@@ -167,7 +191,7 @@ def _train_config(args: argparse.Namespace, out_dir: str, arch: str | None = Non
 
     return TrainConfig(
         arch=arch or args.arch,
-        data_dir=args.data or default_dataset_dir(),
+        data_dirs=args.data or default_dataset_dirs(),
         out_dir=out_dir,
         scenario=args.scenario,
         epochs=args.epochs,
@@ -175,6 +199,7 @@ def _train_config(args: argparse.Namespace, out_dir: str, arch: str | None = Non
         lr=args.lr,
         weight_decay=args.weight_decay,
         lr_schedule=args.lr_schedule,
+        optimizer=args.optimizer,
         warmup_epochs=args.warmup_epochs,
         label_smoothing=args.label_smoothing,
         seed=args.seed,
@@ -234,7 +259,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         report = evaluate_checkpoint(
             checkpoint,
-            args.data or default_dataset_dir(),
+            args.data or default_dataset_dirs(),
             split=args.split,
             batch_size=args.batch_size,
             predictions_csv=args.predictions,
@@ -308,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on one split (default: the bundled model)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the bundled default model)")
-    p.add_argument("--data", default=None, help="dataset folder with manifest.csv")
+    add_data_option(p)
     p.add_argument("--split", default="test")
     p.add_argument("--json", default=None, help="write the full report as JSON here")
     p.add_argument("--predictions", default=None, help="write per-image predictions as CSV here")

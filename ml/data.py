@@ -1,8 +1,15 @@
 """Manifest datasets, the paper's three scenarios, and a decoded-image cache.
 
 A dataset is a folder with `manifest.csv` (columns `path,label,source,patient_id,view,split`, paths
-relative to the folder). Splits are taken from the manifest as they are — never reshuffled — and a
-patient found in two splits is an error, so no validation or test film can leak into training.
+relative to the folder; optional `age` and `age_group`). Splits are taken from the manifest as they
+are — never reshuffled — and a patient found in two splits is an error, so no validation or test film
+can leak into training. `read_manifests` reads several folders at once; there a patient must also
+have one split across all of them.
+
+Labels are the four CLASSES or a *partial* label (`PARTIAL_LABELS`): `pneumonia` is non-COVID
+pneumonia of unknown organism, i.e. "bacterial or viral". A record's `label_index` (the training
+target) is its class index 0..3, or `len(CLASSES) + k` for the k-th partial label. A scenario keeps a
+partial label's rows only when all of its candidate classes are active (s1 drops `pneumonia`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("path", "label", "source", "patient_id", "view", "split")
+OPTIONAL_COLUMNS = ("age", "age_group")
+
+PARTIAL_LABELS: dict[str, tuple[str, ...]] = {"pneumonia": ("bacterial", "viral")}
+"""Partial label → the classes it may be (the film is one of them; which one is unknown)."""
+LABELS: tuple[str, ...] = (*CLASSES, *PARTIAL_LABELS)
+"""Every label a manifest may hold, in target-index order: CLASSES first, then the partial labels."""
 
 
 class ManifestError(ValueError):
@@ -47,10 +60,37 @@ class Record:
     patient_id: str
     view: str
     split: str
+    age: int | None = None
+    age_group: str = ""
+    """`child`, `adult` or "" (blank or no such column)."""
 
     @property
     def label_index(self) -> int:
-        return CLASSES.index(self.label)
+        """The training target: 0..3 for CLASSES, `len(CLASSES) + k` for the k-th partial label."""
+        return LABELS.index(self.label)
+
+    @property
+    def is_partial(self) -> bool:
+        return self.label in PARTIAL_LABELS
+
+
+def is_full_label(target: int) -> bool:
+    """Whether a target index is one of the four CLASSES (not a partial label)."""
+    return 0 <= target < len(CLASSES)
+
+
+def target_matches(target: int, predicted: int) -> bool:
+    """A prediction (a class index) is right for a target: the class itself, or a partial label's candidate."""
+    if is_full_label(target):
+        return target == predicted
+    return CLASSES[predicted] in PARTIAL_LABELS[LABELS[target]]
+
+
+def scenario_labels(classes: Iterable[str]) -> tuple[str, ...]:
+    """The labels whose rows a scenario with these active classes keeps: the classes, plus every partial
+    label all of whose candidates are active."""
+    active = tuple(classes)
+    return (*active, *(p for p, cands in PARTIAL_LABELS.items() if set(cands) <= set(active)))
 
 
 @dataclass(frozen=True)
@@ -97,7 +137,8 @@ def manifest_sha256(data_dir: str | os.PathLike[str]) -> str:
 def read_manifest(data_dir: str | os.PathLike[str]) -> list[Record]:
     """All rows of `data_dir/manifest.csv`, validated.
 
-    Raises `ManifestError` for missing columns, unknown labels or splits, or a patient in two splits.
+    Raises `ManifestError` for missing columns, unknown labels or splits, a bad age, or a patient in
+    two splits. `age` and `age_group` are optional columns (blank: None and "").
     """
     path = manifest_path(data_dir)
     root = path.parent.resolve()
@@ -109,11 +150,14 @@ def read_manifest(data_dir: str | os.PathLike[str]) -> list[Record]:
             raise ManifestError(f"{path}: missing column(s) {', '.join(missing)}")
         for line, row in enumerate(reader, start=2):
             label = row["label"].strip()
-            if label not in CLASSES:
-                raise ManifestError(f"{path}:{line}: unknown label {label!r} (expected one of {CLASSES})")
+            if label not in LABELS:
+                raise ManifestError(f"{path}:{line}: unknown label {label!r} (expected one of {LABELS})")
             split = row["split"].strip()
             if not split:
                 raise ManifestError(f"{path}:{line}: empty split")
+            age_text = (row.get("age") or "").strip()
+            if age_text and not (age_text.isdigit() and int(age_text) < 150):
+                raise ManifestError(f"{path}:{line}: age must be whole years (0-149) or blank, got {age_text!r}")
             records.append(
                 Record(
                     path=root / row["path"].strip(),
@@ -122,9 +166,40 @@ def read_manifest(data_dir: str | os.PathLike[str]) -> list[Record]:
                     patient_id=row["patient_id"].strip(),
                     view=row["view"].strip(),
                     split=split,
+                    age=int(age_text) if age_text else None,
+                    age_group=(row.get("age_group") or "").strip(),
                 )
             )
     check_patient_disjoint(records, where=str(path))
+    return records
+
+
+def read_manifests(data_dirs: Sequence[str | os.PathLike[str]]) -> list[Record]:
+    """The rows of several manifest folders, in order (each keeps its `source`).
+
+    A patient found in two manifests must have one split in both, else `ManifestError` naming the
+    patient and both manifests. A folder given twice is an error too (its rows would count twice).
+    """
+    if not data_dirs:
+        raise ManifestError("no dataset folder given")
+    seen_dirs: dict[Path, str] = {}
+    first_seen: dict[str, tuple[str, str]] = {}  # patient -> (split, manifest)
+    records: list[Record] = []
+    for data_dir in data_dirs:
+        path = manifest_path(data_dir)
+        resolved = path.resolve()
+        if resolved in seen_dirs:
+            raise ManifestError(f"dataset folder given twice: {data_dir} (same manifest as {seen_dirs[resolved]})")
+        seen_dirs[resolved] = str(data_dir)
+        rows = read_manifest(data_dir)
+        for r in rows:
+            split, where = first_seen.setdefault(r.patient_id, (r.split, str(path)))
+            if where != str(path) and split != r.split:
+                raise ManifestError(
+                    f"patient {r.patient_id} is in split {split!r} of {where} but in split {r.split!r} of {path}: "
+                    "a patient must have one split across all manifests"
+                )
+        records += rows
     return records
 
 
@@ -141,15 +216,17 @@ def check_patient_disjoint(records: Iterable[Record], *, where: str = "manifest"
 def select(records: Sequence[Record], scenario: Scenario, split: str, *, seed: int = 0) -> list[Record]:
     """The records of one split that belong to a scenario.
 
-    The per-class cap (scenario s3) applies to the training split only; which images are kept is a
-    seeded choice, stable for a given seed and manifest.
+    Partial-label rows are kept when all their candidate classes are active (`scenario_labels`). The
+    per-class cap (scenario s3) applies to the training split only, and a partial label is capped as
+    its own group; which images are kept is a seeded choice, stable for a given seed and manifest.
     """
-    chosen = [r for r in records if r.split == split and r.label in scenario.classes]
+    labels = scenario_labels(scenario.classes)
+    chosen = [r for r in records if r.split == split and r.label in labels]
     if scenario.max_train_per_class is None or split != "train":
         return chosen
     rng = random.Random(seed)
     kept: list[Record] = []
-    for label in scenario.classes:
+    for label in labels:
         of_label = [r for r in chosen if r.label == label]
         if label not in scenario.cap_exempt and len(of_label) > scenario.max_train_per_class:
             of_label = sorted(rng.sample(of_label, scenario.max_train_per_class), key=lambda r: str(r.path))
@@ -158,8 +235,9 @@ def select(records: Sequence[Record], scenario: Scenario, split: str, *, seed: i
 
 
 def class_counts(records: Iterable[Record]) -> dict[str, int]:
+    """Images per class (every one of CLASSES, 0 included), then per partial label present."""
     counts = Counter(r.label for r in records)
-    return {c: counts.get(c, 0) for c in CLASSES}
+    return {c: counts.get(c, 0) for c in CLASSES} | {p: counts[p] for p in PARTIAL_LABELS if counts.get(p)}
 
 
 # --------------------------------------------------------------------------- decoded image cache
@@ -305,7 +383,7 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 
 class XrayDataset(Dataset[tuple[torch.Tensor, int]]):
-    """Decoded films as 1×S×S uint8 tensors with class indices; `augment` runs per sample."""
+    """Decoded films as 1×S×S uint8 tensors with target indices (`Record.label_index`); `augment` runs per sample."""
 
     def __init__(self, loaded: LoadedImages, augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.images = loaded.images

@@ -2,7 +2,10 @@
 
 The report's keys are a contract (see the README): `per_class.<class>.{sensitivity,specificity,f1,
 support}`, `accuracy`, `macro_sensitivity`, `error_ci95`, `confusion_matrix` (rows = truth, columns
-= prediction, CLASSES order) and `by_source` (the same, per `source`).
+= prediction, CLASSES order) and `by_source` (the same, per `source`). These 4-class figures are over
+the 4-class rows only: rows with a partial label (`pneumonia`, bacterial or viral) are evaluated
+but left out of them; `partial_label_rows` counts them and how many were called one of their
+candidate classes. Several manifest folders may be evaluated together (`ml.data.read_manifests`).
 
 Films go through the web service's per-film pipeline (`ml.inference.analyze_films`), so a film scores
 here exactly as its upload would. Lung focus ("right for the right reasons"): unless turned off, every
@@ -26,7 +29,17 @@ from typing import Any
 import numpy as np
 
 from ml import CLASSES
-from ml.data import Record, get_scenario, manifest_sha256, read_manifest, select
+from ml.data import (
+    LABELS,
+    PARTIAL_LABELS,
+    Record,
+    get_scenario,
+    is_full_label,
+    manifest_sha256,
+    read_manifests,
+    select,
+    target_matches,
+)
 from ml.inference import Prediction, Predictor, analyze_films
 from ml.lung_focus import LungFocus, check_threshold
 from ml.lungseg import LungSegmenter
@@ -36,7 +49,7 @@ from ml.transforms import load_grayscale
 
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike[str],
-    data_dir: str | os.PathLike[str],
+    data_dirs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     split: str = "test",
     batch_size: int = 32,
@@ -45,9 +58,10 @@ def evaluate_checkpoint(
     lungseg_checkpoint: str | os.PathLike[str] | None = None,
     lung_threshold: float,
 ) -> dict[str, Any]:
-    """Evaluate `checkpoint` on `split` of `data_dir` through the per-film pipeline the web service uses
-    (`ml.inference.analyze_films`), so its figures are those of the service's results; a prediction's
-    lung focus is flagged below `lung_threshold` (the command line's default is `DEFAULT_THRESHOLD`)."""
+    """Evaluate `checkpoint` on `split` of `data_dirs` (one manifest folder or several) through the
+    per-film pipeline the web service uses (`ml.inference.analyze_films`), so its figures are those of
+    the service's results; a prediction's lung focus is flagged below `lung_threshold` (the command
+    line's default is `DEFAULT_THRESHOLD`)."""
     lung_threshold = check_threshold(lung_threshold)
     if batch_size <= 0:
         raise ValueError("batch size must be > 0")
@@ -57,9 +71,11 @@ def evaluate_checkpoint(
     if predictor.needs_lung_mask and not with_lung_focus:
         raise ValueError("this model was trained on lung-cropped films: it cannot be evaluated without the segmenter")
     scenario = get_scenario(meta.scenario or "s2")
-    chosen = select(read_manifest(data_dir), scenario, split)
+    dirs = [data_dirs] if isinstance(data_dirs, str | os.PathLike) else list(data_dirs)
+    chosen = select(read_manifests(dirs), scenario, split)
     if not chosen:
-        raise ValueError(f"split {split!r} of {data_dir} has no images of classes {', '.join(meta.active_classes)}")
+        where = ", ".join(str(d) for d in dirs)
+        raise ValueError(f"split {split!r} of {where} has no images of classes {', '.join(meta.active_classes)}")
     records: list[Record] = []
     predictions: list[Prediction] = []
     skipped: list[tuple[str, str]] = []
@@ -79,12 +95,15 @@ def evaluate_checkpoint(
         focus = [f.at(lung_threshold) for p in predictions if (f := p.predicted_lung_focus) is not None]
         assert len(focus) == len(predictions)
 
-    report = classification_report(y_true, y_pred)
+    full = [i for i, t in enumerate(y_true) if is_full_label(t)]
+
+    report = classification_report([y_true[i] for i in full], [y_pred[i] for i in full])
     by_source: dict[str, Any] = {}
     for source in sorted({r.source for r in records}):
-        idx = [i for i, r in enumerate(records) if r.source == source]
+        idx = [i for i in full if records[i].source == source]
         by_source[source] = classification_report([y_true[i] for i in idx], [y_pred[i] for i in idx])
     report["by_source"] = by_source
+    report["partial_label_rows"] = partial_label_rows(y_true, y_pred)
     report["skipped_unreadable"] = [{"path": p, "error": e} for p, e in skipped]
     report["checkpoint"] = {
         "path": str(checkpoint),
@@ -97,8 +116,10 @@ def evaluate_checkpoint(
         "input_mode": meta.input_mode,
     }
     report["data"] = {
-        "data_dir": str(Path(data_dir).resolve()),
-        "manifest_sha256": manifest_sha256(data_dir),
+        # the first manifest (the only one before several could be given); `manifests` lists every one
+        "data_dir": str(Path(dirs[0]).resolve()),
+        "manifest_sha256": manifest_sha256(dirs[0]),
+        "manifests": [{"data_dir": str(Path(d).resolve()), "sha256": manifest_sha256(d)} for d in dirs],
         "split": split,
     }
     report["cam_method"] = predictor.cam_method
@@ -110,6 +131,18 @@ def evaluate_checkpoint(
     if predictions_csv:
         write_predictions_csv(predictions_csv, records, predictions, focus)
     return report
+
+
+def partial_label_rows(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, dict[str, int]]:
+    """Per partial label: its rows `n`, and how many were called one of its candidate classes."""
+    out = {}
+    for label in PARTIAL_LABELS:
+        of_label = [p for t, p in zip(y_true, y_pred, strict=True) if t == LABELS.index(label)]
+        out[label] = {
+            "n": len(of_label),
+            "called_a_candidate": sum(CLASSES[p] in PARTIAL_LABELS[label] for p in of_label),
+        }
+    return out
 
 
 def write_predictions_csv(
@@ -173,7 +206,7 @@ def lung_focus_summary(
     threshold: float,
 ) -> dict[str, Any]:
     """Lung focus of the predicted class's CAM, overall, per true class and per source (see module doc)."""
-    rows = [(t == p, f) for t, p, f in zip(y_true, y_pred, focus, strict=True)]
+    rows = [(target_matches(t, p), f) for t, p, f in zip(y_true, y_pred, focus, strict=True)]
     per_class = {
         c: _focus_stats([row for row, t in zip(rows, y_true, strict=True) if t == k]) for k, c in enumerate(CLASSES)
     }
@@ -223,6 +256,12 @@ def format_table(report: dict[str, Any], name: str | None = None) -> str:
         f"macro sensitivity: {_pct(ms).strip()}%   images: {report['n']}   "
         f"support: " + ", ".join(f"{c} {report['per_class'][c]['support']}" for c in CLASSES)
     )
+    for label, counts in (report.get("partial_label_rows") or {}).items():
+        if counts["n"]:
+            lines.append(
+                f"{label} rows (partial label, not in the 4-class figures): {counts['n']}, "
+                f"called {' or '.join(PARTIAL_LABELS[label])}: {counts['called_a_candidate']}"
+            )
     if report.get("skipped_unreadable"):
         lines.append(f"skipped unreadable images: {len(report['skipped_unreadable'])}")
     if report.get("lung_focus"):

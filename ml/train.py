@@ -6,8 +6,9 @@ by validation loss) and the last one (`last.pt`, with optimiser state, for resum
 `history.json`. It runs unchanged under `torchrun` (DistributedDataParallel: gloo on CPU, nccl on
 GPU); then only rank 0 validates and writes files.
 
-Class imbalance is handled with a class-weighted cross-entropy: each class present in the training
-set is weighted by N / (K · n_c), so every class contributes equally to the loss on average.
+It reads one or several manifest folders (`data_dirs`, see `ml.data.read_manifests`). The loss is
+`ml.losses.PartialLabelLoss`: class-weighted cross-entropy, with `pneumonia` rows (bacterial or viral,
+organism unknown) trained on −log(p_bacterial + p_viral) and weighted as their own group.
 Scenarios that use a subset of the classes (s1) mask the other logits out, so those classes get
 probability 0 everywhere, in training and at inference.
 """
@@ -39,11 +40,14 @@ from ml.data import (
     XrayDataset,
     class_counts,
     get_scenario,
+    is_full_label,
     load_images,
     manifest_sha256,
     read_manifest,
+    read_manifests,
     select,
 )
+from ml.losses import PartialLabelLoss, class_weights
 from ml.lung_crop import DEFAULT_INPUT_MODE, DEFAULT_MARGIN, check_input_mode
 from ml.lungseg import LungSegmenter
 from ml.metrics import classification_report
@@ -53,6 +57,9 @@ from ml.transforms import INTENSITY_MODES, apply_intensity, normalize_batch, tra
 
 log = logging.getLogger(__name__)
 
+LR_SCHEDULES = ("constant", "cosine", "onecycle")
+OPTIMIZERS = ("adam", "adamw")
+
 
 class TrainingCancelled(Exception):
     """Raised by a progress callback to stop training between steps."""
@@ -61,14 +68,16 @@ class TrainingCancelled(Exception):
 @dataclass
 class TrainConfig:
     arch: str
-    data_dir: str
+    data_dirs: list[str]
+    """Manifest folders read together (`ml.data.read_manifests`); their train/val splits are used."""
     out_dir: str
     scenario: str = "s2"
     epochs: int = 20
     batch_size: int = 15
     lr: float = 3e-4
     weight_decay: float = 0.0
-    lr_schedule: str = "constant"  # "constant" (paper) or "cosine"
+    lr_schedule: str = "constant"  # "constant" (paper), "cosine" or "onecycle" (torch's OneCycleLR shape)
+    optimizer: str = "adam"  # "adam" (paper; L2 weight decay) or "adamw" (decoupled weight decay)
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
     seed: int = 0
@@ -106,8 +115,14 @@ class TrainConfig:
         check_input_mode(self.input_mode)
         if not 0.0 <= self.crop_margin <= 1.0:
             raise ValueError("crop margin must be between 0 and 1")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError("lr schedule must be 'constant' or 'cosine'")
+        if not self.data_dirs:
+            raise ValueError("no dataset folder given")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr schedule must be one of {', '.join(LR_SCHEDULES)}")
+        if self.lr_schedule == "onecycle" and self.warmup_epochs:
+            raise ValueError("lr schedule 'onecycle' has its own warm-up: leave warmup epochs at 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
         if self.class_weighting not in ("inverse-frequency", "none"):
             raise ValueError("class weighting must be 'inverse-frequency' or 'none'")
         if self.input_size is not None:
@@ -119,7 +134,7 @@ class TrainConfig:
     def hparams(self) -> dict[str, Any]:
         d = asdict(self)
         for k in (
-            "data_dir",
+            "data_dirs",
             "out_dir",
             "resume",
             "num_workers",
@@ -146,38 +161,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class ActiveClassLoss(nn.Module):
-    """Weighted cross-entropy over a scenario's classes only.
-
-    The other logit columns are dropped before the loss, so neither the class weights nor label
-    smoothing ever see a class the scenario does not train (s1 trains normal vs COVID-19).
-    """
-
-    index: torch.Tensor
-    remap: torch.Tensor
-
-    def __init__(self, active: tuple[str, ...], weight: torch.Tensor, label_smoothing: float = 0.0) -> None:
-        super().__init__()
-        index = [CLASSES.index(c) for c in CLASSES if c in active]
-        remap = torch.full((len(CLASSES),), -100, dtype=torch.long)
-        remap[index] = torch.arange(len(index))
-        self.register_buffer("index", torch.tensor(index, dtype=torch.long))
-        self.register_buffer("remap", remap)
-        self.ce = nn.CrossEntropyLoss(weight=weight[index], label_smoothing=label_smoothing)
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.ce(logits.index_select(1, self.index), self.remap[targets])
-
-
-def class_weights(labels: np.ndarray, active: tuple[str, ...], how: str) -> torch.Tensor:
-    counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
-    weights = np.zeros(len(CLASSES))
-    present = [CLASSES.index(c) for c in active if counts[CLASSES.index(c)] > 0]
-    for i in present:
-        weights[i] = 1.0 if how == "none" else counts.sum() / (len(present) * counts[i])
-    return torch.tensor(weights, dtype=torch.float32)
-
-
 def validate_epoch(
     model: nn.Module,
     loaded: LoadedImages,
@@ -187,9 +170,11 @@ def validate_epoch(
     criterion: nn.Module,
     device: torch.device,
 ) -> dict[str, Any]:
+    """4-class metrics over the 4-class rows; the loss over every row (partial labels included)."""
     logits = predict_logits(model, loaded.images, spec_mean, spec_std, mask=mask, device=device)
     labels = torch.from_numpy(loaded.labels)
-    report = classification_report(labels.tolist(), logits.argmax(1).tolist())
+    full = [i for i, t in enumerate(labels.tolist()) if is_full_label(t)]
+    report = classification_report(labels[full].tolist(), logits[full].argmax(1).tolist())
     report["loss"] = float(criterion(logits, labels).item()) if len(labels) else None
     return report
 
@@ -202,7 +187,21 @@ def _lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     if config.lr_schedule == "cosine":
         progress = (step - warm) / max(1, total - warm)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if config.lr_schedule == "onecycle":
+        return onecycle_factor(step, total)
     return 1.0
+
+
+def onecycle_factor(step: int, total: int, pct_start: float = 0.3, div: float = 25.0, final_div: float = 1e4) -> float:
+    """torch's OneCycleLR (two cosine phases, its defaults) as a factor of the peak lr at `step` of
+    `total`: from 1/div up to 1 over the first pct_start of the steps, then down to 1/(div·final_div)."""
+    peak = pct_start * total - 1
+    if step <= peak:
+        begin, end, first, last = 0.0, peak, 1 / div, 1.0
+    else:
+        begin, end, first, last = peak, total - 1.0, 1.0, 1 / (div * final_div)
+    pct = min(1.0, (step - begin) / (end - begin)) if end > begin else 1.0
+    return last + (first - last) / 2.0 * (math.cos(math.pi * pct) + 1.0)
 
 
 def _better(new: dict[str, Any], best: dict[str, Any] | None) -> bool:
@@ -243,13 +242,13 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
         torch.set_num_threads(config.threads)
     generator = seed_everything(config.seed)
 
-    records = read_manifest(config.data_dir)
+    records = read_manifests(config.data_dirs)
     train_records = select(records, scenario, "train", seed=config.seed)
     for extra in config.extra_train_dirs:
         train_records += select(read_manifest(extra), scenario, "train", seed=config.seed)
     val_records = select(records, scenario, "val", seed=config.seed)
     if not train_records:
-        raise ValueError(f"no training images for scenario {scenario.name} in {config.data_dir}")
+        raise ValueError(f"no training images for scenario {scenario.name} in {', '.join(config.data_dirs)}")
     segmenter = LungSegmenter.from_checkpoint(config.lungseg_checkpoint) if config.input_mode == "lung-crop" else None
     lung_inputs: dict[str, Any] = (
         {"input_mode": config.input_mode, "segmenter": segmenter, "crop_margin": config.crop_margin}
@@ -271,9 +270,10 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
     core: CXRNet = model  # type: ignore[assignment]
     mask = class_mask(scenario.classes, device)
     weights = class_weights(train_data.labels, scenario.classes, config.class_weighting).to(device)
-    criterion = ActiveClassLoss(scenario.classes, weights, config.label_smoothing).to(device)
-    eval_criterion = ActiveClassLoss(scenario.classes, weights.cpu())
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    criterion = PartialLabelLoss(scenario.classes, weights, config.label_smoothing).to(device)
+    eval_criterion = PartialLabelLoss(scenario.classes, weights.cpu())
+    make_optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    optimizer = make_optimizer(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     dataset = XrayDataset(train_data, train_augmentation() if config.augment else None)
     sampler: DistributedSampler[tuple[torch.Tensor, int]] | None = (
@@ -311,7 +311,7 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
         model = nn.parallel.DistributedDataParallel(model)
 
     data_meta = TrainingDataMeta(
-        manifests={str(Path(config.data_dir).resolve()): manifest_sha256(config.data_dir)},
+        manifests={str(Path(d).resolve()): manifest_sha256(d) for d in config.data_dirs},
         extra_train_manifests={d: manifest_sha256(d) for d in config.extra_train_dirs},
         train_counts=class_counts(train_data.records),
         val_counts=class_counts(val_data.records),
@@ -342,9 +342,11 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
     )
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        partial = {k: n for k, n in class_counts(train_data.records).items() if k not in CLASSES}
         print(
-            f"training {spec.name} ({config.scenario}) on {len(dataset)} images, "
-            f"validating on {len(val_data.records)}; {steps_per_epoch} steps/epoch, device {device}"
+            f"training {spec.name} ({config.scenario}) on {len(dataset)} images"
+            + "".join(f" (including {n} {k}, a partial label)" for k, n in partial.items())
+            + f", validating on {len(val_data.records)}; {steps_per_epoch} steps/epoch, device {device}"
         )
 
     started = time.monotonic()

@@ -31,6 +31,11 @@ def cxr_data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def cxr_adult_data_dir() -> Path:
+    return _shared_dir("CXR_ADULT_DATASET_DIR", ROOT.parent / "shared" / "data" / "cxr-adult")
+
+
+@pytest.fixture(scope="session")
 def lungseg_data_dir() -> Path:
     return _shared_dir("CXR_LUNGSEG_DIR", ROOT.parent / "shared" / "data" / "lungseg")
 

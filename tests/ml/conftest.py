@@ -23,7 +23,7 @@ import torch
 from ml import CLASSES
 from ml.cam import CAMOutput, explain
 from ml.checkpoints import base_meta
-from ml.data import REQUIRED_COLUMNS, Record, read_manifest
+from ml.data import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, Record, read_manifest
 from ml.inference import Prediction, Predictor
 from ml.registry import ArchSpec, get_arch
 from ml.transforms import load_grayscale, to_model_input
@@ -43,6 +43,11 @@ def real_records(cxr_data_dir: Path) -> list[Record]:
     return read_manifest(cxr_data_dir)
 
 
+@pytest.fixture(scope="session")
+def adult_records(cxr_adult_data_dir: Path) -> list[Record]:
+    return read_manifest(cxr_adult_data_dir)
+
+
 def pick_records(records: Iterable[Record], per_group: dict[tuple[str, str], int]) -> list[Record]:
     """The first n records (sorted by path, so the choice is stable) of each (split, label) group."""
     ordered = sorted(records, key=lambda r: str(r.path))
@@ -59,7 +64,7 @@ def write_manifest(folder: Path, records: Iterable[Record], *, absolute: bool = 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "manifest.csv"
     with path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(REQUIRED_COLUMNS))
+        w = csv.DictWriter(fh, fieldnames=[*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS])
         w.writeheader()
         for r in records:
             w.writerow(
@@ -70,6 +75,8 @@ def write_manifest(folder: Path, records: Iterable[Record], *, absolute: bool = 
                     "patient_id": r.patient_id,
                     "view": r.view,
                     "split": r.split,
+                    "age": "" if r.age is None else str(r.age),
+                    "age_group": r.age_group,
                 }
             )
     return path

@@ -136,6 +136,11 @@ def test_bad_arguments_are_argparse_errors(argv: list[str], message: str, capsys
         ),
         (["evaluate", "--checkpoint", "{tmp}/missing.pt"], "checkpoint not found: "),
         (["evaluate", "--data", "{tmp}"], "no manifest.csv in"),
+        (["evaluate", "--data", "{small}", "--data", "{small}"], "dataset folder given twice"),
+        (
+            ["train", "--arch", "resnet18", "--lr-schedule", "onecycle", "--warmup-epochs", "1", "--out", "{tmp}/o"],
+            "its own warm-up",
+        ),
         (["evaluate", "--data", "{small}", "--split", "validation"], "split 'validation' of"),
         (["evaluate", "--data", "{small}", "--lungseg-checkpoint", "{tmp}/none.pt"], "none.pt"),
     ],

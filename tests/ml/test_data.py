@@ -13,6 +13,7 @@ from PIL import Image
 
 from ml import CLASSES
 from ml.data import (
+    LABELS,
     SCENARIOS,
     ManifestError,
     Record,
@@ -22,7 +23,9 @@ from ml.data import (
     load_images,
     manifest_sha256,
     read_manifest,
+    read_manifests,
     select,
+    target_matches,
 )
 
 HEADER = "path,label,source,patient_id,view,split\n"
@@ -55,6 +58,63 @@ def test_manifest_rows_become_records_with_resolved_paths(tiny_dataset: Path) ->
     assert all(r.path.is_file() for r in records)
     assert [r.label_index for r in records] == [0, 1, 2, 3]
     assert manifest_sha256(tiny_dataset) == hashlib.sha256((tiny_dataset / "manifest.csv").read_bytes()).hexdigest()
+
+
+def test_pneumonia_is_a_partial_label_and_age_columns_are_read(tmp_path: Path) -> None:
+    header = HEADER.strip() + ",age,age_group\n"
+    rows = "a.png,pneumonia,nih,p1,AP,train,48,adult\nb.png,normal,kermany,p2,AP,train,,\n"
+    (tmp_path / "manifest.csv").write_text(header + rows)
+    pneumonia, normal = read_manifest(tmp_path)
+    assert (pneumonia.label, pneumonia.label_index, pneumonia.is_partial) == ("pneumonia", len(CLASSES), True)
+    assert (pneumonia.age, pneumonia.age_group) == (48, "adult")
+    assert (normal.age, normal.age_group, normal.is_partial) == (None, "", False)
+    assert (*CLASSES, "pneumonia") == LABELS
+    # a pneumonia film called bacterial or viral is right, called normal or COVID-19 wrong
+    assert [target_matches(len(CLASSES), p) for p in range(len(CLASSES))] == [False, True, True, False]
+
+
+def test_manifest_without_age_columns_still_reads(tiny_dataset: Path) -> None:
+    assert {(r.age, r.age_group) for r in read_manifest(tiny_dataset)} == {(None, "")}
+
+
+def test_bad_age_is_refused_with_its_line(tmp_path: Path) -> None:
+    header = HEADER.strip() + ",age,age_group\n"
+    (tmp_path / "manifest.csv").write_text(
+        header + "a.png,normal,k,p1,AP,train,40,adult\nb.png,normal,k,p2,AP,train,4x,\n"
+    )
+    with pytest.raises(ManifestError, match=r":3: age must be whole years"):
+        read_manifest(tmp_path)
+
+
+def write_rows(folder: Path, rows: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.csv").write_text(HEADER + rows)
+    return folder
+
+
+def test_several_manifests_read_together_keep_their_rows_and_sources(tmp_path: Path) -> None:
+    a = write_rows(tmp_path / "a", "x.png,normal,kermany,p1,AP,train\n")
+    b = write_rows(tmp_path / "b", "y.png,pneumonia,nih,p2,PA,val\nz.png,covid19,cohen,p1,PA,train\n")
+    records = read_manifests([a, b])
+    assert [(r.path, r.source, r.split) for r in records] == [
+        (a.resolve() / "x.png", "kermany", "train"),
+        (b.resolve() / "y.png", "nih", "val"),
+        (b.resolve() / "z.png", "cohen", "train"),  # p1 in both manifests, one split: fine
+    ]
+
+
+def test_patient_with_two_splits_across_manifests_is_refused_naming_both(tmp_path: Path) -> None:
+    a = write_rows(tmp_path / "a", "x.png,normal,kermany,p1,AP,train\nw.png,normal,kermany,p3,AP,test\n")
+    b = write_rows(tmp_path / "b", "y.png,covid19,cohen,p2,PA,train\nz.png,covid19,cohen,p3,PA,val\n")
+    with pytest.raises(ManifestError) as caught:
+        read_manifests([a, b])
+    message = str(caught.value)
+    assert "patient p3" in message and "'test'" in message and "'val'" in message
+    assert str(a / "manifest.csv") in message and str(b / "manifest.csv") in message
+    with pytest.raises(ManifestError, match="given twice"):
+        read_manifests([a, tmp_path / "a" / "."])
+    with pytest.raises(ManifestError, match="no dataset folder"):
+        read_manifests([])
 
 
 def test_manifest_may_point_at_films_elsewhere_by_absolute_path(tiny_dataset: Path, tmp_path_factory) -> None:
@@ -152,6 +212,24 @@ def test_scenario_s3_caps_non_covid_training_classes_at_350() -> None:
     }
 
 
+PNEUMONIA = fake_records({("train", "pneumonia"): 400, ("val", "pneumonia"): 30})
+
+
+def test_s1_leaves_pneumonia_out_s2_keeps_it() -> None:
+    assert class_counts(select(BIG + PNEUMONIA, SCENARIOS["s1"], "train")) == class_counts(
+        select(BIG, SCENARIOS["s1"], "train")
+    )
+    s2 = class_counts(select(BIG + PNEUMONIA, SCENARIOS["s2"], "train"))
+    assert s2 == {"normal": 500, "bacterial": 400, "viral": 120, "covid19": 600, "pneumonia": 400}
+    assert class_counts(select(BIG + PNEUMONIA, SCENARIOS["s2"], "val"))["pneumonia"] == 30
+
+
+def test_s3_caps_pneumonia_as_its_own_group() -> None:
+    chosen = select(BIG + PNEUMONIA, SCENARIOS["s3"], "train", seed=0)
+    assert class_counts(chosen) == {"normal": 350, "bacterial": 350, "viral": 120, "covid19": 600, "pneumonia": 350}
+    assert class_counts(select(BIG + PNEUMONIA, SCENARIOS["s3"], "val"))["pneumonia"] == 30  # never capped
+
+
 def test_scenario_s3_choice_is_deterministic_for_a_seed() -> None:
     first = select(BIG, SCENARIOS["s3"], "train", seed=7)
     again = select(list(BIG), SCENARIOS["s3"], "train", seed=7)
@@ -228,3 +306,12 @@ def test_s3_on_the_real_training_split(real_records: list[Record]) -> None:
     for c in ("normal", "bacterial", "viral"):
         assert capped[c] == min(full[c], 350)
     assert full["bacterial"] > 350, "the real data has more bacterial films than the cap"
+
+
+def test_both_real_manifests_read_together(cxr_data_dir: Path, cxr_adult_data_dir: Path) -> None:
+    records = read_manifests([cxr_data_dir, cxr_adult_data_dir])
+    train = select(records, SCENARIOS["s2"], "train")
+    assert len(train) == 1253 + 679
+    assert class_counts(train)["pneumonia"] == 250
+    assert {r.age_group for r in records} == {"child", "adult"}
+    assert len(select(records, SCENARIOS["s1"], "train")) == len([r for r in train if r.label in ("normal", "covid19")])

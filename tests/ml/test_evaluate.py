@@ -32,6 +32,7 @@ TOP_LEVEL_KEYS = {
     "cam_method",
     "input_mode",  # provenance
     "lung_focus",  # right for the right reasons
+    "partial_label_rows",  # pneumonia (bacterial or viral) rows, kept out of the 4-class figures
 }
 FOCUS_KEYS = {"n", "median", "flagged_share", "right_for_right_reasons", "median_lung_area"}
 

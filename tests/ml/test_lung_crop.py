@@ -137,7 +137,7 @@ def test_outline_follows_the_overlay_size_for_large_films() -> None:
 def lung_crop_run(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cfg = TrainConfig(
         arch="resnet18",
-        data_dir=str(small_dataset),
+        data_dirs=[str(small_dataset)],
         out_dir=str(tmp_path_factory.mktemp("lung-crop")),
         epochs=1,
         batch_size=8,

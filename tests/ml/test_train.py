@@ -32,7 +32,7 @@ Run = tuple[TrainConfig, dict[str, Any], list[dict[str, Any]]]
 def config(data_dir: Path, out_dir: Path, **overrides: Any) -> TrainConfig:
     base: dict[str, Any] = dict(
         arch="resnet18",
-        data_dir=str(data_dir),
+        data_dirs=[str(data_dir)],
         out_dir=str(out_dir),
         scenario="s2",
         epochs=3,
@@ -144,7 +144,7 @@ def test_resume_continues_from_last_checkpoint(s2_run: Run, tmp_path: Path, caps
     out = tmp_path / "resumed"
     shutil.copytree(cfg.out_dir, out)
     capsys.readouterr()
-    resumed, events = run(config(Path(cfg.data_dir), out, epochs=4, resume=True))
+    resumed, events = run(config(Path(cfg.data_dirs[0]), out, epochs=4, resume=True))
     assert "resuming resnet18 from epoch 4" in capsys.readouterr().out
     assert {e["epoch"] for e in events if e["type"] == "step"} == {4}, "epochs 1-3 are not trained again"
     assert resumed["history"][:3] == summary["history"]
@@ -200,6 +200,9 @@ def test_invalid_configurations_are_refused(small_dataset: Path, tmp_path: Path)
         ({"arch": "cnnx", "input_size": 64}, "cnnx needs input size 180"),
         ({"input_size": 16}, "between 32 and 1024"),
         ({"lr_schedule": "step"}, "lr schedule"),
+        ({"lr_schedule": "onecycle", "warmup_epochs": 1}, "its own warm-up"),
+        ({"optimizer": "sgd"}, "optimizer must be one of adam, adamw"),
+        ({"data_dirs": []}, "no dataset folder"),
     ]:
         with pytest.raises(ValueError, match=message):
             config(small_dataset, tmp_path, **overrides).validate()
@@ -212,12 +215,13 @@ def test_invalid_configurations_are_refused(small_dataset: Path, tmp_path: Path)
 def test_class_weights_balance_the_classes_present() -> None:
     labels = np.array([0, 0, 1, 1, 1, 1, 3, 3])  # no viral film
     w = class_weights(labels, CLASSES, "inverse-frequency")
-    # N / (K · n_c) with K = 3 classes present: 8/6, 8/12, -, 8/6
-    torch.testing.assert_close(w, torch.tensor([8 / 6, 8 / 12, 0.0, 8 / 6]))
-    torch.testing.assert_close(class_weights(labels, CLASSES, "none"), torch.tensor([1.0, 1.0, 0.0, 1.0]))
+    # N / (K · n_c) with K = 3 classes present: 8/6, 8/12, -, 8/6 (and no pneumonia group)
+    torch.testing.assert_close(w, torch.tensor([8 / 6, 8 / 12, 0.0, 8 / 6, 0.0]))
+    torch.testing.assert_close(class_weights(labels, CLASSES, "none"), torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0]))
     s1_labels = np.array([0, 0, 3, 3, 3, 3, 3, 3])  # s1 trains on normal and covid19 only
     torch.testing.assert_close(
-        class_weights(s1_labels, ("normal", "covid19"), "inverse-frequency"), torch.tensor([2.0, 0.0, 0.0, 8 / 12])
+        class_weights(s1_labels, ("normal", "covid19"), "inverse-frequency"),
+        torch.tensor([2.0, 0.0, 0.0, 8 / 12, 0.0]),
     )  # 8 / (2 · 2), 8 / (2 · 6)
 
 
