@@ -31,7 +31,6 @@ import torch
 from ml import CLASSES
 from ml.architectures import CXRNet
 from ml.cam import cam_for
-from ml.cam.overlay import normalized_map
 from ml.checkpoints import DEFAULT_CHECKPOINT, CheckpointMeta, file_sha256, load_model
 from ml.lung_crop import Box, check_input_mode, crop, lung_box
 from ml.lung_focus import LungFocusScore, lung_focus_by_class
@@ -55,17 +54,10 @@ class Prediction:
     lung_focus: dict[str, LungFocusScore] | None = None
     """Each class's lung focus (CLASSES order), threshold-free; None: no lung mask was available."""
 
-    def cam_map(self, cls: str, height: int, width: int) -> np.ndarray:
-        """The map of one class at height×width (the frame of `input_box`, or the film), in [0, 1]."""
-        return normalized_map(self.cam_raw[CLASSES.index(cls)], height, width)
-
     @property
     def predicted_lung_focus(self) -> LungFocusScore | None:
         """The predicted class's lung focus (what flags a result); None: no lung mask was available."""
         return self.lung_focus[self.predicted_class] if self.lung_focus is not None else None
-
-    def classes_by_probability(self) -> list[str]:
-        return sorted(CLASSES, key=lambda c: -self.probabilities[c])
 
 
 class Predictor:
