@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from ml.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
+from ml import CLASSES
+from ml.checkpoints import DEFAULT_CHECKPOINT, CheckpointError, base_meta, read_lungseg_checkpoint, save_checkpoint
 from ml.cli import main as cli_main
 from ml.data import ManifestError
 from ml.lungseg import BUNDLED_LUNGSEG, CHECKPOINT_KIND, LungSegmenter, LungUNet, load_lung_model
 from ml.lungseg.data import augment_batch, load_lungseg_split, read_lungseg_manifest
 from ml.lungseg.model import fuse_for_inference
 from ml.lungseg.train import LungTrainConfig, dice, train_lungs
+from ml.registry import get_arch
 from ml.transforms import load_grayscale
 
 DICE_TARGET = 0.95
@@ -178,9 +180,14 @@ def test_loading_a_split_and_rejecting_a_classifier_manifest(lungseg_data_dir: P
 
 
 def test_classifier_checkpoint_is_not_loaded_as_a_segmenter(tmp_path: Path) -> None:
-    path = save_checkpoint(tmp_path / "other.pt", torch.nn.Linear(2, 2), {"arch": "resnet18"})
+    spec = get_arch("cnnx")
+    path = save_checkpoint(
+        tmp_path / "other.pt", spec.build(), base_meta(spec, input_size=224, scenario_classes=CLASSES)
+    )
     with pytest.raises(CheckpointError, match="not a lung segmentation checkpoint"):
         load_lung_model(path)
+    with pytest.raises(CheckpointError, match="not a lung segmentation checkpoint"):
+        LungSegmenter.from_checkpoint(DEFAULT_CHECKPOINT)
 
 
 def test_training_is_deterministic_for_a_seed(small_lungseg: Path, tmp_path: Path) -> None:
@@ -190,7 +197,7 @@ def test_training_is_deterministic_for_a_seed(small_lungseg: Path, tmp_path: Pat
             max_steps_per_epoch=2, seed=seed, threads=1,
         )  # fmt: skip
         train_lungs(config)
-        return read_checkpoint(tmp_path / out / "last.pt")[1]
+        return read_lungseg_checkpoint(tmp_path / out / "last.pt")[1]
 
     a, b, c = run("a", 0), run("b", 0), run("c", 1)
     assert all(torch.equal(a[k], b[k]) for k in a)
