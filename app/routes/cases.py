@@ -301,6 +301,15 @@ def _history(session: Any, prediction_id: int) -> list[HistoryRow]:
     return [HistoryRow(v, v.id in latest) for v in reversed(verdicts)]  # newest first
 
 
+def _visible_to(user: User, verdicts: list[Any]) -> list[Any]:
+    """Blind reading: a reviewer sees other reviewers' verdicts on a model's result only once their own
+    verdict on it is in (no anchoring on a colleague's read); admins see every verdict."""
+    if user.is_admin:
+        return verdicts
+    reviewed = {v.model_id for v in verdicts if v.reviewer_id == user.id}
+    return [v for v in verdicts if v.reviewer_id == user.id or v.model_id in reviewed]
+
+
 def _case_page(
     request: Request,
     session: Any,
@@ -322,7 +331,9 @@ def _case_page(
         return error_page(request, user, 404, "No results", f"case {prediction_id} has no model results")
     focus = next((v for v in views if v.model.id == query.model), views[0])
     selected = query.cls if query.cls in focus.overlays else next(iter(focus.overlays))
-    history = _history(session, prediction_id)
+    everything = _history(session, prediction_id)
+    shown = {id(v) for v in _visible_to(user, [h.verdict for h in everything])}
+    history = [h for h in everything if id(h.verdict) in shown]
     mine = next(
         (h.verdict for h in history if h.verdict.reviewer_id == user.id and h.verdict.model_id == focus.model.id), None
     )
@@ -338,6 +349,7 @@ def _case_page(
         view_mode=query.view if query.view in VIEW_MODES else "overlay",
         film_url=predictions.image_url(prediction.image.sha256),
         history=history,
+        hidden_verdicts=len(everything) - len(history),
         my_latest=mine,
         saved=query.saved,
         form_error=form_error,
@@ -374,9 +386,8 @@ def compare_page(
         prediction = predictions.get_prediction(session=session, prediction_id=prediction_id)
     except ServiceError as exc:
         return error_page(request, user, exc.status_code, "Case not found", str(exc))
-    latest_by_model = {
-        v.model_id: v.verdict for v in reviews.verdict_history(session=session, prediction_id=prediction_id)
-    }
+    verdicts = _visible_to(user, reviews.verdict_history(session=session, prediction_id=prediction_id))
+    latest_by_model = {v.model_id: v.verdict for v in verdicts}
     return render(
         request,
         "compare.html",

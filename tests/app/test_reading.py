@@ -140,3 +140,24 @@ def test_browser_errors_are_pages_with_a_way_back_and_the_api_keeps_json(env: En
     assert r.status_code == 405 and "<h1>Not here</h1>" in r.text
     api = client.get("/api/v1/no-such", headers=html)
     assert api.status_code == 404 and api.json() == {"detail": "Not Found"}
+
+
+def test_other_reviewers_verdicts_stay_hidden_until_ones_own_is_in(env: Env, case: dict[str, Any]) -> None:
+    model_id = case["results"][0]["model_id"]
+    url = f"/api/v1/predictions/{case['id']}/verdicts"
+    body = {"model_id": model_id, "verdict": "approve", "comment": "first reader"}
+    assert env.client.post(url, headers=env.auth("reviewer"), json=body).status_code == 201
+    with env.session() as s:
+        accounts.create_user(session=s, username="dr.blind", password=PASSWORD)
+    blind = login(env, "dr.blind")
+    page = blind.get(f"/cases/{case['id']}")
+    assert page.context["history"] == [] and page.context["hidden_verdicts"] >= 1
+    assert "first reader" not in page.text and 'id="hidden-verdicts"' in page.text
+    assert blind.get(f"/cases/{case['id']}/compare").context["review_state"] == {}
+    token = page.context["csrf_token"]
+    form = {"csrf_token": token, "model_id": str(model_id), "verdict": "approve", "comment": "second reader"}
+    assert blind.post(f"/cases/{case['id']}/verdicts", data=form).status_code == 303
+    after = blind.get(f"/cases/{case['id']}")
+    assert after.context["hidden_verdicts"] == 0 and "first reader" in after.text and "second reader" in after.text
+    admin = login(env, "admin2").get(f"/cases/{case['id']}")
+    assert admin.context["hidden_verdicts"] == 0 and len(admin.context["history"]) == len(after.context["history"])
