@@ -122,8 +122,8 @@ def render(
 
 def error_page(request: Request, user: User | None, status_code: int, title: str, message: str) -> Response:
     """The error page, with a link back to the same-site page the visitor came from (when there is one)."""
-    back = referring_page(request)
-    back = back if back not in ("/", request.url.path) else None
+    came_from = referring_page(request)
+    back = came_from if came_from not in ("/", request.url.path) else None
     return render(request, "error.html", user=user, status_code=status_code, title=title, message=message, back=back)
 
 
