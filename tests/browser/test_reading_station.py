@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from app.config import Settings
+from app.db import make_engine, make_session_factory
+from app.services import accounts
 from tests.app.conftest import Film
 from tests.browser.conftest import LiveServer, Shots, running_server
 
@@ -142,3 +145,30 @@ def test_class_keys_are_fixed_whatever_the_rail_order(page: Any, live_server: Li
         thumb = page.locator(f".class-thumb[data-cls={cls}]")
         assert "is-selected" in (thumb.get_attribute("class") or "")
         assert thumb.locator("kbd").inner_text() == key
+
+
+def test_verdicts_of_others_are_hidden_before_ones_own(page: Any, live_server: LiveServer, case_id: int) -> None:
+    settings = Settings(data_dir=live_server.data_dir, env="development").prepared()
+    engine = make_engine(settings.resolved_database_url)
+    with make_session_factory(engine)() as s:
+        accounts.create_user(session=s, username="dr.second", password="second reader 1")
+    engine.dispose()
+    log_in(page, live_server, f"/cases/{case_id}")
+    page.click("#extras summary")
+    page.fill("textarea[name=comment]", "first read by dr.reader")
+    page.click("#approve-btn")
+    page.wait_for_url(re.compile(r"saved=\d+"))
+    page.context.clear_cookies()
+
+    page.goto(f"{live_server.url}/cases/{case_id}")
+    page.fill("input[name=username]", "dr.second")
+    page.fill("input[name=password]", "second reader 1")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{live_server.url}/cases/{case_id}")
+    assert page.is_visible("#hidden-verdicts")
+    assert "first read by dr.reader" not in page.inner_text(".history")
+    page.click("#approve-btn")
+    page.wait_for_url(re.compile(r"saved=\d+"))
+    history = page.inner_text(".history")
+    assert "first read by dr.reader" in history and "dr.second" in history
+    assert page.locator("#hidden-verdicts").count() == 0
