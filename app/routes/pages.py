@@ -47,6 +47,7 @@ from app.services import accounts, model_registry, predictions, reviews
 from app.services.errors import ServiceError, ThrottledError
 from ml import CLASSES
 from ml.cam.overlay import colorbar_png
+from ml.confound import GROUP_NAMES
 from ml.imageio import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from ml.lung_focus import NO_LUNG, NO_POSITIVE_MASS
 
@@ -83,8 +84,12 @@ CAM_METHODS = {
     ),
 }
 DATA_CAVEAT = (
-    "Non-COVID training films are pediatric (Kermany), COVID-19 films are adult — a high COVID-19 "
-    "probability may reflect age/source, not lung findings; check the highlighted region."
+    "Children's training films are all non-COVID, pediatric (Kermany); adult non-COVID films come almost "
+    "all from one hospital (NIH ChestX-ray14: normal and pneumonia); COVID-19 films are adult, mostly "
+    "figures cut from papers and web pages (Cohen, CXNet: arrows, letters, crops) or from Hannover. A "
+    "probability may reflect age, hospital or figure marks rather than lung findings (a model trained "
+    "without the NIH films, such as the first bundled one, calls most adult films COVID-19); check the "
+    "highlighted region."
 )
 LEGEND_LOW = "blue = little evidence"
 LEGEND_HIGH = "red = strongest evidence for this class"
@@ -126,6 +131,7 @@ def _make_templates() -> Jinja2Templates:
         REASON_LABELS=REASON_LABELS,
         CAM_METHODS=CAM_METHODS,
         DATA_CAVEAT=DATA_CAVEAT,
+        GROUP_NAMES=GROUP_NAMES,
         LEGEND_LOW=LEGEND_LOW,
         LEGEND_HIGH=LEGEND_HIGH,
         LUNG_FOCUS_REASONS=LUNG_FOCUS_REASONS,
