@@ -377,19 +377,19 @@ class JobRun:
         if self.work_dir.exists():  # an earlier attempt (re-queued): start clean
             shutil.rmtree(self.work_dir)
         self.work_dir.mkdir(parents=True)
-        dataset_dir = self.settings.resolved_dataset_dir.resolve()
+        dataset_dirs = [d.resolve() for d in self.settings.resolved_dataset_dirs.values()]
         clock = PhaseClock()
         self.progress.set(work_dir=str(self.work_dir), phase="preparing")
         self.beat(force=True)
 
-        dataset_info, extra_dirs = self.prepare_data(dataset_dir)
+        dataset_info, extra_dirs = self.prepare_data(dataset_dirs)
         clock.lap("prepare")
         self.progress.set(dataset=dataset_info, phase="training")
         self.beat(force=True)
 
         train_dir = self.work_dir / "train"
         self.run_child(
-            self.train_command(dataset_dir, train_dir, extra_dirs),
+            self.train_command(dataset_dirs, train_dir, extra_dirs),
             log_name="train.log",
             events=self.work_dir / "events.jsonl",
         )
@@ -405,10 +405,10 @@ class JobRun:
         from ml.data import get_scenario
 
         same_films = training_data.write_comparison_manifest(
-            dataset_dir, self.work_dir / "comparison", split="test", classes=get_scenario(self.params.scenario).classes
+            dataset_dirs, self.work_dir / "comparison", split="test", classes=get_scenario(self.params.scenario).classes
         )
         reports = self.evaluate(
-            report_dir, {"test": (best, dataset_dir), "active-test": (active_checkpoint(active), same_films)}
+            report_dir, {"test": (best, dataset_dirs), "active-test": (active_checkpoint(active), [same_films])}
         )
         new_report, active_report = reports["test"], reports.get("active-test")
         clock.lap("evaluate")
@@ -431,10 +431,15 @@ class JobRun:
             **{k: v for k, v in self.progress_values().items() if k != "metrics"},
         }
 
-    def prepare_data(self, dataset_dir: Path) -> tuple[dict[str, Any], list[Path]]:
+    def prepare_data(self, dataset_dirs: list[Path]) -> tuple[dict[str, Any], list[Path]]:
         from ml.data import manifest_sha256
 
-        info: dict[str, Any] = {"data_dir": str(dataset_dir), "manifest_sha256": manifest_sha256(dataset_dir)}
+        info: dict[str, Any] = {
+            # the first folder's, as before several could be used; `manifests` lists every one
+            "data_dir": str(dataset_dirs[0]),
+            "manifest_sha256": manifest_sha256(dataset_dirs[0]),
+            "manifests": [{"name": d.name, "data_dir": str(d), "sha256": manifest_sha256(d)} for d in dataset_dirs],
+        }
         extra: list[Path] = []
         if self.params.include_reviewed:
             out = self.work_dir / "reviewed"
@@ -442,7 +447,7 @@ class JobRun:
                 reviewed = training_data.export_reviewed_uploads(
                     session=session,
                     store=self.worker.store,
-                    dataset_dir=dataset_dir,
+                    dataset_dirs=dataset_dirs,
                     out_dir=out,
                     cache_dir=self.settings.training_dir / "cache",
                     tick=self.beat,
@@ -452,15 +457,21 @@ class JobRun:
                 extra.append(out)
         return info, extra
 
-    def train_command(self, dataset_dir: Path, out: Path, extra_dirs: list[Path]) -> list[str]:
+    def train_command(self, dataset_dirs: list[Path], out: Path, extra_dirs: list[Path]) -> list[str]:
         return train_command(
-            self.params, self.settings, dataset_dir=dataset_dir, out=out, events=self.work_dir / "events.jsonl",
+            self.params, self.settings, dataset_dirs=dataset_dirs, out=out, events=self.work_dir / "events.jsonl",
             extra_dirs=extra_dirs,
         )  # fmt: skip
 
-    def evaluate(self, out_dir: Path, checkpoints: dict[str, tuple[Path | None, Path]]) -> dict[str, dict[str, Any]]:
-        """Evaluate (checkpoint, dataset) pairs on their test split in one child process; name → report."""
-        arguments = [f"{name}={path}@{data}" for name, (path, data) in checkpoints.items() if path is not None]
+    def evaluate(
+        self, out_dir: Path, checkpoints: dict[str, tuple[Path | None, list[Path]]]
+    ) -> dict[str, dict[str, Any]]:
+        """Evaluate (checkpoint, dataset folders) pairs on their test split in one child process; name → report."""
+        arguments = [
+            f"{name}={path}@{os.pathsep.join(map(str, data))}"
+            for name, (path, data) in checkpoints.items()
+            if path is not None
+        ]
         self.run_child(
             [sys.executable, "-m", "app.training_eval", "--split", "test", "--out-dir", str(out_dir), *arguments],
             log_name="evaluate.log",
@@ -560,7 +571,7 @@ def train_command(
     params: training.TrainingParams,
     settings: Settings,
     *,
-    dataset_dir: Path,
+    dataset_dirs: Sequence[Path],
     out: Path,
     events: Path,
     extra_dirs: Sequence[Path] = (),
@@ -574,8 +585,9 @@ def train_command(
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     "--nproc_per_node", str(settings.train_nproc), "-m", "ml"]  # fmt: skip
     command = [
-        *launcher, "train", "--arch", params.architecture, "--scenario", params.scenario, "--data", str(dataset_dir),
-        "--out", str(out), "--epochs", str(params.epochs), "--batch-size", str(params.batch_size),
+        *launcher, "train", "--arch", params.architecture, "--scenario", params.scenario,
+        *[arg for d in dataset_dirs for arg in ("--data", str(d))], "--out", str(out),
+        "--epochs", str(params.epochs), "--batch-size", str(params.batch_size),
         "--lr", repr(params.learning_rate), "--seed", str(params.seed), "--device", settings.train_device,
         "--pretrained" if params.pretrained else "--no-pretrained", "--events", str(events),
     ]  # fmt: skip

@@ -137,11 +137,13 @@ def create_job(*, session: Session, settings: Settings, params: TrainingParams, 
             f"ImageNet weights for {params.architecture} are not on this machine; put them in "
             "CXR_PRETRAINED_DIR or train from scratch"
         )
-    manifest = settings.resolved_dataset_dir / "manifest.csv"
-    if not manifest.is_file():
-        raise TrainingUnavailableError(
-            f"no training dataset: {manifest} not found (set CXR_DATASET_DIR to a folder with manifest.csv)"
-        )
+    for folder in settings.resolved_dataset_dirs.values():
+        manifest = folder / "manifest.csv"
+        if not manifest.is_file():
+            raise TrainingUnavailableError(
+                f"no training dataset: {manifest} not found (set CXR_DATASET_DIRS or CXR_DATASET_DIR to "
+                "folders with a manifest.csv)"
+            )
     try:
         parent_id: int | None = get_active_model(session=session).id
     except ModelUnavailableError:

@@ -21,11 +21,11 @@ def test_two_process_cpu_ddp_job(cxr_data_dir: Path, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "var", train_nproc=2, train_max_steps=2, train_device="cpu")
     params = TrainingParams(architecture="cnnx", scenario="s1", epochs=1, batch_size=2)
     out, events = tmp_path / "out", tmp_path / "events.jsonl"
-    command = train_command(params, settings, dataset_dir=data, out=out, events=events)
+    command = train_command(params, settings, dataset_dirs=[data], out=out, events=events)
     assert command[1:7] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
     assert "--input-mode" not in command
     cropped = train_command(
-        params.model_copy(update={"input_mode": "lung-crop"}), settings, dataset_dir=data, out=out, events=events
+        params.model_copy(update={"input_mode": "lung-crop"}), settings, dataset_dirs=[data], out=out, events=events
     )
     assert cropped[cropped.index("--input-mode") + 1] == "lung-crop"
 

@@ -295,7 +295,7 @@ def test_reviewed_uploads_export_leaves_out_held_out_films(env: Env, tiny_datase
     out = tmp_path / "reviewed"
     with env.session() as s:
         info = export_reviewed_uploads(
-            session=s, store=env.app.state.ctx.store, dataset_dir=tiny_dataset, out_dir=out, cache_dir=tmp_path / "c"
+            session=s, store=env.app.state.ctx.store, dataset_dirs=[tiny_dataset], out_dir=out, cache_dir=tmp_path / "c"
         )
     assert info["reviewed"] == 2 and info["added"] == 1 and info["excluded_holdout"] == 1
     exported = read_csv(out / "manifest.csv")
