@@ -7,15 +7,15 @@ Nothing reads the environment at import time: `create_app(settings=None)` and th
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ml.dataset_dirs import parse_dataset_dirs
 
 # Secrets that show up in examples and must never guard a production deployment.
 _KNOWN_WEAK_SECRETS = {"", "changeme", "change-me", "changethis", "secret", "dev", "development", "test"}
@@ -99,18 +99,7 @@ class Settings(BaseSettings):
         """CXR_DATASET_DIRS as text: a JSON list (`["a", "b"]`) or `a:b` (os.pathsep); blank = unset."""
         if not isinstance(value, str):
             return value
-        text = value.strip()
-        if not text:
-            return None
-        if text.startswith("["):
-            try:
-                listed = json.loads(text)
-            except ValueError as exc:
-                raise SettingsError(f"CXR_DATASET_DIRS looks like a JSON list but is not one: {exc}") from None
-            if not (isinstance(listed, list) and all(isinstance(d, str) and d.strip() for d in listed)):
-                raise SettingsError(f"CXR_DATASET_DIRS as JSON must be a list of folder paths, got {text}")
-            return listed
-        return [d.strip() for d in text.split(os.pathsep) if d.strip()]
+        return parse_dataset_dirs(value) or None
 
     @field_validator("dataset_dirs")
     @classmethod
