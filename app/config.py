@@ -99,7 +99,7 @@ class Settings(BaseSettings):
         """CXR_DATASET_DIRS as text: a JSON list (`["a", "b"]`) or `a:b` (os.pathsep); blank = unset."""
         if not isinstance(value, str):
             return value
-        return parse_dataset_dirs(value) or None
+        return parse_dataset_dirs(value) if value.strip() else None
 
     @field_validator("dataset_dirs")
     @classmethod
