@@ -118,7 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from exc
     worker = None
     if not args.no_worker:  # the web process never trains: one worker process runs beside it
-        from app.worker import start_embedded_worker
+        from app.processes import start_embedded_worker
 
         worker = start_embedded_worker()
         print(f"cxr-review: training worker started (pid {worker.pid}; --no-worker to disable)", flush=True)

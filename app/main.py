@@ -238,7 +238,7 @@ def create_app(settings: Settings | None = None, *, announce: Any = None) -> Fas
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        from app.worker import Reaper
+        from app.reaper import Reaper
 
         reaper = Reaper(ctx.session_factory, settings).start()  # fails jobs of dead workers; never trains
         if settings.preload_models:

@@ -3,8 +3,9 @@
 One job, in the job's work dir (DATA_DIR/training/job-<id>):
 
 1. prepare: export reviewed uploads as an extra train-only manifest (`training_data`), if asked;
-2. train: `python -m ml train ... --events events.jsonl` — under `torchrun --standalone
-   --nproc_per_node N` when CXR_TRAIN_NPROC > 1 (DistributedDataParallel: gloo on CPU, nccl on GPU);
+2. train: the job's `ml.config.TrainConfig` written to `train-config.json`, then
+   `python -m ml train --config train-config.json --events events.jsonl` — under `torchrun
+   --standalone --nproc_per_node N` when CXR_TRAIN_NPROC > 1 (DDP: gloo on CPU, nccl on GPU);
 3. evaluate: `python -m ml evaluate` of the new checkpoint and of the active model on the test split;
 4. report: charts (PNG) and the report JSON; register the checkpoint as a new, immutable model
    version (copied into the models dir, read-only) whose parent is the model active at submission.
@@ -13,25 +14,23 @@ While a child runs, the worker tails its events file and writes progress plus a 
 job row (at most once a second, at least every CXR_WORKER_HEARTBEAT_SECONDS). A cancel request,
 or the discovery that the job is no longer this worker's (it was reaped), terminates the child's
 process group. Children get SIGKILL if the worker dies (Linux parent-death signal), and the
-reaper (here and in the web process) fails the job of a worker that stopped heartbeating.
-SIGTERM/SIGINT stop the worker gracefully: a running job is put back in the queue.
+reaper (here and in the web process, `app.reaper`) fails the job of a worker that stopped
+heartbeating. SIGTERM/SIGINT stop the worker gracefully: a running job is put back in the queue.
+Child processes are `app.processes`'s; progress events become job fields in `app.job_progress`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +39,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import make_engine, make_session_factory, upgrade_database
+from app.job_progress import EventTail, PhaseClock, Progress
 from app.models import MLModel, TrainingJob
+from app.processes import log_tail, spawn_child, stop_child
 from app.services import model_registry, training, training_data, training_report
 from app.services.storage import FileStore
-from ml import CLASSES
+from ml.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 PROGRESS_WRITE_SECONDS = 1.0
 CHILD_POLL_SECONDS = 0.25
-TERMINATE_GRACE_SECONDS = 10.0
-LOG_TAIL_CHARS = 1500
-REAPER_INTERVAL_SECONDS = 10.0
 
 
 class JobStopped(Exception):
@@ -64,141 +62,6 @@ class JobStopped(Exception):
 
 class JobFailed(Exception):
     """The job failed with a message fit to show the admin."""
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    """Ask Linux to SIGKILL this child when the worker dies, so a killed worker leaves no trainer behind."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def spawn_child(command: list[str], *, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start `command` in its own process group (killed as a whole), output appended to `log_path`."""
-    with log_path.open("ab") as out:
-        return subprocess.Popen(
-            command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
-
-
-def stop_child(proc: subprocess.Popen[bytes], grace: float = TERMINATE_GRACE_SECONDS) -> None:
-    """SIGTERM the child's process group, SIGKILL after `grace` seconds."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def log_tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
-    """The end of a child's log: its `error: ...` line if it printed one, else the last lines."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    errors = [line for line in text.splitlines() if line.startswith("error: ")]
-    if errors:
-        return errors[-1][len("error: ") :]
-    return text[-chars:].strip()
-
-
-@dataclass
-class EventTail:
-    """Reads the complete JSON lines appended to a file since the last call."""
-
-    path: Path
-    offset: int = 0
-    partial: bytes = b""
-
-    def read(self) -> list[dict[str, Any]]:
-        try:
-            with self.path.open("rb") as fh:
-                fh.seek(self.offset)
-                data = fh.read()
-        except FileNotFoundError:
-            return []
-        self.offset += len(data)
-        data = self.partial + data
-        lines = data.split(b"\n")
-        self.partial = lines.pop()
-        events = []
-        for line in lines:
-            if line.strip():
-                try:
-                    events.append(json.loads(line))
-                except ValueError:
-                    log.warning("ignoring a malformed progress line in %s", self.path)
-        return events
-
-
-@dataclass
-class Progress:
-    """The job row's progress fields as the worker knows them; `dirty` when not yet written."""
-
-    values: dict[str, Any] = field(default_factory=dict)
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-    step_losses: list[tuple[float, float]] = field(default_factory=list)
-    dirty: bool = False
-
-    def set(self, **values: Any) -> None:
-        self.values.update(values)
-        self.dirty = True
-
-    def apply(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind == "start":
-            self.set(
-                phase="training",
-                steps_per_epoch=event.get("steps_per_epoch"),
-                epochs=event.get("epochs"),
-                metrics={
-                    **self.metrics(),
-                    "train_images": event.get("train_images"),
-                    "val_images": event.get("val_images"),
-                    "skipped": event.get("skipped"),
-                },
-            )
-        elif kind == "step":
-            steps = event.get("steps_per_epoch") or 1
-            epoch, step = int(event["epoch"]), int(event["step"])
-            self.step_losses.append((epoch - 1 + step / steps, float(event["loss"])))
-            self.set(
-                epoch=epoch,
-                step=step,
-                loss=event["loss"],
-                progress=min(1.0, float(event["progress"])),
-                eta_seconds=event.get("eta_seconds"),
-            )
-        elif kind == "epoch":
-            val = event.get("val") or {}
-            row = {
-                "epoch": event["epoch"],
-                "train_loss": event.get("train_loss"),
-                "val_loss": val.get("loss"),
-                "val_accuracy": val.get("accuracy"),
-                "val_macro_sensitivity": val.get("macro_sensitivity"),
-                "val_sensitivity": {c: (val.get("per_class") or {}).get(c, {}).get("sensitivity") for c in CLASSES},
-                "best": bool(event.get("best")),
-            }
-            self.epochs.append(row)
-            self.set(epoch=event["epoch"], metrics={**self.metrics(), "history": list(self.epochs)})
-        elif kind == "end":
-            self.set(progress=1.0, eta_seconds=0.0, phase="evaluating")
-
-    def metrics(self) -> dict[str, Any]:
-        return dict(self.values.get("metrics") or {})
 
 
 class Worker:
@@ -285,19 +148,6 @@ class Worker:
         log.info("training job %s: %s", job.id, status)
 
 
-@dataclass
-class PhaseClock:
-    """Wall-clock seconds per phase of a job (shown in its report)."""
-
-    last: float = field(default_factory=time.monotonic)
-    laps: dict[str, float] = field(default_factory=dict)
-
-    def lap(self, name: str) -> None:
-        now = time.monotonic()
-        self.laps[name] = round(now - self.last, 2)
-        self.last = now
-
-
 class JobRun:
     """One attempt at one job (see the module docstring for the steps)."""
 
@@ -306,6 +156,7 @@ class JobRun:
         self.settings = worker.settings
         self.job = job
         self.params = training.TrainingParams.model_validate(job.params)
+        self.options = self.params.train_options()  # TrainConfig's names: arch, scenario, lr, ...
         self.work_dir = self.settings.training_dir / f"job-{job.id}"
         self.progress = Progress()
         self.last_write = 0.0
@@ -387,12 +238,16 @@ class JobRun:
         self.progress.set(dataset=dataset_info, phase="training")
         self.beat(force=True)
 
-        train_dir = self.work_dir / "train"
-        self.run_child(
-            self.train_command(dataset_dirs, train_dir, extra_dirs),
-            log_name="train.log",
-            events=self.work_dir / "events.jsonl",
-        )
+        train_dir, events = self.work_dir / "train", self.work_dir / "events.jsonl"
+        config = job_train_config(self.params, self.settings, dataset_dirs=dataset_dirs, out=train_dir,
+                                  extra_dirs=extra_dirs)  # fmt: skip
+        try:
+            config.validate()
+        except (KeyError, ValueError) as exc:
+            raise JobFailed(str(exc).strip("'\"")) from exc
+        config_file = self.work_dir / "train-config.json"
+        config_file.write_text(config.to_json())
+        self.run_child(train_command(config_file, self.settings, events=events), log_name="train.log", events=events)
         best = train_dir / "best.pt"
         if not best.is_file():
             raise JobFailed("training finished without writing a checkpoint (see train.log)")
@@ -405,7 +260,10 @@ class JobRun:
         from ml.data import get_scenario
 
         same_films = training_data.write_comparison_manifest(
-            dataset_dirs, self.work_dir / "comparison", split="test", classes=get_scenario(self.params.scenario).classes
+            dataset_dirs,
+            self.work_dir / "comparison",
+            split="test",
+            classes=get_scenario(self.options["scenario"]).classes,
         )
         reports = self.evaluate(
             report_dir, {"test": (best, dataset_dirs), "active-test": (active_checkpoint(active), [same_films])}
@@ -457,12 +315,6 @@ class JobRun:
                 extra.append(out)
         return info, extra
 
-    def train_command(self, dataset_dirs: list[Path], out: Path, extra_dirs: list[Path]) -> list[str]:
-        return train_command(
-            self.params, self.settings, dataset_dirs=dataset_dirs, out=out, events=self.work_dir / "events.jsonl",
-            extra_dirs=extra_dirs,
-        )  # fmt: skip
-
     def evaluate(
         self, out_dir: Path, checkpoints: dict[str, tuple[Path | None, list[Path]]]
     ) -> dict[str, dict[str, Any]]:
@@ -494,14 +346,13 @@ class JobRun:
 
         from ml.checkpoints import read_checkpoint
 
-        p = self.params
-        name = f"{p.architecture}-{p.scenario}"
+        name = f"{self.options['arch']}-{self.options['scenario']}"
         meta, state = read_checkpoint(best)
         meta["name"] = name
         meta["metrics"] = {**(meta.get("metrics") or {}), "test": _without(test_report, "checkpoint")}
         meta["hparams"] = {
             **(meta.get("hparams") or {}),
-            "include_reviewed": p.include_reviewed,
+            "include_reviewed": self.params.include_reviewed,
             "reviewed_uploads_added": self._reviewed_added(),
             "training_job_id": self.job.id,
         }
@@ -567,39 +418,35 @@ class JobRun:
         }
 
 
-def train_command(
+def job_train_config(
     params: training.TrainingParams,
     settings: Settings,
     *,
     dataset_dirs: Sequence[Path],
     out: Path,
-    events: Path,
     extra_dirs: Sequence[Path] = (),
-) -> list[str]:
-    """The training child's command line: `python -m ml train ...`, under `torchrun --standalone
-    --nproc_per_node N` (DistributedDataParallel) when CXR_TRAIN_NPROC = N > 1. The steps per epoch
-    are capped by the job's own cap and CXR_TRAIN_MAX_STEPS, whichever is lower."""
-    caps = [c for c in (params.max_steps_per_epoch, settings.train_max_steps) if c is not None]
+) -> TrainConfig:
+    """The job's training run: what the admin asked for, on this worker's dataset, device and threads.
+    The steps per epoch are capped by the job's own cap and CXR_TRAIN_MAX_STEPS, whichever is lower."""
+    caps = [c for c in (params.train_options()["max_steps_per_epoch"], settings.train_max_steps) if c is not None]
+    return params.train_config(
+        data_dirs=[str(d) for d in dataset_dirs],
+        out_dir=str(out),
+        extra_train_dirs=[str(d) for d in extra_dirs],
+        device=settings.train_device,
+        threads=settings.train_threads or None,
+        max_steps_per_epoch=min(caps) if caps else None,
+    )
+
+
+def train_command(config_file: Path, settings: Settings, *, events: Path) -> list[str]:
+    """The training child's command line: `python -m ml train --config FILE --events FILE`, under
+    `torchrun --standalone --nproc_per_node N` (DistributedDataParallel) when CXR_TRAIN_NPROC = N > 1."""
     launcher = [sys.executable, "-m", "ml"]
     if settings.train_nproc > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     "--nproc_per_node", str(settings.train_nproc), "-m", "ml"]  # fmt: skip
-    command = [
-        *launcher, "train", "--arch", params.architecture, "--scenario", params.scenario,
-        *[arg for d in dataset_dirs for arg in ("--data", str(d))], "--out", str(out),
-        "--epochs", str(params.epochs), "--batch-size", str(params.batch_size),
-        "--lr", repr(params.learning_rate), "--seed", str(params.seed), "--device", settings.train_device,
-        "--pretrained" if params.pretrained else "--no-pretrained", "--events", str(events),
-    ]  # fmt: skip
-    if params.input_mode != "full":
-        command += ["--input-mode", params.input_mode]
-    if caps:
-        command += ["--max-steps-per-epoch", str(min(caps))]
-    if settings.train_threads:
-        command += ["--threads", str(settings.train_threads)]
-    for extra in extra_dirs:
-        command += ["--extra-train-dir", str(extra)]
-    return command
+    return [*launcher, "train", "--config", str(config_file), "--events", str(events)]
 
 
 def active_checkpoint(model: MLModel | None) -> Path | None:
@@ -639,7 +486,7 @@ def with_class_ci(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# ---------------------------------------------------------------------------- processes
+# ---------------------------------------------------------------------------- the process
 def run_worker_process(settings: Settings, *, once: bool = False) -> int:
     """`cxr-review worker`: SIGTERM/SIGINT stop it after putting a running job back in the queue."""
     stop = threading.Event()
@@ -653,58 +500,3 @@ def run_worker_process(settings: Settings, *, once: bool = False) -> int:
     worker = Worker(settings, stop=stop)
     worker.run(once=once)
     return 0
-
-
-def start_embedded_worker(log_path: Path | None = None) -> subprocess.Popen[bytes]:
-    """`cxr-review serve`'s worker: a `cxr-review worker` subprocess (same environment and settings),
-    killed with the server (parent-death signal)."""
-    out = log_path.open("ab") if log_path is not None else None
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"],
-            stdout=out,
-            stderr=subprocess.STDOUT if out is not None else None,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
-    finally:
-        if out is not None:
-            out.close()
-
-
-class Reaper:
-    """A daemon thread of the web process that fails abandoned jobs (the web process never trains)."""
-
-    def __init__(
-        self,
-        session_factory: sessionmaker[Session],
-        settings: Settings,
-        interval: float = REAPER_INTERVAL_SECONDS,
-        on_error: Callable[[Exception], None] | None = None,
-    ) -> None:
-        self.session_factory = session_factory
-        self.stale_after = settings.worker_stale_seconds
-        self.interval = min(interval, max(0.5, settings.worker_stale_seconds / 3))
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="training-job-reaper", daemon=True)
-        self.on_error = on_error
-
-    def start(self) -> Reaper:
-        self.thread.start()
-        return self
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self.stop.wait(self.interval):
-            try:
-                with self.session_factory() as session:
-                    reaped = training.reap_stale_jobs(session=session, stale_after_seconds=self.stale_after)
-                if reaped:
-                    log.warning("reaped abandoned training job(s) %s", reaped)
-            except Exception as exc:  # the database may be briefly unavailable; try again next round
-                log.warning("training job reaper: %s", exc)
-                if self.on_error is not None:
-                    self.on_error(exc)

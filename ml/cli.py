@@ -12,12 +12,12 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ml.dataset_dirs import parse_dataset_dirs
 
 if TYPE_CHECKING:  # the CLI imports torch lazily, so `--help` and argument errors stay fast
-    from ml.train import TrainConfig
+    from ml.config import ConfigField, TrainConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -74,77 +74,106 @@ def _number_type(
 
 
 _positive_int = _number_type(int, "an integer", lambda v: v > 0, "> 0")
-_nonnegative_int = _number_type(int, "an integer", lambda v: v >= 0, "≥ 0")
 _positive_float = _number_type(float, "a number", lambda v: v > 0, "> 0")
 _unit_float = _number_type(float, "a number", lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
 
 
-def add_training_options(p: argparse.ArgumentParser) -> None:
+def add_config_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+    """`--config FILE` plus one option per `TrainConfig` field (but `skip`), all from `ml.config`.
+
+    No option has an argparse default, so the namespace holds only what was given: the command line
+    overrides the file, the file overrides the fields' defaults (`config_from_args`)."""
+    from ml.config import config_fields
+
     p.add_argument(
-        "--scenario",
-        default="s2",
-        choices=["s1", "s2", "s3"],
-        help="s1 normal vs COVID-19; s2 all four classes; s3 four classes, <=350 per non-COVID class",
-    )
-    add_data_option(p)
-    p.add_argument("--epochs", type=_positive_int, default=20, help="paper default: 20")
-    p.add_argument("--batch-size", type=_positive_int, default=15, help="paper default: 15")
-    p.add_argument("--lr", type=_positive_float, default=3e-4, help="initial learning rate (Adam), paper: 3e-4")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument(
-        "--lr-schedule",
-        choices=["constant", "cosine", "onecycle"],
-        default="constant",
-        help="constant (paper), cosine decay, or one-cycle (torch's OneCycleLR: warm-up to --lr, then anneal)",
-    )
-    p.add_argument(
-        "--optimizer",
-        choices=["adam", "adamw"],
-        default="adam",
-        help="adam (paper; --weight-decay is L2) or adamw (decoupled weight decay)",
-    )
-    p.add_argument("--warmup-epochs", type=_nonnegative_int, default=0)
-    p.add_argument("--label-smoothing", type=_unit_float, default=0.0, help="in [0, 1]")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--input-size", type=_positive_int, default=None, help="override the architecture's input size")
-    p.add_argument("--no-augment", action="store_true", help="turn off the light affine/contrast augmentation")
-    p.add_argument("--class-weighting", choices=["inverse-frequency", "none"], default="inverse-frequency")
-    p.add_argument("--max-steps-per-epoch", type=_positive_int, default=None, help="cap steps (smoke tests)")
-    p.add_argument("--workers", type=_nonnegative_int, default=0, help="data loader worker processes")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument(
-        "--intensity",
-        choices=["raw", "equalize"],
-        default="raw",
-        help="grey-level standardisation after resizing: none, or histogram equalisation",
-    )
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument(
-        "--input-mode",
-        choices=["full", "lung-crop"],
-        default="full",
-        help="the whole film (default), or the film cropped to its lungs' bounding box plus --crop-margin",
-    )
-    p.add_argument(
-        "--crop-margin",
-        type=_unit_float,
-        default=0.1,
-        help="lung-crop: margin added on every side, as a fraction of the lung box's height/width (default 0.1)",
-    )
-    p.add_argument(
-        "--lungseg-checkpoint",
+        "--config",
         default=None,
-        help="lung-crop: lung segmentation checkpoint (default: the bundled ml/bundled/lungseg.pt)",
+        metavar="FILE",
+        help="a JSON object of training options (e.g. a checkpoint's train_config); options given here override it",
     )
-    pre = p.add_mutually_exclusive_group()
-    pre.add_argument(
-        "--pretrained",
-        dest="pretrained",
-        action="store_true",
-        help="start from ImageNet weights (local cache or the library's download)",
-    )
-    pre.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="train from scratch (default)")
-    p.set_defaults(pretrained=False)
+    for f in config_fields():
+        if f.name not in skip:
+            p.add_argument(f.flag, dest=f.name, default=argparse.SUPPRESS, help=_option_help(f), **_option_kind(f))
+
+
+CLI_FALLBACKS: dict[str, tuple[str, Callable[[], Any]]] = {
+    "data_dirs": (
+        "$CXR_DATASET_DIRS, else $CXR_DATASET_DIR, else ../shared/data/cxr and ../shared/data/cxr-adult",
+        default_dataset_dirs,
+    ),
+}
+"""Required fields the command line fills in when neither the options nor --config give them."""
+
+
+def _option_help(f: ConfigField) -> str:
+    parts = [f.option.help.rstrip(".")]
+    choices = f.static_choices
+    if choices:
+        parts.append("; ".join(f"{value}: {meaning}" for value, meaning in choices.items()))
+    if f.kind in ("int", "float") and f.bound_rule():
+        parts.append(str(f.bound_rule()))
+    if f.name in CLI_FALLBACKS:
+        parts.append(f"default: {CLI_FALLBACKS[f.name][0]}")
+    else:
+        parts.append("required (here or in --config)" if f.required else f"default: {f.describe_default()}")
+    if f.exposed:
+        parts.append(f"job API: {f.public}")
+    return ". ".join(parts).replace("%", "%%")
+
+
+def _option_kind(f: ConfigField) -> dict[str, Any]:
+    if f.kind == "bool":
+        return {"action": argparse.BooleanOptionalAction}
+    if f.kind == "list":
+        return {"action": "append", "metavar": "DIR"}
+    if f.static_choices:
+        return {"choices": list(f.static_choices)}
+    if f.kind in ("int", "float"):
+        return {"type": _field_number_type(f), "metavar": "N" if f.kind == "int" else "X"}
+    return {"metavar": "DIR" if f.name.endswith("_dir") else "FILE" if f.name.endswith("_checkpoint") else "NAME"}
+
+
+def _field_number_type(f: ConfigField) -> Callable[[str], float]:
+    """An argparse `type=` for a numeric field: "'x' is not an integer", "must be > 0, got 0"."""
+    noun = "an integer" if f.kind == "int" else "a number"
+    parse: Callable[[str], float] = int if f.kind == "int" else float
+
+    def convert(text: str) -> float:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        problem = f.problem(value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return convert
+
+
+def config_from_args(args: argparse.Namespace, **fixed: Any) -> TrainConfig:
+    """The run `args` describe: the fields' defaults, then `--config FILE`, then the options given,
+    then `fixed`; the datasets default to `default_dataset_dirs()`. Validated (CLIError otherwise)."""
+    from ml.config import ConfigError, TrainConfig, config_fields, read_config_file
+
+    try:
+        values = read_config_file(args.config) if args.config else {}
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from exc
+    values.update({f.name: getattr(args, f.name) for f in config_fields() if hasattr(args, f.name)})
+    values.update(fixed)
+    for name, (_, fallback) in CLI_FALLBACKS.items():
+        values.setdefault(name, fallback())
+    missing = [f.flag for f in config_fields() if f.required and f.name not in values]
+    if missing:
+        args.command_parser.error(f"the following arguments are required: {', '.join(missing)}")
+    try:
+        config = TrainConfig.from_dict(values)
+        config.validate()
+    except (KeyError, ValueError) as exc:
+        where = f"config {args.config}: " if args.config and isinstance(exc, ConfigError) else ""
+        raise CLIError(where + str(exc).strip("'\"")) from exc
+    return config
 
 
 def parameter_count(name: str) -> int:
@@ -192,49 +221,10 @@ def cmd_archs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace, out_dir: str, arch: str | None = None) -> TrainConfig:
-    from ml.train import TrainConfig
-
-    return TrainConfig(
-        arch=arch or args.arch,
-        data_dirs=args.data or default_dataset_dirs(),
-        out_dir=out_dir,
-        scenario=args.scenario,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        lr_schedule=args.lr_schedule,
-        optimizer=args.optimizer,
-        warmup_epochs=args.warmup_epochs,
-        label_smoothing=args.label_smoothing,
-        seed=args.seed,
-        pretrained=args.pretrained,
-        input_size=args.input_size,
-        augment=not args.no_augment,
-        class_weighting=args.class_weighting,
-        max_steps_per_epoch=args.max_steps_per_epoch,
-        num_workers=args.workers,
-        device=args.device,
-        half_checkpoint=getattr(args, "half", False),
-        resume=getattr(args, "resume", False),
-        threads=args.threads,
-        intensity=args.intensity,
-        input_mode=args.input_mode,
-        crop_margin=args.crop_margin,
-        lungseg_checkpoint=args.lungseg_checkpoint,
-    )
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from ml.train import train
 
-    config = _train_config(args, args.out)
-    config.extra_train_dirs = list(args.extra_train_dir)
-    try:
-        config.validate()
-    except (KeyError, ValueError) as exc:
-        raise CLIError(str(exc).strip("'\"")) from exc
+    config = config_from_args(args)
     if args.events and int(os.environ.get("RANK", "0")) == 0:
         with open(args.events, "a", encoding="utf-8") as events:
 
@@ -297,13 +287,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         raise CLIError(
             f"unknown architecture(s): {', '.join(unknown) or '(none given)'}; known: {', '.join(list_archs())}"
         )
-    configs = [_train_config(args, str(Path(args.out) / arch), arch) for arch in archs]
-    for c in configs:
-        c.resume = True
-        try:
-            c.validate()
-        except (KeyError, ValueError) as exc:
-            raise CLIError(str(exc)) from exc
+    configs = [config_from_args(args, arch=arch, out_dir=str(Path(args.out) / arch), resume=True) for arch in archs]
     run_benchmark(configs, out_dir=args.out, split=args.split)
     return 0
 
@@ -316,17 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=cmd_archs)
 
-    p = sub.add_parser("train", help="train one architecture on one scenario")
-    p.add_argument("--arch", required=True, help="registry name, see `cxr-review archs`")
-    p.add_argument("--out", required=True, help="output folder (best.pt, last.pt, history.json)")
-    p.add_argument("--half", action="store_true", help="store best.pt weights in float16")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if present")
-    p.add_argument(
-        "--extra-train-dir",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="another manifest folder whose train split is added to the training set (repeatable)",
+    p = sub.add_parser(
+        "train",
+        help="train one architecture on one scenario",
+        description="Train one architecture on one scenario. Every option is a field of ml.config.TrainConfig.",
     )
     p.add_argument(
         "--events",
@@ -334,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="append progress events (start/step/epoch/end) as JSON lines to FILE (rank 0 only)",
     )
-    add_training_options(p)
-    p.set_defaults(handler=cmd_train)
+    add_config_options(p)
+    p.set_defaults(handler=cmd_train, command_parser=p)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on one split (default: the bundled model)")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the bundled default model)")
@@ -363,8 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archs", required=True, help="comma-separated registry names")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per architecture)")
     p.add_argument("--split", default="test", help="split the comparison is evaluated on")
-    add_training_options(p)
-    p.set_defaults(handler=cmd_benchmark)
+    add_config_options(p, skip=("arch", "out_dir", "resume"))
+    p.set_defaults(handler=cmd_benchmark, command_parser=p)
     add_train_lungs_command(sub)
     return parser
 

@@ -1,10 +1,13 @@
 """Training: flat functions in the style of torchvision's reference script.
 
-`train(config)` trains one registry architecture on one scenario of a manifest dataset, validates
-after every epoch, keeps the best checkpoint (`best.pt`, by validation macro sensitivity, ties broken
-by validation loss) and the last one (`last.pt`, with optimiser state, for resuming), and writes
-`history.json`. It runs unchanged under `torchrun` (DistributedDataParallel: gloo on CPU, nccl on
-GPU); then only rank 0 validates and writes files.
+`train(config)` is the orchestration (`main`): set up the runtime, data, model and loader
+(`init_runtime`, `load_training_data`, `make_loader`, `resume_from`), then per epoch
+`train_one_epoch` and, on rank 0, `validate_epoch` and `save_epoch`. It trains one registry
+architecture on one scenario of a manifest dataset, keeps the best checkpoint (`best.pt`, by
+validation macro sensitivity, ties broken by validation loss) and the last one (`last.pt`, with
+optimiser state, for resuming), and writes `history.json`. It runs unchanged under `torchrun`
+(DistributedDataParallel: gloo on CPU, nccl on GPU); then only rank 0 validates and writes files.
+What a run is, option by option, is `ml.config.TrainConfig`.
 
 It reads one or several manifest folders (`data_dirs`, see `ml.data.read_manifests`). The loss is
 `ml.losses.PartialLabelLoss`: class-weighted cross-entropy, with `pneumonia` rows (bacterial or viral,
@@ -22,7 +25,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +38,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ml import CLASSES
 from ml.architectures import CXRNet
 from ml.checkpoints import base_meta, save_checkpoint
+from ml.config import TrainConfig
 from ml.data import (
     LoadedImages,
+    Scenario,
     XrayDataset,
     class_counts,
     get_scenario,
@@ -48,104 +53,18 @@ from ml.data import (
     select,
 )
 from ml.losses import PartialLabelLoss, class_weights
-from ml.lung_crop import DEFAULT_INPUT_MODE, DEFAULT_MARGIN, check_input_mode
 from ml.lungs import LungSegmenter
 from ml.metrics import classification_report
-from ml.registry import get_arch
-from ml.transforms import INTENSITY_MODES, apply_intensity, normalize_batch, train_augmentation
+from ml.registry import ArchSpec, get_arch
+from ml.transforms import apply_intensity, normalize_batch, train_augmentation
 
 log = logging.getLogger(__name__)
 
 MASKED_LOGIT = float("-inf")
-LR_SCHEDULES = ("constant", "cosine", "onecycle")
-OPTIMIZERS = ("adam", "adamw")
 
 
 class TrainingCancelled(Exception):
     """Raised by a progress callback to stop training between steps."""
-
-
-@dataclass
-class TrainConfig:
-    arch: str
-    data_dirs: list[str]
-    """Manifest folders read together (`ml.data.read_manifests`); their train/val splits are used."""
-    out_dir: str
-    scenario: str = "s2"
-    epochs: int = 20
-    batch_size: int = 15
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"  # "constant" (paper), "cosine" or "onecycle" (torch's OneCycleLR shape)
-    optimizer: str = "adam"  # "adam" (paper; L2 weight decay) or "adamw" (decoupled weight decay)
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    seed: int = 0
-    pretrained: bool = False
-    input_size: int | None = None
-    augment: bool = True
-    class_weighting: str = "inverse-frequency"  # or "none"
-    max_steps_per_epoch: int | None = None
-    num_workers: int = 0
-    half_checkpoint: bool = False
-    device: str = "auto"
-    resume: bool = False
-    channels_last: bool = True
-    threads: int | None = None
-    intensity: str = "raw"  # "raw" or "equalize" (see ml.transforms.INTENSITY_MODES)
-    """torch intra-op threads (None: torch's default). One thread is faster on a busy machine."""
-    extra_train_dirs: list[str] = field(default_factory=list)
-    input_mode: str = DEFAULT_INPUT_MODE  # "full" or "lung-crop" (see ml.lung_crop)
-    crop_margin: float = DEFAULT_MARGIN
-    lungseg_checkpoint: str | None = None  # lung-crop only; None: the bundled segmenter
-
-    def validate(self) -> None:
-        spec = get_arch(self.arch)  # raises KeyError for unknown names
-        get_scenario(self.scenario)
-        if self.pretrained and spec.pretrained_weights is None:
-            raise ValueError(f"{spec.name} has no ImageNet weights; train it from scratch (--no-pretrained)")
-        if self.epochs <= 0:
-            raise ValueError("epochs must be > 0")
-        if self.batch_size <= 0:
-            raise ValueError("batch size must be > 0")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError("learning rate must be a positive number")
-        if self.intensity not in INTENSITY_MODES:
-            raise ValueError(f"intensity must be one of {', '.join(INTENSITY_MODES)}")
-        check_input_mode(self.input_mode)
-        if not 0.0 <= self.crop_margin <= 1.0:
-            raise ValueError("crop margin must be between 0 and 1")
-        if not self.data_dirs:
-            raise ValueError("no dataset folder given")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr schedule must be one of {', '.join(LR_SCHEDULES)}")
-        if self.lr_schedule == "onecycle" and self.warmup_epochs:
-            raise ValueError("lr schedule 'onecycle' has its own warm-up: leave warmup epochs at 0")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
-        if self.class_weighting not in ("inverse-frequency", "none"):
-            raise ValueError("class weighting must be 'inverse-frequency' or 'none'")
-        if self.input_size is not None:
-            if spec.fixed_input_size and self.input_size != spec.input_size:
-                raise ValueError(f"{spec.name} needs input size {spec.input_size}")
-            if not 32 <= self.input_size <= 1024:
-                raise ValueError("input size must be between 32 and 1024")
-
-    def hparams(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in (
-            "data_dirs",
-            "out_dir",
-            "resume",
-            "num_workers",
-            "device",
-            "extra_train_dirs",
-            "channels_last",
-            "threads",
-            "lungseg_checkpoint",
-        ):
-            d.pop(k)
-        return d
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -153,12 +72,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def class_mask(active: tuple[str, ...], device: torch.device | str = "cpu") -> torch.Tensor:
@@ -240,35 +153,55 @@ def _better(new: dict[str, Any], best: dict[str, Any] | None) -> bool:
     return (new.get("loss") or math.inf) < (best.get("loss") or math.inf)
 
 
-def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train, validate every epoch, keep the best checkpoint. Returns a summary dict.
+# ------------------------------------------------------------------------------- setup
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process trains: its device and its place among the DDP processes (rank 0 of 1 alone)."""
 
-    `callback(event)` receives dicts with `type` in {"start", "step", "epoch", "end"}; raising
-    `TrainingCancelled` from it stops training cleanly after the current step.
-    """
-    config.validate()
-    spec = get_arch(config.arch)
-    scenario = get_scenario(config.scenario)
-    input_size = config.input_size or spec.input_size
-    out_dir = Path(config.out_dir)
-    emit = callback or (lambda event: None)
+    device: torch.device
+    rank: int = 0
+    world: int = 1
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = pick_device(config.device)
-    if distributed:
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if not dist.is_initialized():
-            dist.init_process_group(backend=backend)
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-    rank = dist.get_rank() if distributed else 0
-    world = dist.get_world_size() if distributed else 1
-    is_main = rank == 0
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    generator = seed_everything(config.seed)
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
 
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_runtime(config: TrainConfig) -> Runtime:
+    """The device ("auto": CUDA if there is one), and under `torchrun` (WORLD_SIZE > 1) the process group:
+    nccl on GPU, gloo on CPU."""
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if config.device == "auto" else config.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Runtime(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return Runtime(device, dist.get_rank(), dist.get_world_size())
+
+
+@dataclass
+class TrainingData:
+    """The decoded training and validation films of a run (resized, intensity-standardised)."""
+
+    train: LoadedImages
+    val: LoadedImages
+    lungseg_sha256: str | None = None
+    """The lung segmenter's checkpoint hash when the films are lung crops."""
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return [*self.train.skipped, *self.val.skipped]
+
+
+def load_training_data(config: TrainConfig, scenario: Scenario, input_size: int) -> TrainingData:
+    """The scenario's train split (plus the train splits of `extra_train_dirs`) and val split."""
     records = read_manifests(config.data_dirs)
     train_records = select(records, scenario, "train", seed=config.seed)
     for extra in config.extra_train_dirs:
@@ -286,26 +219,17 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
     val_data = load_images(val_records, input_size, **lung_inputs)
     train_data.images = apply_intensity(train_data.images, config.intensity)
     val_data.images = apply_intensity(val_data.images, config.intensity)
-    skipped = train_data.skipped + val_data.skipped
-    if skipped and is_main:
-        print(f"warning: skipped {len(skipped)} unreadable image(s); first: {skipped[0][0]} ({skipped[0][1]})")
+    return TrainingData(train_data, val_data, segmenter.checkpoint_sha256 if segmenter is not None else None)
 
-    model: nn.Module = spec.build(pretrained=config.pretrained).to(device)
-    # channels-last convolutions are ~20% faster on CPU (oneDNN) and on tensor-core GPUs
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    core: CXRNet = model  # type: ignore[assignment]
-    mask = class_mask(scenario.classes, device)
-    weights = class_weights(train_data.labels, scenario.classes, config.class_weighting).to(device)
-    criterion = PartialLabelLoss(scenario.classes, weights, config.label_smoothing).to(device)
-    eval_criterion = PartialLabelLoss(scenario.classes, weights.cpu())
-    make_optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    optimizer = make_optimizer(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-    dataset = XrayDataset(train_data, train_augmentation() if config.augment else None)
+def make_loader(
+    config: TrainConfig, data: LoadedImages, runtime: Runtime, generator: torch.Generator
+) -> tuple[DataLoader[tuple[torch.Tensor, int]], DistributedSampler[tuple[torch.Tensor, int]] | None, int]:
+    """The training loader, its DDP sampler (None alone) and the steps per epoch (capped)."""
+    dataset = XrayDataset(data, train_augmentation() if config.augment else None)
     sampler: DistributedSampler[tuple[torch.Tensor, int]] | None = (
-        DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
-        if distributed
+        DistributedSampler(dataset, num_replicas=runtime.world, rank=runtime.rank, shuffle=True, seed=config.seed)
+        if runtime.distributed
         else None
     )
     loader = DataLoader(
@@ -320,151 +244,227 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
     steps_per_epoch = len(loader)
     if config.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    return loader, sampler, steps_per_epoch
 
-    start_epoch, history, best = 1, [], None
-    last_path = out_dir / "last.pt"
-    if config.resume and last_path.is_file():
-        blob = torch.load(last_path, map_location="cpu", weights_only=True)
-        core.load_state_dict(blob["state_dict"])
-        optimizer.load_state_dict(blob["meta"]["optimizer"])
-        start_epoch = int(blob["meta"]["epoch"]) + 1
-        history = blob["meta"]["history"]
-        best = blob["meta"].get("best_val")
-        if is_main:
-            print(f"resuming {spec.name} from epoch {start_epoch}")
-    if distributed:
-        model = nn.parallel.DistributedDataParallel(model)
 
-    data_meta = {
-        # the first manifest, as before several could be given; `manifests` lists every one
-        "data_dir": str(Path(config.data_dirs[0]).resolve()),
-        "manifest_sha256": manifest_sha256(config.data_dirs[0]),
-        "manifests": [{"data_dir": str(Path(d).resolve()), "sha256": manifest_sha256(d)} for d in config.data_dirs],
-        "extra_train_manifests": {d: manifest_sha256(d) for d in config.extra_train_dirs},
-        "train_counts": class_counts(train_data.records),
-        "val_counts": class_counts(val_data.records),
-        "skipped_unreadable": len(skipped),
-    }
-    meta_base = base_meta(spec, input_size=input_size, scenario_classes=scenario.classes)
-    meta_base.update(
+def resume_from(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list[Any], Any]:
+    """Load `last.pt` into the model and optimiser; (first epoch to train, history, best val so far)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(blob["state_dict"])
+    optimizer.load_state_dict(blob["meta"]["optimizer"])
+    return int(blob["meta"]["epoch"]) + 1, blob["meta"]["history"], blob["meta"].get("best_val")
+
+
+def checkpoint_meta(
+    config: TrainConfig, spec: ArchSpec, scenario: Scenario, input_size: int, data: TrainingData, world: int
+) -> dict[str, Any]:
+    """What every checkpoint of the run says about itself, the whole config as run included."""
+    meta = base_meta(spec, input_size=input_size, scenario_classes=scenario.classes)
+    meta.update(
         intensity=config.intensity,
         input_mode=config.input_mode,
         crop_margin=config.crop_margin,
-        lungseg_sha256=segmenter.checkpoint_sha256 if segmenter is not None else None,
+        lungseg_sha256=data.lungseg_sha256,
         scenario=scenario.name,
         pretrained=config.pretrained,
         hparams=config.hparams(),
-        data=data_meta,
+        train_config=config.to_dict(),
+        data={
+            # the first manifest, as before several could be given; `manifests` lists every one
+            "data_dir": str(Path(config.data_dirs[0]).resolve()),
+            "manifest_sha256": manifest_sha256(config.data_dirs[0]),
+            "manifests": [{"data_dir": str(Path(d).resolve()), "sha256": manifest_sha256(d)} for d in config.data_dirs],
+            "extra_train_manifests": {d: manifest_sha256(d) for d in config.extra_train_dirs},
+            "train_counts": class_counts(data.train.records),
+            "val_counts": class_counts(data.val.records),
+            "skipped_unreadable": len(data.skipped),
+        },
         world_size=world,
     )
+    return meta
 
-    emit(
-        {
-            "type": "start",
-            "epochs": config.epochs,
-            "steps_per_epoch": steps_per_epoch,
-            "train_images": len(dataset),
-            "val_images": len(val_data.records),
-            "skipped": len(skipped),
+
+# ------------------------------------------------------------------------------ epochs
+@dataclass
+class RunClock:
+    """Progress and ETA of a run over all its epochs (a resumed run times only what it trains itself)."""
+
+    epochs: int
+    steps_per_epoch: int
+    start_epoch: int
+    started: float = field(default_factory=time.monotonic)
+
+    def step_event(self, epoch: int, step: int, loss: float) -> dict[str, Any]:
+        done = (epoch - 1) * self.steps_per_epoch + step
+        total = self.epochs * self.steps_per_epoch
+        done_here = done - (self.start_epoch - 1) * self.steps_per_epoch
+        elapsed = time.monotonic() - self.started
+        return {
+            "type": "step",
+            "epoch": epoch,
+            "step": step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "loss": loss,
+            "progress": done / total,
+            "eta_seconds": elapsed / max(1, done_here) * (total - done),
         }
-    )
+
+
+def seed_epoch(config: TrainConfig, epoch: int, generator: torch.Generator, rank: int, sampler: Any) -> None:
+    """Every epoch draws its shuffling and augmentation from its own seed, so a run resumed from
+    last.pt continues exactly as an uninterrupted one would."""
+    epoch_seed = config.seed * 100_003 + epoch
+    generator.manual_seed(epoch_seed)
+    torch.manual_seed(epoch_seed + rank)
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader[tuple[torch.Tensor, int]],
+    *,
+    epoch: int,
+    config: TrainConfig,
+    spec: ArchSpec,
+    device: torch.device,
+    clock: RunClock,
+    emit: Callable[[dict[str, Any]], None],
+    memory_format: torch.memory_format = torch.contiguous_format,
+    show_bar: bool = False,
+) -> float:
+    """One epoch of `clock.steps_per_epoch` steps; emits a `step` event after each. Mean training loss."""
+    model.train()
+    steps = clock.steps_per_epoch
+    running, seen = 0.0, 0
+    bar = None
+    if show_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="step", leave=True)
+    for step, (images, labels) in enumerate(loader):
+        if step >= steps:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * _lr_factor(config, (epoch - 1) * steps + step, steps)
+        x = normalize_batch(images, spec.mean, spec.std).to(device, non_blocking=True)
+        x = x.contiguous(memory_format=memory_format)
+        y = labels.to(device)
+        loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running += float(loss.item()) * len(y)
+        seen += len(y)
+        if bar is not None:
+            bar.set_postfix(loss=f"{running / seen:.4f}")
+            bar.update(1)
+        emit(clock.step_event(epoch, step + 1, float(loss.item())))
+    if bar is not None:
+        bar.close()
+    return running / max(1, seen)
+
+
+def save_epoch(
+    out_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    *,
+    epoch: int,
+    val: dict[str, Any],
+    history: list[dict[str, Any]],
+    best: dict[str, Any] | None,
+    improved: bool,
+    half: bool,
+) -> None:
+    """best.pt when the epoch improved, always last.pt (with what resuming needs) and history.json."""
+    if improved:
+        save_checkpoint(out_dir / "best.pt", model, {**meta, "epoch": epoch, "metrics": {"val": val}}, half=half)
+    resume_state = {"optimizer": optimizer.state_dict(), "history": history, "best_val": best}
+    save_checkpoint(out_dir / "last.pt", model, {**meta, "epoch": epoch, "metrics": {"val": val}, **resume_state})
+    (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+
+
+# -------------------------------------------------------------------------------- main
+def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train, validate every epoch, keep the best checkpoint. Returns a summary dict.
+
+    `callback(event)` receives dicts with `type` in {"start", "step", "epoch", "end"}; raising
+    `TrainingCancelled` from it stops training cleanly after the current step.
+    """
+    config.validate()
+    spec = get_arch(config.arch)
+    scenario = get_scenario(config.scenario)
+    input_size = config.input_size or spec.input_size
+    out_dir = Path(config.out_dir)
+    emit = callback or (lambda event: None)
+
+    runtime = init_runtime(config)
+    device, is_main = runtime.device, runtime.is_main
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    generator = seed_everything(config.seed)
+
+    data = load_training_data(config, scenario, input_size)
+    skipped = data.skipped
+    if skipped and is_main:
+        print(f"warning: skipped {len(skipped)} unreadable image(s); first: {skipped[0][0]} ({skipped[0][1]})")
+
+    model: nn.Module = spec.build(pretrained=config.pretrained).to(device)
+    # channels-last convolutions are ~20% faster on CPU (oneDNN) and on tensor-core GPUs
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    core: CXRNet = model  # type: ignore[assignment]
+    mask = class_mask(scenario.classes, device)
+    weights = class_weights(data.train.labels, scenario.classes, config.class_weighting).to(device)
+    criterion = PartialLabelLoss(scenario.classes, weights, config.label_smoothing).to(device)
+    eval_criterion = PartialLabelLoss(scenario.classes, weights.cpu())
+    make_optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    optimizer = make_optimizer(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loader, sampler, steps_per_epoch = make_loader(config, data.train, runtime, generator)
+
+    start_epoch, history, best = 1, list[dict[str, Any]](), None
+    if config.resume and (out_dir / "last.pt").is_file():
+        start_epoch, history, best = resume_from(out_dir / "last.pt", core, optimizer)
+        if is_main:
+            print(f"resuming {spec.name} from epoch {start_epoch}")
+    if runtime.distributed:
+        model = nn.parallel.DistributedDataParallel(model)
+    meta = checkpoint_meta(config, spec, scenario, input_size, data, runtime.world)
+
+    train_images, val_images = len(data.train.records), len(data.val.records)
+    emit({"type": "start", "epochs": config.epochs, "steps_per_epoch": steps_per_epoch,
+          "train_images": train_images, "val_images": val_images, "skipped": len(skipped)})  # fmt: skip
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        partial = {k: n for k, n in class_counts(train_data.records).items() if k not in CLASSES}
+        partial = {k: n for k, n in class_counts(data.train.records).items() if k not in CLASSES}
         print(
-            f"training {spec.name} ({config.scenario}) on {len(dataset)} images"
+            f"training {spec.name} ({config.scenario}) on {train_images} images"
             + "".join(f" (including {n} {k}, a partial label)" for k, n in partial.items())
-            + f", validating on {len(val_data.records)}; {steps_per_epoch} steps/epoch, device {device}"
+            + f", validating on {val_images}; {steps_per_epoch} steps/epoch, device {device}"
         )
 
-    started = time.monotonic()
-    global_step = (start_epoch - 1) * steps_per_epoch
+    clock = RunClock(config.epochs, steps_per_epoch, start_epoch)
     for epoch in range(start_epoch, config.epochs + 1):
-        # Every epoch draws its shuffling and augmentation from its own seed, so a run resumed
-        # from last.pt continues exactly as an uninterrupted one would.
-        epoch_seed = config.seed * 100_003 + epoch
-        generator.manual_seed(epoch_seed)
-        torch.manual_seed(epoch_seed + rank)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        model.train()
-        running, seen = 0.0, 0
-        bar = None
-        if is_main and callback is None:
-            from tqdm import tqdm
-
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="step", leave=True)
-        for step, (images, labels) in enumerate(loader):
-            if step >= steps_per_epoch:
-                break
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * _lr_factor(config, global_step, steps_per_epoch)
-            x = normalize_batch(images, spec.mean, spec.std).to(device, non_blocking=True)
-            x = x.contiguous(memory_format=memory_format)
-            y = labels.to(device)
-            loss = criterion(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            global_step += 1
-            running += float(loss.item()) * len(y)
-            seen += len(y)
-            if bar is not None:
-                bar.set_postfix(loss=f"{running / seen:.4f}")
-                bar.update(1)
-            done = (epoch - 1) * steps_per_epoch + step + 1
-            elapsed = time.monotonic() - started
-            todo = config.epochs * steps_per_epoch - done
-            first_done = done - (start_epoch - 1) * steps_per_epoch
-            emit(
-                {
-                    "type": "step",
-                    "epoch": epoch,
-                    "step": step + 1,
-                    "steps_per_epoch": steps_per_epoch,
-                    "loss": float(loss.item()),
-                    "progress": done / (config.epochs * steps_per_epoch),
-                    "eta_seconds": elapsed / max(1, first_done) * todo,
-                }
-            )
-        if bar is not None:
-            bar.close()
-        train_loss = running / max(1, seen)
-        if distributed:
+        seed_epoch(config, epoch, generator, runtime.rank, sampler)
+        train_loss = train_one_epoch(
+            model, criterion, optimizer, loader, epoch=epoch, config=config, spec=spec, device=device, clock=clock,
+            emit=emit, memory_format=memory_format, show_bar=is_main and callback is None,
+        )  # fmt: skip
+        if runtime.distributed:
             dist.barrier()
         if is_main:
-            val = validate_epoch(core, val_data, spec.mean, spec.std, mask, eval_criterion, device)
-            history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": train_loss,
-                    "val_loss": val["loss"],
-                    "val_accuracy": val["accuracy"],
-                    "val_macro_sensitivity": val["macro_sensitivity"],
-                }
-            )
+            val = validate_epoch(core, data.val, spec.mean, spec.std, mask, eval_criterion, device)
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_accuracy":
+                            val["accuracy"], "val_macro_sensitivity": val["macro_sensitivity"]})  # fmt: skip
             improved = _better(val, best)
             if improved:
                 best = {**val, "epoch": epoch}
-                save_checkpoint(
-                    out_dir / "best.pt",
-                    core,
-                    {**meta_base, "epoch": epoch, "metrics": {"val": val}},
-                    half=config.half_checkpoint,
-                )
-            save_checkpoint(
-                last_path,
-                core,
-                {
-                    **meta_base,
-                    "epoch": epoch,
-                    "metrics": {"val": val},
-                    "optimizer": optimizer.state_dict(),
-                    "history": history,
-                    "best_val": best,
-                },
-            )
-            (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+            save_epoch(out_dir, core, optimizer, meta, epoch=epoch, val=val, history=history, best=best,
+                       improved=improved, half=config.half_checkpoint)  # fmt: skip
             print(
                 f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val['loss']:.4f}, "
                 f"val accuracy {val['accuracy']:.3f}, val macro sensitivity {val['macro_sensitivity']:.3f}"
@@ -473,7 +473,7 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
             )
             emit({"type": "epoch", "epoch": epoch, "train_loss": train_loss, "val": val, "best": improved})
         model.train()
-        if distributed:
+        if runtime.distributed:
             dist.barrier()
 
     summary = {
@@ -481,10 +481,10 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
         "best_checkpoint": str(out_dir / "best.pt"),
         "best_val": best,
         "history": history,
-        "seconds": time.monotonic() - started,
+        "seconds": time.monotonic() - clock.started,
         "skipped_unreadable": len(skipped),
     }
     emit({"type": "end", **summary})
-    if distributed:
+    if runtime.distributed:
         dist.destroy_process_group()
     return summary

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -38,7 +38,7 @@ from app.routes.pages import (
     render,
     see_other,
 )
-from app.services import audit, model_registry, training
+from app.services import audit, model_registry, training, training_params
 from app.services.errors import ServiceError
 
 API_PREFIX = "/api/v1"
@@ -202,20 +202,6 @@ def audit_log(
 
 
 # --------------------------------------------------------------------------------- pages
-FORM_DEFAULTS: dict[str, Any] = {
-    "architecture": "resnet18",
-    "scenario": "s2",
-    "epochs": 20,
-    "batch_size": 15,
-    "learning_rate": 3e-4,
-    "seed": 0,
-    "pretrained": False,
-    "include_reviewed": False,
-    "max_steps_per_epoch": None,
-    "input_mode": "full",
-}
-
-
 NAV = "/training"
 """What base.html's main navigation sees (it marks every /admin page as "Users"); `subnav` is the path."""
 
@@ -246,9 +232,8 @@ def _index(
         models_by_id={m.id: m for m in models},
         active_id=next((m.id for m in models if m.active), None),
         available={m.id: Path(m.checkpoint_path).is_file() for m in models},
-        archs=training.architecture_choices(),
-        scenarios=training.scenario_choices(),
-        form=form or FORM_DEFAULTS,
+        fields=training_params.form_fields(training.architecture_choices()),
+        form=form or training_params.form_defaults(),
         errors=errors or [],
     )
 
@@ -269,48 +254,33 @@ def _validation_messages(exc: ValidationError) -> list[str]:
     return messages
 
 
+async def posted_form(request: Request) -> dict[str, str]:
+    """The posted form's text fields (starlette parses the body once; the CSRF check reads it too)."""
+    return {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+
+
+PostedForm = Annotated[dict[str, str], Depends(posted_form)]
+
+
 @pages_router.post("/admin/training", response_model=None)
 def training_submit(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    user: PageUser,
-    csrf_ok: CsrfValid,
-    architecture: Annotated[str, Form()] = "",
-    scenario: Annotated[str, Form()] = "",
-    epochs: Annotated[str, Form()] = "",
-    batch_size: Annotated[str, Form()] = "",
-    learning_rate: Annotated[str, Form()] = "",
-    seed: Annotated[str, Form()] = "",
-    max_steps_per_epoch: Annotated[str, Form()] = "",
-    pretrained: Annotated[str | None, Form()] = None,
-    include_reviewed: Annotated[str | None, Form()] = None,
-    input_mode: Annotated[str, Form()] = "full",
+    request: Request, session: SessionDep, settings: SettingsDep, user: PageUser, csrf_ok: CsrfValid, posted: PostedForm
 ) -> Response:
     """Queue a job from the form (same validation as the API), then show its progress page."""
     if not user.is_admin:
         return admin_required(request, user)
     if not csrf_ok:
         return csrf_failure(request, user)
-    data: dict[str, Any] = {
-        "architecture": architecture,
-        "scenario": scenario,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "seed": seed,
-        "pretrained": pretrained is not None,  # a checkbox is sent only when ticked
-        "include_reviewed": include_reviewed is not None,
-        "max_steps_per_epoch": max_steps_per_epoch.strip() or None,
-        "input_mode": input_mode,
-    }
+    data = training_params.form_values(posted)
     try:
         params = training.TrainingParams.model_validate(data)
         job = training.create_job(session=session, settings=settings, params=params, actor=user)
     except ValidationError as exc:
-        return _index(request, session, user, status_code=422, form=data, errors=_validation_messages(exc))
+        form = {**training_params.form_defaults(), **data}
+        return _index(request, session, user, status_code=422, form=form, errors=_validation_messages(exc))
     except ServiceError as exc:
-        return _index(request, session, user, status_code=exc.status_code, form=data, errors=[str(exc)])
+        form = {**training_params.form_defaults(), **data}
+        return _index(request, session, user, status_code=exc.status_code, form=form, errors=[str(exc)])
     return see_other(f"/admin/training/{job.id}")
 
 

@@ -23,7 +23,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
@@ -39,10 +38,9 @@ from app.services.errors import (
     ServiceError,
 )
 from app.services.model_registry import get_active_model
+from app.services.training_params import TrainingParams
 from ml.data import SCENARIOS
 
-MAX_EPOCHS = 1000
-MAX_BATCH_SIZE = 1024
 CHART_NAMES = ("curves", "confusion", "comparison")
 
 
@@ -50,55 +48,6 @@ class TrainingUnavailableError(ServiceError):
     """The service cannot train now (e.g. the training dataset is not where the settings say)."""
 
     status_code = 409
-
-
-class TrainingParams(BaseModel):
-    """What an admin asks for. Validated before anything is queued (bad values → HTTP 422)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    architecture: str = Field(description="a registry name (GET /api/v1/architectures)")
-    scenario: Literal["s1", "s2", "s3"] = Field(
-        "s2", description="s1 normal vs COVID-19; s2 all four classes; s3 four classes, ≤350 per non-COVID class"
-    )
-    epochs: int = Field(20, ge=1, le=MAX_EPOCHS)
-    batch_size: int = Field(15, ge=1, le=MAX_BATCH_SIZE)
-    learning_rate: float = Field(3e-4, gt=0, le=1.0)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    pretrained: bool = Field(False, description="start from ImageNet weights (they must be on the worker)")
-    include_reviewed: bool = Field(
-        False, description="add uploads with a reviewer diagnosis to the training split (never val/test images)"
-    )
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap the steps per epoch (smoke runs)")
-    input_mode: Literal["full", "lung-crop"] = Field(
-        "full",
-        description="the whole film, or the film cropped to its lungs' bounding box (+10 % margin) by the bundled "
-        "lung segmenter, for training and for every later prediction of this model",
-    )
-
-    @field_validator("architecture")
-    @classmethod
-    def _known_architecture(cls, value: str) -> str:
-        from ml.registry import list_archs
-
-        if value not in list_archs():
-            raise ValueError(f"unknown architecture {value!r}; known: {', '.join(list_archs())}")
-        return value
-
-    @field_validator("learning_rate")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("learning rate must be a finite number")
-        return value
-
-    @model_validator(mode="after")
-    def _pretrained_possible(self) -> TrainingParams:
-        from ml.registry import get_arch
-
-        if self.pretrained and get_arch(self.architecture).pretrained_weights is None:
-            raise ValueError(f"{self.architecture} has no ImageNet weights; train it from scratch (pretrained=false)")
-        return self
 
 
 def architecture_choices() -> list[dict[str, Any]]:
@@ -132,9 +81,10 @@ def create_job(*, session: Session, settings: Settings, params: TrainingParams, 
     from ml.pretrained import pretrained_available
     from ml.registry import get_arch
 
-    if params.pretrained and not pretrained_available(get_arch(params.architecture).pretrained_weights):
+    options = params.train_options()
+    if options["pretrained"] and not pretrained_available(get_arch(options["arch"]).pretrained_weights):
         raise InvalidInputError(
-            f"ImageNet weights for {params.architecture} are not on this machine; put them in "
+            f"ImageNet weights for {options['arch']} are not on this machine; put them in "
             "CXR_PRETRAINED_DIR or train from scratch"
         )
     for folder in settings.resolved_dataset_dirs.values():
@@ -152,7 +102,7 @@ def create_job(*, session: Session, settings: Settings, params: TrainingParams, 
         status="queued",
         phase="queued",
         params=params.model_dump(),
-        epochs=params.epochs,
+        epochs=options["epochs"],
         created_by_id=actor.id,
         parent_model_id=parent_id,
         progress=0.0,
