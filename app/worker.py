@@ -43,6 +43,7 @@ from app.job_progress import EventTail, PhaseClock, Progress
 from app.models import MLModel, TrainingJob
 from app.processes import log_tail, spawn_child, stop_child
 from app.services import model_registry, training, training_data, training_report
+from app.services.errors import ServiceError
 from app.services.storage import FileStore
 from ml.config import TrainConfig
 
@@ -228,12 +229,17 @@ class JobRun:
         if self.work_dir.exists():  # an earlier attempt (re-queued): start clean
             shutil.rmtree(self.work_dir)
         self.work_dir.mkdir(parents=True)
-        dataset_dirs = [d.resolve() for d in self.settings.resolved_dataset_dirs.values()]
+        try:
+            chosen = training_data.chosen_dataset_dirs(self.settings, self.params.datasets)
+        except ServiceError as exc:  # the worker's configuration lacks a folder the job names
+            raise JobFailed(f"{exc} on this worker") from exc
+        datasets = {name: folder.resolve() for name, folder in chosen.items()}
+        dataset_dirs = list(datasets.values())
         clock = PhaseClock()
         self.progress.set(work_dir=str(self.work_dir), phase="preparing")
         self.beat(force=True)
 
-        dataset_info, extra_dirs = self.prepare_data(dataset_dirs)
+        dataset_info, extra_dirs = self.prepare_data(datasets)
         clock.lap("prepare")
         self.progress.set(dataset=dataset_info, phase="training")
         self.beat(force=True)
@@ -289,15 +295,8 @@ class JobRun:
             **{k: v for k, v in self.progress_values().items() if k != "metrics"},
         }
 
-    def prepare_data(self, dataset_dirs: list[Path]) -> tuple[dict[str, Any], list[Path]]:
-        from ml.data import manifest_sha256
-
-        info: dict[str, Any] = {
-            # the first folder's, as before several could be used; `manifests` lists every one
-            "data_dir": str(dataset_dirs[0]),
-            "manifest_sha256": manifest_sha256(dataset_dirs[0]),
-            "manifests": [{"name": d.name, "data_dir": str(d), "sha256": manifest_sha256(d)} for d in dataset_dirs],
-        }
+    def prepare_data(self, datasets: dict[str, Path]) -> tuple[dict[str, Any], list[Path]]:
+        info = training_data.dataset_info(datasets)
         extra: list[Path] = []
         if self.params.include_reviewed:
             out = self.work_dir / "reviewed"
@@ -305,7 +304,7 @@ class JobRun:
                 reviewed = training_data.export_reviewed_uploads(
                     session=session,
                     store=self.worker.store,
-                    dataset_dirs=dataset_dirs,
+                    dataset_dirs=list(datasets.values()),
                     out_dir=out,
                     cache_dir=self.settings.training_dir / "cache",
                     tick=self.beat,
@@ -319,11 +318,8 @@ class JobRun:
         self, out_dir: Path, checkpoints: dict[str, tuple[Path | None, list[Path]]]
     ) -> dict[str, dict[str, Any]]:
         """Evaluate (checkpoint, dataset folders) pairs on their test split in one child process; name → report."""
-        arguments = [
-            f"{name}={path}@{os.pathsep.join(map(str, data))}"
-            for name, (path, data) in checkpoints.items()
-            if path is not None
-        ]
+        pairs = [(name, path, os.pathsep.join(map(str, data))) for name, (path, data) in checkpoints.items()]
+        arguments = [f"{name}={path}@{data}" for name, path, data in pairs if path is not None]
         self.run_child(
             [sys.executable, "-m", "app.training_eval", "--split", "test", "--out-dir", str(out_dir), *arguments],
             log_name="evaluate.log",

@@ -25,7 +25,9 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.models import Image, Prediction, Verdict
+from app.services.errors import InvalidInputError
 from app.services.storage import FileStore, sha256_bytes
 from ml import CLASSES
 from ml.data import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, manifest_sha256, read_manifest, read_manifests, scenario_labels
@@ -35,6 +37,36 @@ log = logging.getLogger(__name__)
 
 HOLDOUT_MAX_PIXELS = 100_000_000
 UPLOAD_SOURCE = "upload"
+
+
+def dataset_choices(settings: Settings) -> list[dict[str, Any]]:
+    """The configured dataset folders as a job may name them: `name` and whether its manifest is there."""
+    return [
+        {"name": name, "available": (folder / "manifest.csv").is_file()}
+        for name, folder in settings.resolved_dataset_dirs.items()
+    ]
+
+
+def chosen_dataset_dirs(settings: Settings, names: Sequence[str] | None) -> dict[str, Path]:
+    """name → folder of the datasets a job names (None: every configured one, in the configured
+    order). `InvalidInputError` (422) for a name that is not configured, listing the configured ones."""
+    configured = settings.resolved_dataset_dirs
+    if names is None:
+        return dict(configured)
+    unknown = [n for n in names if n not in configured]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown dataset(s) {', '.join(repr(n) for n in unknown)}; configured: {', '.join(configured)} "
+            "(CXR_DATASET_DIRS)"
+        )
+    return {n: configured[n] for n in names}
+
+
+def dataset_info(folders: dict[str, Path]) -> dict[str, Any]:
+    """What a job records of its data: every folder's name, path and manifest sha256 (`manifests`);
+    `data_dir` and `manifest_sha256` are the first folder's (as before several could be used)."""
+    manifests = [{"name": n, "data_dir": str(d), "sha256": manifest_sha256(d)} for n, d in folders.items()]
+    return {"data_dir": manifests[0]["data_dir"], "manifest_sha256": manifests[0]["sha256"], "manifests": manifests}
 
 
 def pixel_sha256(gray: np.ndarray) -> str:

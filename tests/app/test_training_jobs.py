@@ -106,6 +106,7 @@ def test_reviewers_get_403_on_every_training_endpoint(env: Env) -> None:
         ("GET", f"/api/v1/training-jobs/{job['id']}/report", None),
         ("GET", f"/api/v1/training-jobs/{job['id']}/charts/curves.png", None),
         ("GET", "/api/v1/architectures", None),
+        ("GET", "/api/v1/training-datasets", None),
         ("GET", "/api/v1/audit-log", None),
         ("POST", "/api/v1/models/1/activate", None),
     ):
@@ -123,7 +124,7 @@ def test_queued_job_contract_cancel_and_audit(env: Env) -> None:
     assert job["status"] == "queued" and job["progress"] == 0.0 and job["model_id"] is None and job["error"] is None
     assert job["params"] == {**GOOD, "learning_rate": 3e-4, "seed": 0, "pretrained": False,
                              "include_reviewed": False, "max_steps_per_epoch": None,
-                             "input_mode": "full"}  # fmt: skip
+                             "input_mode": "full", "datasets": [env.settings.dataset_dir.name]}  # fmt: skip
     with env.session() as s:
         active = s.scalar(select(MLModel).where(MLModel.active.is_(True)))
     assert job["parent_model_id"] == active.id  # the version it would replace
