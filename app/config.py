@@ -45,7 +45,6 @@ class Settings(BaseSettings):
     alone if set, else ../shared/data/cxr and ../shared/data/cxr-adult beside the project."""
     dataset_dir: Path | None = None
     """One dataset folder: an alias of `dataset_dirs` with that folder alone (ignored when both are set)."""
-    lungseg_dir: Path | None = None
     pretrained_dir: Path | None = None
     cache_dir: Path | None = None
 
