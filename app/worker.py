@@ -381,17 +381,16 @@ class JobRun:
     ) -> dict[str, Any]:
         new_label = f"{model.name} v{model.version} (new)"
         active_label = f"{active.name} v{active.version} (active)" if active is not None else ""
+        # a heartbeat around each chart: matplotlib on a busy machine can take longer than the stale limit
+        self.beat()
         training_report.render_curves(report_dir / "curves.png", history=history, step_losses=self.progress.step_losses)
+        self.beat()
         training_report.render_confusion(
             report_dir / "confusion.png", report=new_report, title=f"{new_label}: test split, n = {new_report['n']}"
         )
-        training_report.render_comparison(
-            report_dir / "comparison.png",
-            new=new_report,
-            active=active_report,
-            new_label=new_label,
-            active_label=active_label,
-        )
+        self.beat()
+        training_report.render_comparison(report_dir / "comparison.png", new=new_report, active=active_report,
+                                          new_label=new_label, active_label=active_label)  # fmt: skip
         return {
             "split": "test",
             "model": {
