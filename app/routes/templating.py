@@ -29,6 +29,7 @@ from app.deps import PageRefused, csrf_token, referring_page
 from app.models import CLASS_LABELS, REASON_TAGS, User
 from app.services import predictions
 from ml import CLASSES
+from ml.confound import GROUP_NAMES
 from ml.lung_focus import NO_LUNG, NO_POSITIVE_MASS
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
@@ -57,8 +58,12 @@ CAM_METHODS = {
     ),
 }
 DATA_CAVEAT = (
-    "Non-COVID training films are pediatric (Kermany), COVID-19 films are adult — a high COVID-19 "
-    "probability may reflect age/source, not lung findings; check the highlighted region."
+    "Children's training films are all non-COVID, pediatric (Kermany); adult non-COVID films come almost "
+    "all from one hospital (NIH ChestX-ray14: normal and pneumonia); COVID-19 films are adult, mostly "
+    "figures cut from papers and web pages (Cohen, CXNet: arrows, letters, crops) or from Hannover. A "
+    "probability may reflect age, hospital or figure marks rather than lung findings (a model trained "
+    "without the NIH films, such as the first bundled one, calls most adult films COVID-19); check the "
+    "highlighted region."
 )
 LEGEND_LOW = "blue = little evidence"
 LEGEND_HIGH = "red = strongest evidence for this class"
@@ -74,6 +79,7 @@ TEMPLATE_GLOBALS: dict[str, Any] = {
     "REASON_LABELS": REASON_LABELS,
     "CAM_METHODS": CAM_METHODS,
     "DATA_CAVEAT": DATA_CAVEAT,
+    "GROUP_NAMES": GROUP_NAMES,
     "LEGEND_LOW": LEGEND_LOW,
     "LEGEND_HIGH": LEGEND_HIGH,
     "LUNG_FOCUS_REASONS": LUNG_FOCUS_REASONS,

@@ -176,6 +176,7 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/api/v1/training-jobs/{job_id}/report"): Entry(api_admin(409)),  # queued: no report yet
     ("GET", "/api/v1/training-jobs/{job_id}/charts/{name}.png"): Entry(api_admin(404)),  # queued: no charts
     ("GET", "/api/v1/architectures"): Entry(api_admin()),
+    ("GET", "/api/v1/training-datasets"): Entry(api_admin()),
     ("GET", "/api/v1/audit-log"): Entry(api_admin()),
     # ------------------------------------------------------------------ schema and Swagger UI
     ("GET", "/openapi.json"): Entry(api_user()),
