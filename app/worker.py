@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -31,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,10 @@ from app.job_progress import EventTail, PhaseClock, Progress
 from app.models import MLModel, TrainingJob
 from app.processes import log_tail, spawn_child, stop_child
 from app.services import model_registry, training, training_data, training_report
+from app.services.errors import ServiceError
 from app.services.storage import FileStore
 from ml.config import TrainConfig
+from ml.metrics import with_class_ci
 
 log = logging.getLogger(__name__)
 
@@ -228,18 +230,23 @@ class JobRun:
         if self.work_dir.exists():  # an earlier attempt (re-queued): start clean
             shutil.rmtree(self.work_dir)
         self.work_dir.mkdir(parents=True)
-        dataset_dir = self.settings.resolved_dataset_dir.resolve()
+        try:
+            chosen = training_data.chosen_dataset_dirs(self.settings, self.params.datasets)
+        except ServiceError as exc:  # the worker's configuration lacks a folder the job names
+            raise JobFailed(f"{exc} on this worker") from exc
+        datasets = {name: folder.resolve() for name, folder in chosen.items()}
+        dataset_dirs = list(datasets.values())
         clock = PhaseClock()
         self.progress.set(work_dir=str(self.work_dir), phase="preparing")
         self.beat(force=True)
 
-        dataset_info, extra_dirs = self.prepare_data(dataset_dir)
+        dataset_info, extra_dirs = self.prepare_data(datasets)
         clock.lap("prepare")
         self.progress.set(dataset=dataset_info, phase="training")
         self.beat(force=True)
 
         train_dir, events = self.work_dir / "train", self.work_dir / "events.jsonl"
-        config = job_train_config(self.params, self.settings, dataset_dir=dataset_dir, out=train_dir,
+        config = job_train_config(self.params, self.settings, dataset_dirs=dataset_dirs, out=train_dir,
                                   extra_dirs=extra_dirs)  # fmt: skip
         try:
             config.validate()
@@ -260,13 +267,13 @@ class JobRun:
         from ml.data import get_scenario
 
         same_films = training_data.write_comparison_manifest(
-            dataset_dir,
+            dataset_dirs,
             self.work_dir / "comparison",
             split="test",
             classes=get_scenario(self.options["scenario"]).classes,
         )
         reports = self.evaluate(
-            report_dir, {"test": (best, dataset_dir), "active-test": (active_checkpoint(active), same_films)}
+            report_dir, {"test": (best, dataset_dirs), "active-test": (active_checkpoint(active), [same_films])}
         )
         new_report, active_report = reports["test"], reports.get("active-test")
         clock.lap("evaluate")
@@ -289,10 +296,8 @@ class JobRun:
             **{k: v for k, v in self.progress_values().items() if k != "metrics"},
         }
 
-    def prepare_data(self, dataset_dir: Path) -> tuple[dict[str, Any], list[Path]]:
-        from ml.data import manifest_sha256
-
-        info: dict[str, Any] = {"data_dir": str(dataset_dir), "manifest_sha256": manifest_sha256(dataset_dir)}
+    def prepare_data(self, datasets: dict[str, Path]) -> tuple[dict[str, Any], list[Path]]:
+        info = training_data.dataset_info(datasets)
         extra: list[Path] = []
         if self.params.include_reviewed:
             out = self.work_dir / "reviewed"
@@ -300,7 +305,7 @@ class JobRun:
                 reviewed = training_data.export_reviewed_uploads(
                     session=session,
                     store=self.worker.store,
-                    dataset_dir=dataset_dir,
+                    dataset_dirs=list(datasets.values()),
                     out_dir=out,
                     cache_dir=self.settings.training_dir / "cache",
                     tick=self.beat,
@@ -310,11 +315,25 @@ class JobRun:
                 extra.append(out)
         return info, extra
 
-    def evaluate(self, out_dir: Path, checkpoints: dict[str, tuple[Path | None, Path]]) -> dict[str, dict[str, Any]]:
-        """Evaluate (checkpoint, dataset) pairs on their test split in one child process; name → report."""
-        arguments = [f"{name}={path}@{data}" for name, (path, data) in checkpoints.items() if path is not None]
+    def evaluate(
+        self, out_dir: Path, checkpoints: dict[str, tuple[Path | None, list[Path]]]
+    ) -> dict[str, dict[str, Any]]:
+        """Evaluate (checkpoint, dataset folders) pairs on their test split in one child process; name → report."""
+        pairs = [(name, path, os.pathsep.join(map(str, data))) for name, (path, data) in checkpoints.items()]
+        arguments = [f"{name}={path}@{data}" for name, path, data in pairs if path is not None]
         self.run_child(
-            [sys.executable, "-m", "app.training_eval", "--split", "test", "--out-dir", str(out_dir), *arguments],
+            [
+                sys.executable,
+                "-m",
+                "app.training_eval",
+                "--split",
+                "test",
+                "--out-dir",
+                str(out_dir),
+                "--lung-threshold",
+                str(self.settings.lung_focus_threshold),
+                *arguments,
+            ],
             log_name="evaluate.log",
         )
         written = {name: out_dir / f"{name}.json" for name in checkpoints}
@@ -331,28 +350,28 @@ class JobRun:
     def register(self, best: Path, test_report: dict[str, Any]) -> MLModel:
         """Copy the best checkpoint into the models dir with its test figures in `meta`, read-only, and
         register it as the next version of `<architecture>-<scenario>`."""
-        import torch
-
-        from ml.checkpoints import read_checkpoint
+        from ml.checkpoints import read_checkpoint, write_checkpoint
 
         name = f"{self.options['arch']}-{self.options['scenario']}"
         meta, state = read_checkpoint(best)
-        meta["name"] = name
-        meta["metrics"] = {**(meta.get("metrics") or {}), "test": _without(test_report, "checkpoint")}
-        meta["hparams"] = {
-            **(meta.get("hparams") or {}),
-            "include_reviewed": self.params.include_reviewed,
-            "reviewed_uploads_added": self._reviewed_added(),
-            "training_job_id": self.job.id,
-        }
-        meta["training_job"] = {"id": self.job.id, "parent_model_id": self.job.parent_model_id}
+        meta = replace(
+            meta,
+            name=name,
+            metrics=training.json_safe({**meta.metrics, "test": _without(test_report, "checkpoint")}),
+            hparams=training.json_safe(
+                {
+                    **meta.hparams,
+                    "include_reviewed": self.params.include_reviewed,
+                    "reviewed_uploads_added": self._reviewed_added(),
+                    "training_job_id": self.job.id,
+                }
+            ),
+            training_job={"id": self.job.id, "parent_model_id": self.job.parent_model_id},
+        )
         models_dir = self.settings.resolved_models_dir
         models_dir.mkdir(parents=True, exist_ok=True)
         target = models_dir / f"{name}-job{self.job.id}.pt"
-        tmp = target.with_suffix(".pt.tmp")
-        torch.save({"meta": training.json_safe(meta), "state_dict": state}, tmp)
-        tmp.chmod(0o444)  # versions are immutable: the file too
-        os.replace(tmp, target)
+        write_checkpoint(target, meta, state, read_only=True)  # versions are immutable: the file too
         with self.worker.session_factory() as session:
             model, _created = model_registry.register_checkpoint(
                 session=session, path=target, name=name, parent_id=self.job.parent_model_id
@@ -374,17 +393,16 @@ class JobRun:
     ) -> dict[str, Any]:
         new_label = f"{model.name} v{model.version} (new)"
         active_label = f"{active.name} v{active.version} (active)" if active is not None else ""
+        # a heartbeat around each chart: matplotlib on a busy machine can take longer than the stale limit
+        self.beat()
         training_report.render_curves(report_dir / "curves.png", history=history, step_losses=self.progress.step_losses)
+        self.beat()
         training_report.render_confusion(
             report_dir / "confusion.png", report=new_report, title=f"{new_label}: test split, n = {new_report['n']}"
         )
-        training_report.render_comparison(
-            report_dir / "comparison.png",
-            new=new_report,
-            active=active_report,
-            new_label=new_label,
-            active_label=active_label,
-        )
+        self.beat()
+        training_report.render_comparison(report_dir / "comparison.png", new=new_report, active=active_report,
+                                          new_label=new_label, active_label=active_label)  # fmt: skip
         return {
             "split": "test",
             "model": {
@@ -411,7 +429,7 @@ def job_train_config(
     params: training.TrainingParams,
     settings: Settings,
     *,
-    dataset_dir: Path,
+    dataset_dirs: Sequence[Path],
     out: Path,
     extra_dirs: Sequence[Path] = (),
 ) -> TrainConfig:
@@ -419,7 +437,7 @@ def job_train_config(
     The steps per epoch are capped by the job's own cap and CXR_TRAIN_MAX_STEPS, whichever is lower."""
     caps = [c for c in (params.train_options()["max_steps_per_epoch"], settings.train_max_steps) if c is not None]
     return params.train_config(
-        data_dirs=[str(dataset_dir)],
+        data_dirs=[str(d) for d in dataset_dirs],
         out_dir=str(out),
         extra_train_dirs=[str(d) for d in extra_dirs],
         device=settings.train_device,
@@ -444,35 +462,6 @@ def active_checkpoint(model: MLModel | None) -> Path | None:
 
 def _without(report: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k not in keys}
-
-
-def wilson_ci95(successes: int, n: int) -> tuple[float, float] | None:
-    """95 % Wilson score interval of a proportion. Unlike the normal approximation it does not collapse
-    to a single point at 0 % or 100 % (3 of 3 films found is 44–100 %, not 100–100 %)."""
-    if n <= 0:
-        return None
-    z = 1.959964
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def with_class_ci(report: dict[str, Any]) -> dict[str, Any]:
-    """Adds `sensitivity_ci95` per class (Wilson interval over that class's films) to `per_class` and
-    to each source's breakdown."""
-    out = dict(report)
-    per_class = {}
-    for cls, row in (report.get("per_class") or {}).items():
-        support = int(row.get("support") or 0)
-        sens = row.get("sensitivity")
-        ci = wilson_ci95(round(sens * support), support) if sens is not None and support else None
-        per_class[cls] = {**row, "sensitivity_ci95": list(ci) if ci else None}
-    out["per_class"] = per_class
-    if isinstance(report.get("by_source"), dict):
-        out["by_source"] = {s: with_class_ci(r) for s, r in report["by_source"].items()}
-    return out
 
 
 # ---------------------------------------------------------------------------- the process

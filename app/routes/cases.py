@@ -28,23 +28,23 @@ from app.routes.models import metrics_summary
 from app.routes.templating import error_page, render, see_other
 from app.services import model_registry, predictions, reviews
 from app.services.errors import ServiceError
-from app.services.lung_focus import LungFocusView
 from app.services.model_registry import ModelManager
 from app.services.storage import FileStore
 from ml.cam.overlay import colorbar_png
 from ml.imageio import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from ml.lung_focus import LungFocus
 
 api = APIRouter(prefix="/api/v1", tags=["api"])
 pages = APIRouter(include_in_schema=False)
 
-IMAGE_CACHE_HEADERS = {"Cache-Control": "private, max-age=86400, immutable"}
+IMAGE_CACHE_HEADERS = {"Cache-Control": "no-store"}  # patient images: never kept by the browser
 PNG_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}}, **schemas.ERRORS}
 COMMENT_MAX_CHARS = 4000
 VIEW_MODES = ("overlay", "film", "side")
 
 
 # ------------------------------------------------------------------------------ presentation
-def lung_focus_out(view: LungFocusView) -> schemas.LungFocusOut:
+def lung_focus_out(view: LungFocus) -> schemas.LungFocusOut:
     return schemas.LungFocusOut(
         score=view.score, lung_area=view.lung_area, flagged=view.flagged, threshold=view.threshold, reason=view.reason
     )
@@ -301,6 +301,15 @@ def _history(session: Any, prediction_id: int) -> list[HistoryRow]:
     return [HistoryRow(v, v.id in latest) for v in reversed(verdicts)]  # newest first
 
 
+def _visible_to(user: User, verdicts: list[Any]) -> list[Any]:
+    """Blind reading: a reviewer sees other reviewers' verdicts on a model's result only once their own
+    verdict on it is in (no anchoring on a colleague's read); admins see every verdict."""
+    if user.is_admin:
+        return verdicts
+    reviewed = {v.model_id for v in verdicts if v.reviewer_id == user.id}
+    return [v for v in verdicts if v.reviewer_id == user.id or v.model_id in reviewed]
+
+
 def _case_page(
     request: Request,
     session: Any,
@@ -322,7 +331,9 @@ def _case_page(
         return error_page(request, user, 404, "No results", f"case {prediction_id} has no model results")
     focus = next((v for v in views if v.model.id == query.model), views[0])
     selected = query.cls if query.cls in focus.overlays else next(iter(focus.overlays))
-    history = _history(session, prediction_id)
+    everything = _history(session, prediction_id)
+    shown = {id(v) for v in _visible_to(user, [h.verdict for h in everything])}
+    history = [h for h in everything if id(h.verdict) in shown]
     mine = next(
         (h.verdict for h in history if h.verdict.reviewer_id == user.id and h.verdict.model_id == focus.model.id), None
     )
@@ -338,19 +349,20 @@ def _case_page(
         view_mode=query.view if query.view in VIEW_MODES else "overlay",
         film_url=predictions.image_url(prediction.image.sha256),
         history=history,
+        hidden_verdicts=len(everything) - len(history),
         my_latest=mine,
         saved=query.saved,
         form_error=form_error,
         form=form or {},
         metrics_summary=metrics_summary(focus.model),
-        next_case=_next_waiting(session) if query.saved is not None else None,
+        next_case=_next_waiting(session, threshold) if query.saved is not None else None,
         lung_focus_threshold=threshold,
     )
 
 
-def _next_waiting(session: Any) -> str | None:
+def _next_waiting(session: Any, threshold: float) -> str | None:
     """URL of the worklist's first waiting result (priority order), offered after a verdict is saved."""
-    first = reviews.worklist(session=session, reviewed=False, sort="priority", limit=1).items
+    first = reviews.worklist(session=session, reviewed=False, sort="priority", limit=1, threshold=threshold).items
     return f"/cases/{first[0].prediction.id}?model={first[0].model.id}" if first else None
 
 
@@ -374,9 +386,8 @@ def compare_page(
         prediction = predictions.get_prediction(session=session, prediction_id=prediction_id)
     except ServiceError as exc:
         return error_page(request, user, exc.status_code, "Case not found", str(exc))
-    latest_by_model = {
-        v.model_id: v.verdict for v in reviews.verdict_history(session=session, prediction_id=prediction_id)
-    }
+    verdicts = _visible_to(user, reviews.verdict_history(session=session, prediction_id=prediction_id))
+    latest_by_model = {v.model_id: v.verdict for v in verdicts}
     return render(
         request,
         "compare.html",
@@ -437,9 +448,15 @@ def verdict_submit(
     return see_other(f"/cases/{prediction_id}?{query}")
 
 
+@pages.get("/cases/{prediction_id}/verdicts", response_model=None)
+def verdicts_address(prediction_id: int, _user: PageUser) -> Response:
+    """The verdict form's address answers only POST; opened as a page (history, a pasted link) it is the case."""
+    return see_other(f"/cases/{prediction_id}")
+
+
 @pages.get("/legend/colorbar.png", response_model=None)
 def colorbar(_user: PageUser) -> Response:
-    return Response(_colorbar_bytes(), media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+    return Response(_colorbar_bytes(), media_type="image/png", headers=IMAGE_CACHE_HEADERS)
 
 
 @lru_cache(maxsize=1)

@@ -1,11 +1,12 @@
 """`cxr-review predict`: the prediction pipeline over files and folders of PNG/JPEG/DICOM films.
 
-The same steps as an upload (decode with the same limits → lung mask once per film → each requested
-model with that mask → lung focus), with the models resolved from the registry as the API's `models`
-field is, but nothing is stored in the database: the output is a CSV with one row per film and model
-(probabilities, predicted class, CAM method, lung focus, model version, checkpoint and image sha256).
-A file that cannot be read gets a row with status `error` and the reason, is counted, and is listed
-on stderr: never skipped silently. Optional: each result's heat-map overlay (PNG) and DICOM SR.
+The same steps as an upload (decode with the same limits, then `ml.inference.analyze_film`: lung mask
+once per film, each requested model with that mask, lung focus), with the models resolved from the
+registry as the API's `models` field is, but nothing is stored in the database: the output is a CSV
+with one row per film and model (probabilities, predicted class, CAM method, lung focus, model
+version, checkpoint and image sha256). A file that cannot be read gets a row with status `error` and
+the reason, is counted, and is listed on stderr: never skipped silently. Optional: each result's
+heat-map overlay (PNG) and DICOM SR.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.services import lung_focus
 from app.services.errors import InvalidInputError
 from app.services.storage import sha256_bytes
 from ml import CLASSES
@@ -128,7 +128,7 @@ def _film_rows(
     path: Path, settings: Settings, manager: Any, targets: list[Any], overlays: Path | None, dicom_sr: Path | None
 ) -> list[dict[str, Any]]:
     from ml.imageio import ImageDecodeError, decode_image
-    from ml.lung_focus import lung_focus_by_class
+    from ml.inference import analyze_film
 
     base: dict[str, Any] = {"file": str(path)}
     try:
@@ -145,12 +145,12 @@ def _film_rows(
         warnings=";".join(decoded.meta.get("decoder_warnings", [])),
     )  # fmt: skip
     segmenter = manager.segmenter()
-    mask = segmenter.predict_small(decoded.gray)
+    film = analyze_film(decoded.gray, [manager.get(model) for model in targets], segmenter)
     rows = []
-    for model in targets:
-        out = manager.get(model).predict_one(decoded.gray, mask)
-        focus = lung_focus_by_class(out.cam_raw, mask, box=out.input_box)[out.predicted_class]
-        flagged = lung_focus.is_flagged(focus.score, focus.reason, settings.lung_focus_threshold)
+    for model, out in zip(targets, film.predictions, strict=True):
+        score = out.predicted_lung_focus
+        assert score is not None  # a segmenter was given: every result has its lung focus
+        focus = score.at(settings.lung_focus_threshold)
         row = {
             **base,
             "status": "ok",
@@ -164,9 +164,9 @@ def _film_rows(
             **{f"p_{c}": out.probabilities[c] for c in CLASSES},
             "cam_method": out.cam_method,
             "lung_focus_score": focus.score,
-            "lung_focus_flagged": "true" if flagged else "false",
+            "lung_focus_flagged": "true" if focus.flagged else "false",
             "lung_focus_threshold": settings.lung_focus_threshold,
-            "lungseg_sha256": segmenter.checkpoint_sha256,
+            "lungseg_sha256": film.lungseg_sha256,
         }
         stem = f"{path.stem}.{base['image_sha256'][:12]}.model{model.id}"
         if overlays is not None:
@@ -177,9 +177,7 @@ def _film_rows(
             _write_atomic(target, png)
             row["overlay"] = str(target)
         if dicom_sr is not None:
-            row["dicom_sr"] = str(
-                _write_sr(dicom_sr, stem, data, decoded, model, out, row, segmenter.checkpoint_sha256)
-            )
+            row["dicom_sr"] = str(_write_sr(dicom_sr, stem, data, decoded, model, out, row, film.lungseg_sha256))
         rows.append(row)
     return rows
 

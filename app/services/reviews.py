@@ -29,11 +29,14 @@ from app.db import MAX_ROW_ID, is_row_id
 from app.models import REASON_TAGS, VERDICTS, MLModel, Prediction, PredictionResult, User, Verdict
 from app.services import lung_focus
 from app.services.errors import InvalidInputError
-from app.services.lung_focus import LungFocusView
 from app.services.predictions import get_result
 from ml import CLASSES
-from ml.lung_focus import DEFAULT_THRESHOLD
+from ml.lung_focus import LungFocus
 
+REJECT_NEEDS_REASON = (
+    "a reject needs at least one reason: tick what is wrong with the region (or 'other' with a comment)"
+)
+OTHER_NEEDS_COMMENT = "the reason 'other' needs a comment that says what is wrong with the region"
 WorklistSort = Literal["priority", "newest", "flagged"]
 WORKLIST_SORTS: tuple[str, ...] = ("priority", "newest", "flagged")
 PRIORITY_EXPLANATION = (
@@ -68,6 +71,10 @@ def add_verdict(
     unknown = [r for r in reason_list if r not in REASON_TAGS]
     if unknown:
         raise InvalidInputError(f"unknown reason tag(s) {', '.join(unknown)}; allowed: {', '.join(REASON_TAGS)}")
+    if verdict == "reject" and not reason_list:
+        raise InvalidInputError(REJECT_NEEDS_REASON)
+    if verdict == "reject" and "other" in reason_list and not (comment or "").strip():
+        raise InvalidInputError(OTHER_NEEDS_COMMENT)
     if diagnosis is not None and diagnosis not in CLASSES:
         raise InvalidInputError(f"diagnosis must be one of {', '.join(CLASSES)}")
     if "\x00" in (comment or ""):  # PostgreSQL text cannot hold it; refuse rather than alter a clinical note
@@ -116,7 +123,7 @@ class WorklistItem:
     verdict_count: int
     latest_verdict: str | None
     """The newest verdict from anyone on this result (approve/reject), None when unreviewed."""
-    lung_focus: LungFocusView | None = None
+    lung_focus: LungFocus | None = None
     """The predicted class's lung focus at the worklist's threshold; None: not computed."""
 
 
@@ -127,7 +134,7 @@ class Worklist:
     limit: int
     offset: int
     sort: str
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: float
 
 
 def worklist(
@@ -140,7 +147,7 @@ def worklist(
     sort: WorklistSort = "priority",
     limit: int = 50,
     offset: int = 0,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float,
 ) -> Worklist:
     """Results to review, filtered and sorted (see the module docstring for 'priority' and 'flagged').
 
@@ -236,7 +243,7 @@ EXPORT_FIELDS = (
 )
 
 
-def export_rows(*, session: Session, threshold: float = DEFAULT_THRESHOLD) -> list[dict[str, Any]]:
+def export_rows(*, session: Session, threshold: float) -> list[dict[str, Any]]:
     """Every verdict ever given, oldest first, with what is needed to reproduce it. The lung focus is the
     predicted class's, flagged at `threshold`; null/empty for results stored without lung focus."""
     verdicts = list(session.scalars(select(Verdict).order_by(Verdict.id)))
@@ -277,12 +284,12 @@ def export_rows(*, session: Session, threshold: float = DEFAULT_THRESHOLD) -> li
     return rows
 
 
-def export_json(*, session: Session, threshold: float = DEFAULT_THRESHOLD) -> str:
+def export_json(*, session: Session, threshold: float) -> str:
     rows = export_rows(session=session, threshold=threshold)
     return json.dumps({"fields": list(EXPORT_FIELDS), "verdicts": rows}, indent=1)
 
 
-def export_csv(*, session: Session, threshold: float = DEFAULT_THRESHOLD) -> str:
+def export_csv(*, session: Session, threshold: float) -> str:
     """CSV with one row per verdict; reasons joined by ';'. Cells that a spreadsheet would run as a
     formula (leading = + - @) are prefixed with an apostrophe. Lung focus of a result stored without it:
     empty cells."""

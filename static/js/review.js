@@ -1,6 +1,6 @@
 /* cxr-review reading station: small progressive enhancements. Every page works without this file
    (forms post, links navigate); with it:
-   - case page: switch heat-map class (1-4), view mode (H heat map / F plain film / S side by side)
+   - case page: switch heat-map class (fixed keys: 1 normal, 2 bacterial, 3 viral, 4 COVID-19), view mode (H heat map / F plain film / S side by side)
      without reloading; L (or the checkbox) shows/hides the lung outline over the heat maps (shown on
      every page load); A = approve, R = reject (first R opens the reasons, second R submits),
      N = next waiting case after a save;
@@ -12,6 +12,8 @@
   document.documentElement.classList.remove("no-js");
   document.documentElement.classList.add("js");
 
+  // Fixed class keys, whatever the rail's order (it is sorted by probability on each case).
+  var CLASS_KEYS = { 1: "normal", 2: "bacterial", 3: "viral", 4: "covid19" };
   var NOT_TYPED = { checkbox: true, radio: true, button: true, submit: true, reset: true };
 
   function typingIn(target) {
@@ -40,6 +42,10 @@
     var shown = document.getElementById("shown-class");
     var thumbs = Array.prototype.slice.call(document.querySelectorAll(".class-thumb"));
     var modeLinks = Array.prototype.slice.call(document.querySelectorAll("#view-switch a[data-view]"));
+
+    function thumbOf(cls) {
+      return thumbs.filter(function (t) { return t.dataset.cls === cls; })[0];
+    }
 
     function selectClass(thumb) {
       overlay.src = thumb.dataset.src;
@@ -124,8 +130,34 @@
         panel.querySelectorAll("input[name=reasons]").forEach(function (box) { box.disabled = true; });
       });
     }
+    var drafts = form ? initDraft(form, panel, openReject) : null;
+    var rejectError = document.getElementById("reject-client-error");
+
+    function rejectProblem() {
+      var ticked = Array.prototype.map.call(panel.querySelectorAll("input[name=reasons]:checked"), function (b) { return b.value; });
+      if (!ticked.length) return "Tick at least one reason for the reject (or \u201cother\u201d with a comment).";
+      var comment = form.querySelector("textarea[name=comment]");
+      if (ticked.indexOf("other") >= 0 && comment && !comment.value.trim()) return "\u201cOther\u201d needs a comment: say what is wrong with the region.";
+      return null;
+    }
+
     if (form) {
-      form.addEventListener("submit", function () {
+      form.addEventListener("submit", function (e) {
+        var button = e.submitter;
+        if (button && button.value === "reject" && panel && panel.classList.contains("is-open")) {
+          var problem = rejectProblem();
+          if (problem) {
+            e.preventDefault();
+            rejectError.textContent = problem;
+            rejectError.hidden = false;
+            if (/comment/.test(problem)) {
+              document.getElementById("extras").open = true;
+              form.querySelector("textarea[name=comment]").focus();
+            }
+            return;
+          }
+        }
+        if (drafts && button) drafts.save(button.value);
         // One click, one verdict: block double submits while the page reloads.
         window.setTimeout(function () {
           form.querySelectorAll("button[type=submit]").forEach(function (b) { b.disabled = true; });
@@ -147,8 +179,8 @@
         showOutline(!outlineToggle.checked);
       } else if (key === "h" || key === "f" || key === "s") {
         setView({ h: "overlay", f: "film", s: "side" }[key]);
-      } else if (/^[1-4]$/.test(key) && thumbs[Number(key) - 1]) {
-        selectClass(thumbs[Number(key) - 1]);
+      } else if (CLASS_KEYS[key] && thumbOf(CLASS_KEYS[key])) {
+        selectClass(thumbOf(CLASS_KEYS[key]));
       } else if (key === "n" && document.getElementById("next-case")) {
         window.location.href = document.getElementById("next-case").href;
       } else if (key === "escape" && panel && panel.classList.contains("is-open")) {
@@ -157,6 +189,76 @@
         rejectBtn.focus();
       }
     });
+  }
+
+  /* ---------------------------------------------------- verdict drafts (nothing lost) */
+  /* The verdict being written (choice, reasons, diagnosis, comment) is kept in sessionStorage under the
+     form's data-draft-key on every change and on submit. It is removed only when the page comes back
+     with data-saved (the server stored it). So a session that expired (submit → login → this page) or
+     a stale form ("Form expired" → back) finds it again: restored into the form and offered with
+     "Submit it" / "Discard", never dropped silently. */
+  function initDraft(form, panel, openReject) {
+    var key = "cxr-draft:" + form.dataset.draftKey;
+    var store;
+    try { store = window.sessionStorage; } catch (err) { return null; }
+    if (!store) return null;
+
+    function read() {
+      try { return JSON.parse(store.getItem(key) || "null"); } catch (err) { return null; }
+    }
+    function current(verdict) {
+      var previous = read();
+      return {
+        verdict: verdict || (previous && previous.verdict) || null,
+        reasons: Array.prototype.map.call(form.querySelectorAll("input[name=reasons]:checked"), function (b) { return b.value; }),
+        diagnosis: form.querySelector("select[name=diagnosis]").value,
+        comment: form.querySelector("textarea[name=comment]").value,
+      };
+    }
+    function meaningful(d) {
+      return d && (d.verdict || d.reasons.length || d.diagnosis || d.comment.trim());
+    }
+    function save(verdict) {
+      var d = current(verdict);
+      if (meaningful(d)) store.setItem(key, JSON.stringify(d));
+      else store.removeItem(key);
+    }
+    function clear() { store.removeItem(key); }
+
+    if (form.dataset.saved) {
+      clear();
+    } else {
+      var draft = read();
+      if (meaningful(draft) && !form.dataset.formError) restore(draft);
+    }
+    form.addEventListener("change", function () { save(); });
+    form.addEventListener("input", function () { save(); });
+
+    function restore(d) {
+      form.querySelectorAll("input[name=reasons]").forEach(function (b) { b.checked = d.reasons.indexOf(b.value) >= 0; });
+      form.querySelector("select[name=diagnosis]").value = d.diagnosis || "";
+      form.querySelector("textarea[name=comment]").value = d.comment || "";
+      if (d.diagnosis || d.comment) document.getElementById("extras").open = true;
+      if (d.verdict === "reject" || d.reasons.length) openReject();
+      var banner = document.getElementById("draft-banner");
+      var text = document.getElementById("draft-text");
+      var what = d.verdict === "approve" ? "An approval" : d.verdict === "reject" ? "A reject" : "A verdict";
+      text.textContent = what + " you were writing here was not saved yet (the session or the form had expired); it is restored below.";
+      banner.hidden = false;
+      document.getElementById("draft-submit").hidden = !d.verdict;
+      document.getElementById("draft-submit").addEventListener("click", function () {
+        var button = d.verdict === "approve" ? document.getElementById("approve-btn") : document.getElementById("reject-submit");
+        if (d.verdict === "reject") openReject();
+        button.click();  // through the buttons' own handlers (an approval drops ticked reasons)
+      });
+      document.getElementById("draft-discard").addEventListener("click", function () {
+        clear();
+        form.reset();
+        form.querySelectorAll("input[name=reasons]").forEach(function (b) { b.checked = false; });
+        banner.hidden = true;
+      });
+    }
+    return { save: save, clear: clear };
   }
 
   /* ------------------------------------------------------------------ upload page */
@@ -183,6 +285,12 @@
       }, 0);
     });
   }
+
+  // A page restored from the back/forward cache after logout must not show a film: ask the server again
+  // (every authenticated reply is no-store, so this only matters for browsers that cache regardless).
+  window.addEventListener("pageshow", function (e) {
+    if (e.persisted) window.location.reload();
+  });
 
   document.addEventListener("DOMContentLoaded", function () {
     initCase();

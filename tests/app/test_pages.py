@@ -250,6 +250,7 @@ def test_upload_through_the_form_opens_the_case(env: Env, reviewer: TestClient, 
     assert "CAM</strong>" in r.text
     assert "blue = little evidence" in r.text and "red = strongest evidence for this class" in r.text
     assert "pediatric (Kermany)" in r.text and "COVID-19 films are adult" in r.text
+    assert "one hospital (NIH ChestX-ray14" in r.text and "arrows, letters, crops" in r.text
     for c in CLASSES:
         assert f'value="{result.probabilities[c]:.4f}"' in r.text  # one probability bar per class
 

@@ -21,11 +21,11 @@ def test_two_process_cpu_ddp_job(cxr_data_dir: Path, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "var", train_nproc=2, train_max_steps=2, train_device="cpu")
     params = TrainingParams(architecture="cnnx", scenario="s1", epochs=1, batch_size=2)
     out, events, config_file = tmp_path / "out", tmp_path / "events.jsonl", tmp_path / "train-config.json"
-    config = job_train_config(params, settings, dataset_dir=data, out=out)
+    config = job_train_config(params, settings, dataset_dirs=[data], out=out)
     assert (config.arch, config.scenario, config.epochs, config.batch_size) == ("cnnx", "s1", 1, 2)
     assert (config.max_steps_per_epoch, config.device, config.input_mode) == (2, "cpu", "full")  # the worker's cap
     cropped = job_train_config(
-        params.model_copy(update={"input_mode": "lung-crop"}), settings, dataset_dir=data, out=out
+        params.model_copy(update={"input_mode": "lung-crop"}), settings, dataset_dirs=[data], out=out
     )
     assert cropped.input_mode == "lung-crop"
     config_file.write_text(config.to_json())
@@ -38,8 +38,8 @@ def test_two_process_cpu_ddp_job(cxr_data_dir: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     meta = read_meta(out / "best.pt")
-    assert meta["world_size"] == 2 and meta["arch"] == "cnnx" and meta["scenario"] == "s1"
-    assert meta["train_config"] == config.to_dict()  # the whole config, as handed over
+    assert meta.world_size == 2 and meta.arch == "cnnx" and meta.scenario == "s1"
+    assert meta.train_config == config.to_dict()  # the whole config, as handed over
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     kinds = [e["type"] for e in lines]
     # Only rank 0 reports: one start, its 2 steps (each rank trains on its half of the films), one epoch, one end.

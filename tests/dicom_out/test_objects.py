@@ -20,9 +20,8 @@ from app.dicom_out.sc import build_sc
 from app.dicom_out.seg import build_seg, mask_at_film_size
 from app.dicom_out.sr import build_sr, read_report
 from ml.imageio import decode_image
-from ml.inference import Predictor
-from ml.lung_focus import lung_focus_by_class
-from ml.lungs import LungSegmenter
+from ml.inference import Predictor, analyze_film
+from ml.lungseg import LungSegmenter
 from tests.support.dicom_films import dicom_film
 
 COVID_FILM = "images/cohen/01E392EE-69F9-4E33-BFCE-E5C968654078.jpg"
@@ -52,9 +51,10 @@ def analyse(
 
     def run(data: bytes) -> tuple[SourceFilm, AiResult, np.ndarray, np.ndarray]:
         decoded = decode_image(data, max_pixels=10**8)
-        mask = segmenter.predict_small(decoded.gray)
-        out = predictor.predict_one(decoded.gray, mask)
-        focus = lung_focus_by_class(out.cam_raw, mask, box=out.input_box)[out.predicted_class]
+        film = analyze_film(decoded.gray, [predictor], segmenter)
+        mask, (out,) = film.lung_mask, film.predictions
+        assert mask is not None and out.predicted_lung_focus is not None
+        focus = out.predicted_lung_focus.at(0.5)
         if decoded.format == "dicom":
             source = SourceFilm.from_dicom(data, decoded.gray)
         else:
@@ -68,7 +68,7 @@ def analyse(
             checkpoint_sha256=str(predictor.checkpoint_sha256),
             cam_method=out.cam_method,
             lung_focus_score=focus.score,
-            lung_focus_flagged=focus.score is None or focus.score < 0.5,
+            lung_focus_flagged=focus.flagged,
             lung_focus_threshold=0.5,
             lungseg_sha256=segmenter.checkpoint_sha256,
             tracking_uid=new_uid(),

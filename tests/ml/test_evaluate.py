@@ -33,6 +33,9 @@ TOP_LEVEL_KEYS = {
     "input_mode",  # provenance
     "lung_focus",  # right for the right reasons
     "partial_label_rows",  # pneumonia (bacterial or viral) rows, kept out of the 4-class figures
+    "by_age_group",
+    "three_group",
+    "confound",  # the age/source shortcut (ml.confound)
 }
 FOCUS_KEYS = {"n", "median", "flagged_share", "right_for_right_reasons", "median_lung_area"}
 
@@ -40,7 +43,9 @@ FOCUS_KEYS = {"n", "median", "flagged_share", "right_for_right_reasons", "median
 @pytest.fixture(scope="module")
 def report(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     csv_path = tmp_path_factory.mktemp("eval") / "predictions.csv"
-    rep = evaluate_checkpoint(DEFAULT_CHECKPOINT, small_dataset, split="test", predictions_csv=csv_path)
+    rep = evaluate_checkpoint(
+        DEFAULT_CHECKPOINT, small_dataset, split="test", predictions_csv=csv_path, lung_threshold=0.5
+    )
     rep["_csv"] = str(csv_path)
     return rep
 
@@ -132,7 +137,7 @@ def test_predictions_csv_matches_the_report(report: dict[str, Any]) -> None:
 
 def test_empty_split_is_a_clear_error(small_dataset: Path) -> None:
     with pytest.raises(ValueError, match=r"'validation' of .* has no images"):
-        evaluate_checkpoint(DEFAULT_CHECKPOINT, small_dataset, split="validation")
+        evaluate_checkpoint(DEFAULT_CHECKPOINT, small_dataset, split="validation", lung_threshold=0.5)
 
 
 def pct(v: float | None) -> str:
@@ -151,7 +156,7 @@ def test_table_has_the_papers_table_2_layout(report: dict[str, Any]) -> None:
     assert "Acc" in lines[1] and "95% CI of error" in lines[0]
     # the model's row and one row per source, numbers in percent as in the paper
     rows = {line.split("|")[0].strip(): line for line in lines[3:] if "|" in line}
-    assert set(rows) == {"resnet18", "hannover", "kermany"}
+    assert set(rows) == {"resnet18", "hannover", "kermany", "age adult", "age child"}
     cells = [c.split() for c in rows["resnet18"].split("|")[1:]]
     expected = [[pct(report["per_class"][c][k]) for k in ("sensitivity", "specificity", "f1")] for c in CLASSES]
     assert cells[:4] == expected
@@ -225,7 +230,9 @@ def test_lung_focus_table_sits_next_to_sensitivity(report: dict[str, Any]) -> No
 
 
 def test_evaluate_without_lung_focus_and_with_another_threshold(small_dataset: Path, report: dict[str, Any]) -> None:
-    plain = evaluate_checkpoint(DEFAULT_CHECKPOINT, small_dataset, split="test", with_lung_focus=False)
+    plain = evaluate_checkpoint(
+        DEFAULT_CHECKPOINT, small_dataset, split="test", with_lung_focus=False, lung_threshold=0.5
+    )
     assert "lung_focus" not in plain and "Lung focus" not in format_table(plain)
     assert plain["confusion_matrix"] == report["confusion_matrix"]  # the CAM pass gives the same predictions
     strict = evaluate_checkpoint(DEFAULT_CHECKPOINT, small_dataset, split="test", lung_threshold=1.0)
