@@ -171,13 +171,37 @@ class ResultDetailOut(ResultOut):
     )
 
 
+# The rules across fields that app.services.reviews.add_verdict enforces, stated in the schema (JSON
+# Schema if/then): a reject needs a reason; a reject for 'other' needs a comment that is not blank.
+_VERDICT_RULES = {
+    "allOf": [
+        {
+            "if": {"properties": {"verdict": {"const": "reject"}}, "required": ["verdict"]},
+            "then": {"properties": {"reasons": {"minItems": 1}}, "required": ["reasons"]},
+        },
+        {
+            "if": {
+                "properties": {"verdict": {"const": "reject"}, "reasons": {"contains": {"const": "other"}}},
+                "required": ["verdict", "reasons"],
+            },
+            "then": {"properties": {"comment": {"pattern": "\\S"}}, "required": ["comment"]},
+        },
+    ]
+}
+
+
 class VerdictIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra=_VERDICT_RULES)
 
     model_id: int = Field(ge=1, le=MAX_ROW_ID)
     verdict: VerdictValue
     reasons: list[ReasonTag] = Field(default_factory=list)
-    comment: str = Field("", max_length=4000)
+    comment: str = Field(
+        "",
+        max_length=4000,
+        description="free text without NUL characters",
+        json_schema_extra={"pattern": "^[^\\x00]*$"},  # stated here, refused with its own message by the service
+    )
     diagnosis: ClassName | None = None
 
 
