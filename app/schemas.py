@@ -173,7 +173,7 @@ class ResultDetailOut(ResultOut):
 
 # The rules across fields that app.services.reviews.add_verdict enforces, stated in the schema (JSON
 # Schema if/then): a reject needs a reason; a reject for 'other' needs a comment that is not blank.
-_VERDICT_RULES = {
+_VERDICT_RULES: dict[str, Any] = {
     "allOf": [
         {
             "if": {"properties": {"verdict": {"const": "reject"}}, "required": ["verdict"]},
