@@ -21,6 +21,7 @@ import torch
 
 from ml import CLASSES
 from ml.architectures import CXRNet
+from ml.network import build_network
 from ml.registry import ArchSpec, get_arch
 
 FORMAT_VERSION = 1
@@ -104,13 +105,14 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_model(path: str | os.PathLike[str]) -> tuple[CXRNet, dict[str, Any]]:
-    """Rebuild the network named in the checkpoint (no pretrained download) and load its weights."""
+    """Rebuild the network named in the checkpoint (no pretrained download; its last stage dilated when
+    the checkpoint says `dilate_last_stage`, see `ml.network`) and load its weights."""
     meta, state = read_checkpoint(path)
     try:
         spec = get_arch(meta["arch"])
-    except KeyError as exc:
-        raise CheckpointError(str(exc)) from exc
-    model = spec.build(pretrained=False)
+        model = build_network(spec, dilated=bool(meta.get("dilate_last_stage", False)))
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
         model.load_state_dict(state)
@@ -125,3 +127,19 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def load_init_weights(model: torch.nn.Module, path: str | os.PathLike[str], *, arch: str) -> dict[str, Any]:
+    """Load a checkpoint's weights into a freshly built `arch` network (fine-tuning, `init_checkpoint`).
+
+    The checkpoint must be of the same architecture; a normal and a dilated-last-stage ResNet share every
+    weight's shape, so either loads into either. Returns the checkpoint's meta. CheckpointError otherwise.
+    """
+    meta, state = read_checkpoint(path)
+    if meta.get("arch") != arch:
+        raise CheckpointError(f"init checkpoint {path} is a {meta.get('arch')} network; this run trains {arch}")
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as exc:
+        raise CheckpointError(f"init checkpoint {path}: weights do not fit architecture {arch}: {exc}") from exc
+    return meta
