@@ -265,9 +265,7 @@ def cmd_models_activate(args: argparse.Namespace) -> int:
     from app.services import model_registry
 
     with _db_session() as session:
-        model = model_registry.set_active_model(
-            session=session, model=model_registry.get_model(session=session, model_id=args.id)
-        )
+        model = model_registry.activate_model(session=session, model_id=args.id, actor=None)
         print(f"model {model.id} ({model.name} v{model.version}) is now the active model")
     return 0
 

@@ -38,7 +38,6 @@ class Settings(BaseSettings):
     default_checkpoint: Path | None = None
     """Registered (and made active if no model is) at start. Default: ml.checkpoints.DEFAULT_CHECKPOINT."""
     dataset_dir: Path | None = None
-    lungseg_dir: Path | None = None
     pretrained_dir: Path | None = None
     cache_dir: Path | None = None
 

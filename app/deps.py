@@ -10,6 +10,15 @@ Authentication, in order:
 Pages render `csrf_token(request)` into a hidden `csrf_token` field (or a `<meta>` for fetch). For
 an anonymous visitor (the login form) the token is a random value also set as the `cxr_csrf`
 cookie (double submit); for a logged-in user it is the session's own token.
+
+Page guards (browser pages answer with redirects and HTML, never JSON refusals):
+- `PageUser`: logged in; anonymous → 303 to /login?next=<page>, must-change-password → 303 to
+  /account/password.
+- `AdminPage`: a `PageUser` with the admin role; a reviewer gets the 403 "Admins only" page.
+- `PageCsrf`: the form's CSRF token is right; else the 403 "Form expired" page and nothing changes.
+  Declare it after the user guard, so an anonymous visitor is sent to log in and a reviewer is told
+  the page is for admins rather than that the form expired.
+Refusals are raised as `PageRefused`, which the app renders as its error page (`app.routes.templating`).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import Depends, HTTPException, Request, Response, status
 from sqlalchemy import Engine
@@ -34,6 +44,8 @@ CSRF_COOKIE = "cxr_csrf"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FORM_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+LOGIN_PATH = "/login"
+PASSWORD_PATH = "/account/password"
 _STATE_NEW_CSRF_COOKIE = "new_csrf_cookie"
 
 
@@ -78,7 +90,6 @@ def get_model_manager(request: Request) -> ModelManager:
     return get_context(request).models
 
 
-ContextDep = Annotated[AppContext, Depends(get_context)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 StoreDep = Annotated[FileStore, Depends(get_store)]
@@ -195,6 +206,76 @@ async def require_csrf(request: Request, web_session: OptionalWebSession) -> Non
 
 
 CsrfProtected = Annotated[None, Depends(require_csrf)]
+
+
+# -------------------------------------------------------------------------------- page guards
+class PageRefused(Exception):
+    """A page guard's refusal: the app renders `error.html` with this status, title and message."""
+
+    def __init__(self, status_code: int, title: str, message: str, *, user: User | None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.title = title
+        self.message = message
+        self.user = user
+
+
+def _see_other(location: str, detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_303_SEE_OTHER, detail=detail, headers={"Location": location})
+
+
+def _login_location(request: Request) -> str:
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return LOGIN_PATH if here == "/" else f"{LOGIN_PATH}?next={quote(here, safe='')}"
+
+
+def require_page_user(request: Request, user: OptionalUser) -> User:
+    """The logged-in user; anonymous → 303 to the login page, must-change-password → 303 to that page."""
+    if user is None:
+        raise _see_other(_login_location(request), "log in first")
+    if user.must_change_password and request.url.path != PASSWORD_PATH:
+        raise _see_other(PASSWORD_PATH, "choose a new password")
+    return user
+
+
+PageUser = Annotated[User, Depends(require_page_user)]
+
+
+def require_signed_in(user: OptionalUser) -> User:
+    """Any logged-in user, even one who must still change the password (logout); anonymous → 303 /login."""
+    if user is None:
+        raise _see_other(LOGIN_PATH, "not logged in")
+    return user
+
+
+SignedInUser = Annotated[User, Depends(require_signed_in)]
+
+
+def require_admin_page(user: PageUser) -> User:
+    """A `PageUser` with the admin role; a reviewer gets the 403 "Admins only" page."""
+    if not user.is_admin:
+        raise PageRefused(status.HTTP_403_FORBIDDEN, "Admins only", "This page needs the admin role.", user=user)
+    return user
+
+
+AdminPage = Annotated[User, Depends(require_admin_page)]
+
+
+async def require_page_csrf(request: Request, web_session: OptionalWebSession) -> None:
+    """`require_csrf` for browser forms: a missing or wrong token is the 403 "Form expired" page."""
+    try:
+        await require_csrf(request, web_session)
+    except HTTPException:
+        raise PageRefused(
+            status.HTTP_403_FORBIDDEN,
+            "Form expired",
+            "The form has expired or its security token is missing. Go back, reload the page and try again; "
+            "nothing was saved.",
+            user=web_session.user if web_session is not None else None,
+        ) from None
+
+
+PageCsrf = Annotated[None, Depends(require_page_csrf)]
 
 
 # ---------------------------------------------------------------------------------- cookies

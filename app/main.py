@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, SettingsError
 from app.db import make_engine, make_session_factory, upgrade_database
-from app.deps import CSRF_COOKIE, AppContext, pending_csrf_cookie
+from app.deps import CSRF_COOKIE, AppContext, PageRefused, pending_csrf_cookie
 from app.services import accounts, model_registry, predictions
 from app.services.errors import ServiceError, ThrottledError
 from app.services.model_registry import ModelManager
@@ -261,12 +261,11 @@ def create_app(settings: Settings | None = None, *, announce: Any = None) -> Fas
     app.state.ctx = ctx
     _error_handlers(app)
 
-    from app.routes import admin_training, api, docs, pages
+    from app.routes import ROUTERS, templating
 
-    app.include_router(api.router)
-    app.include_router(docs.router)
-    app.include_router(pages.router)
-    app.include_router(admin_training.router)  # retraining: /api/v1/training-jobs, /admin/training
+    for router in ROUTERS:
+        app.include_router(router)
+    app.add_exception_handler(PageRefused, templating.page_refused)  # a page guard's refusal: an HTML page
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     # Bodies over the upload limit (plus the multipart envelope) are refused with 413 before anything is

@@ -33,6 +33,8 @@ from app.db import Base
 ROLES = ("reviewer", "admin")
 VERDICTS = ("approve", "reject")
 REASON_TAGS = ("outside_lungs", "text_or_marker", "device_or_line", "image_border", "other")
+CLASS_LABELS = {"normal": "Normal", "bacterial": "Bacterial", "viral": "Viral", "covid19": "COVID-19"}
+"""How pages and charts name each of `ml.CLASSES`."""
 
 
 def utcnow() -> datetime:

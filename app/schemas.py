@@ -1,11 +1,23 @@
-"""Pydantic request/response models of the REST API (the contract documented at /docs)."""
+"""Pydantic request/response models of the REST API (the contract documented at /docs).
+
+Every route module takes its schemas from here; `ERRORS`/`error_responses` document the error replies.
+The training-job request body is `app.services.training.TrainingParams` (it validates the page form too).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from app.db import MAX_ROW_ID
 
@@ -20,6 +32,45 @@ class Health(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: Any
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for these error statuses, each a JSON `{"detail": ...}`."""
+    return {code: {"model": ErrorOut} for code in codes}
+
+
+ERRORS = error_responses(401, 403, 404, 413, 415, 422)
+"""The error replies of the review API (see app.routes.__init__ for what each status means)."""
+
+
+# ------------------------------------------------------------------------------- accounts
+class MeOut(BaseModel):
+    username: str
+    role: str
+    must_change_password: bool
+
+
+class UserOut(BaseModel):
+    id: int
+    username: str
+    role: str
+    active: bool
+
+
+class UserCreateIn(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    username: str = Field(min_length=1, max_length=64)
+    role: Literal["reviewer", "admin"] = "reviewer"
+    password: str | None = Field(None, description="omit to have one generated (returned once)")
+
+
+class UserCreatedOut(UserOut):
+    password: str | None = Field(None, description="the generated password, shown once")
+    api_token: str = Field(description="an API token for this user, shown once")
+
+
+# --------------------------------------------------------------------------------- models
 
 
 class ModelOut(BaseModel):
@@ -41,6 +92,7 @@ class ModelOut(BaseModel):
     hparams: dict[str, Any] = Field(default_factory=dict, description="hyper-parameters it was trained with")
 
 
+# ---------------------------------------------------------------------- predictions, verdicts
 class Probabilities(BaseModel):
     normal: float
     bacterial: float
@@ -186,3 +238,122 @@ class WorklistOut(BaseModel):
     sort: str
     priority: str = Field(description="how 'priority' sorting orders the worklist")
     lung_focus_threshold: float = Field(description="the threshold below which a result is flagged")
+
+
+# --------------------------------------------------------------------- page forms and queries
+# What the browser pages' forms post (besides `csrf_token`) and their links ask for. Read leniently:
+# a missing or unusable value is its default, so the page, never a JSON 422, tells the user what is wrong.
+def _lenient_id(value: Any) -> int | None:
+    """An id or offset in a page's query or form: decimal digits → int, anything else → None."""
+    if isinstance(value, int):
+        return value
+    return int(value) if isinstance(value, str) and value.strip().isdecimal() else None
+
+
+def _or_default(default: Any) -> WrapValidator:
+    """A value the field's type refuses becomes `default`."""
+
+    def validate(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            return default
+
+    return WrapValidator(validate)
+
+
+LenientId = Annotated[int | None, BeforeValidator(_lenient_id)]
+
+
+class CaseQuery(BaseModel):
+    """The case page's query: which model's result, which class's heat map, which view, and the verdict
+    just saved (ids that are not numbers are ignored; the page checks the rest against the case)."""
+
+    model: LenientId = None
+    cls: str | None = None
+    view: str | None = None
+    saved: LenientId = None
+
+
+class WorklistQuery(BaseModel):
+    """The worklist page's filters (the API's `GET /predictions` parameters, by the page's names);
+    an unknown value is the default: all models and classes, waiting for review, priority order."""
+
+    model: LenientId = None
+    cls: Annotated[ClassName | None, _or_default(None)] = None
+    reviewed: Annotated[Literal["no", "yes", "any"], _or_default("no")] = "no"
+    flagged: Annotated[Literal["any", "yes", "no"], _or_default("any")] = "any"
+    sort: Annotated[Literal["priority", "newest", "flagged"], _or_default("priority")] = "priority"
+    offset: LenientId = None
+
+
+class LoginForm(BaseModel):
+    username: str = ""
+    password: str = ""
+    next: str = "/"
+
+
+class PasswordForm(BaseModel):
+    current: str = ""
+    new: str = ""
+    repeat: str = ""
+
+
+class UserForm(BaseModel):
+    username: str = ""
+    role: str = "reviewer"
+    password: str = ""
+
+
+class ActiveForm(BaseModel):
+    active: str = Field("", description="'true' enables the account, anything else disables it")
+
+
+class VerdictForm(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_id: LenientId = None
+    verdict: str = ""
+    reasons: list[str] = Field(default_factory=list)
+    comment: str = ""
+    diagnosis: str = ""
+
+
+# ------------------------------------------------------------------------------- training
+class TrainingJobOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: int
+    status: str = Field(description="queued | running | succeeded | failed | cancelled")
+    phase: str = Field(description="queued, preparing, training, evaluating, registering, or the final status")
+    progress: float = Field(description="share of the training steps done, 0..1")
+    epoch: int | None
+    epochs: int
+    step: int | None
+    steps_per_epoch: int | None
+    loss: float | None = Field(description="training loss of the latest step")
+    eta_seconds: float | None = Field(description="estimated seconds of training left")
+    metrics: dict[str, Any] = Field(description="history: per-epoch losses and validation figures; test: summary")
+    model_id: int | None = Field(description="the model version this job registered (succeeded jobs)")
+    parent_model_id: int | None = Field(description="the active model when the job was queued")
+    error: str | None
+    cancel_requested: bool
+    params: dict[str, Any]
+    dataset: dict[str, Any]
+    created_by: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker_id: str | None
+    report_url: str | None
+    charts: dict[str, str] = Field(description="chart name → PNG URL (succeeded jobs)")
+
+
+class AuditEntryOut(BaseModel):
+    id: int
+    created_at: datetime
+    actor: str
+    action: str
+    target_type: str
+    target_id: int | None
+    details: dict[str, Any]

@@ -9,7 +9,8 @@ API (admin only; reviewers get 403; invalid parameters 422 before anything is qu
     GET  /api/v1/training-jobs/{id}/charts/{curves|confusion|comparison}.png
     GET  /api/v1/architectures                  what can be trained
     GET  /api/v1/audit-log                      jobs, promotions, rollbacks: who, when, what
-Promotion and rollback are `POST /api/v1/models/{id}/activate` (app.routes.api).
+Promotion and rollback are `POST /api/v1/models/{id}/activate` and, from these pages' forms,
+`POST /admin/training/models/{id}/activate` (both in app.routes.models).
 
 Pages: /admin/training (start a job, jobs, model versions with promote/roll back),
 /admin/training/{id} (live progress bar, then the report), /admin/audit. The pages' script
@@ -18,77 +19,30 @@ Pages: /admin/training (start a job, jobs, model versions with promote/roll back
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import sqlalchemy
 from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import FileResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from app import schemas
-from app.deps import AdminUser, SessionDep, SettingsDep
-from app.models import AuditEntry, MLModel, TrainingJob
-from app.routes.pages import (
-    CsrfValid,
-    PageUser,
-    admin_required,
-    csrf_failure,
-    error_page,
-    render,
-    see_other,
-)
+from app.deps import AdminPage, AdminUser, PageCsrf, SessionDep, SettingsDep
+from app.models import AuditEntry, MLModel, TrainingJob, User
+from app.routes.templating import error_page, render, see_other
 from app.services import audit, model_registry, training, training_params
 from app.services.errors import ServiceError
 
 API_PREFIX = "/api/v1"
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": schemas.ErrorOut} for code in (401, 403, 404, 409, 422)}
+ERRORS = schemas.error_responses(401, 403, 404, 409, 422)
 JOB_POLL_MS = 1000
 
 api_router = APIRouter(prefix=API_PREFIX, tags=["training"])
 pages_router = APIRouter(include_in_schema=False)
 
 
-# ------------------------------------------------------------------------------- schemas
-class TrainingJobOut(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
-
-    id: int
-    status: str = Field(description="queued | running | succeeded | failed | cancelled")
-    phase: str = Field(description="queued, preparing, training, evaluating, registering, or the final status")
-    progress: float = Field(description="share of the training steps done, 0..1")
-    epoch: int | None
-    epochs: int
-    step: int | None
-    steps_per_epoch: int | None
-    loss: float | None = Field(description="training loss of the latest step")
-    eta_seconds: float | None = Field(description="estimated seconds of training left")
-    metrics: dict[str, Any] = Field(description="history: per-epoch losses and validation figures; test: summary")
-    model_id: int | None = Field(description="the model version this job registered (succeeded jobs)")
-    parent_model_id: int | None = Field(description="the active model when the job was queued")
-    error: str | None
-    cancel_requested: bool
-    params: dict[str, Any]
-    dataset: dict[str, Any]
-    created_by: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    worker_id: str | None
-    report_url: str | None
-    charts: dict[str, str] = Field(description="chart name → PNG URL (succeeded jobs)")
-
-
-class AuditEntryOut(BaseModel):
-    id: int
-    created_at: datetime
-    actor: str
-    action: str
-    target_type: str
-    target_id: int | None
-    details: dict[str, Any]
-
-
+# ------------------------------------------------------------------------------ presentation
 def job_url(job_id: int) -> str:
     return f"{API_PREFIX}/training-jobs/{job_id}"
 
@@ -97,68 +51,57 @@ def chart_url(job_id: int, name: str) -> str:
     return f"{API_PREFIX}/training-jobs/{job_id}/charts/{name}.png"
 
 
-def job_out(job: TrainingJob) -> TrainingJobOut:
+JOB_COLUMNS = frozenset(sqlalchemy.inspect(TrainingJob).columns.keys())
+
+
+def job_out(job: TrainingJob) -> schemas.TrainingJobOut:
+    """The job's columns that the schema names, as stored, plus what is derived from them."""
     done = job.status == "succeeded" and job.report is not None
-    return TrainingJobOut(
-        id=job.id,
-        status=job.status,
-        phase=job.phase,
-        progress=job.progress,
-        epoch=job.epoch,
-        epochs=job.epochs,
-        step=job.step,
-        steps_per_epoch=job.steps_per_epoch,
-        loss=job.loss,
-        eta_seconds=job.eta_seconds,
-        metrics=job.metrics or {},
-        model_id=job.model_id,
-        parent_model_id=job.parent_model_id,
-        error=job.error,
-        cancel_requested=job.cancel_requested,
-        params=job.params,
-        dataset=job.dataset or {},
-        created_by=job.created_by.username if job.created_by else None,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        worker_id=job.worker_id,
-        report_url=f"{job_url(job.id)}/report" if done else None,
-        charts={name: chart_url(job.id, name) for name in training.CHART_NAMES} if done else {},
+    columns = {name: getattr(job, name) for name in schemas.TrainingJobOut.model_fields if name in JOB_COLUMNS}
+    return schemas.TrainingJobOut.model_validate(
+        {
+            **columns,
+            "metrics": job.metrics or {},
+            "dataset": job.dataset or {},
+            "created_by": job.created_by.username if job.created_by else None,
+            "report_url": f"{job_url(job.id)}/report" if done else None,
+            "charts": {name: chart_url(job.id, name) for name in training.CHART_NAMES} if done else {},
+        }
     )
 
 
-def audit_out(entry: AuditEntry) -> AuditEntryOut:
-    return AuditEntryOut.model_validate(entry, from_attributes=True)
+def audit_out(entry: AuditEntry) -> schemas.AuditEntryOut:
+    return schemas.AuditEntryOut.model_validate(entry, from_attributes=True)
 
 
 # ----------------------------------------------------------------------------------- API
 @api_router.post(
-    "/training-jobs", status_code=status.HTTP_202_ACCEPTED, response_model=TrainingJobOut, responses=ERRORS
+    "/training-jobs", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.TrainingJobOut, responses=ERRORS
 )
 def create_training_job(
     body: training.TrainingParams, session: SessionDep, settings: SettingsDep, admin: AdminUser
-) -> TrainingJobOut:
+) -> schemas.TrainingJobOut:
     """Queue a training job; a worker process picks it up. Poll GET /training-jobs/{id} for progress."""
     return job_out(training.create_job(session=session, settings=settings, params=body, actor=admin))
 
 
-@api_router.get("/training-jobs", response_model=list[TrainingJobOut], responses=ERRORS)
+@api_router.get("/training-jobs", response_model=list[schemas.TrainingJobOut], responses=ERRORS)
 def list_training_jobs(
     session: SessionDep,
     _admin: AdminUser,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> list[TrainingJobOut]:
+) -> list[schemas.TrainingJobOut]:
     return [job_out(j) for j in training.list_jobs(session=session, limit=limit, offset=offset)]
 
 
-@api_router.get("/training-jobs/{job_id}", response_model=TrainingJobOut, responses=ERRORS)
-def get_training_job(job_id: int, session: SessionDep, _admin: AdminUser) -> TrainingJobOut:
+@api_router.get("/training-jobs/{job_id}", response_model=schemas.TrainingJobOut, responses=ERRORS)
+def get_training_job(job_id: int, session: SessionDep, _admin: AdminUser) -> schemas.TrainingJobOut:
     return job_out(training.get_job(session=session, job_id=job_id))
 
 
-@api_router.post("/training-jobs/{job_id}/cancel", response_model=TrainingJobOut, responses=ERRORS)
-def cancel_training_job(job_id: int, session: SessionDep, admin: AdminUser) -> TrainingJobOut:
+@api_router.post("/training-jobs/{job_id}/cancel", response_model=schemas.TrainingJobOut, responses=ERRORS)
+def cancel_training_job(job_id: int, session: SessionDep, admin: AdminUser) -> schemas.TrainingJobOut:
     """A queued job is cancelled at once; a running one shows `cancel_requested` until its worker has
     stopped the training process (a second or two). 409 if the job already ended."""
     return job_out(training.request_cancel(session=session, job_id=job_id, actor=admin))
@@ -188,14 +131,14 @@ def list_architectures(_admin: AdminUser) -> list[dict[str, Any]]:
     return training.architecture_choices()
 
 
-@api_router.get("/audit-log", response_model=list[AuditEntryOut], responses=ERRORS)
+@api_router.get("/audit-log", response_model=list[schemas.AuditEntryOut], responses=ERRORS)
 def audit_log(
     session: SessionDep,
     _admin: AdminUser,
     action: Annotated[str | None, Query(description="prefix, e.g. 'model.' or 'training_job.'")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> list[AuditEntryOut]:
+) -> list[schemas.AuditEntryOut]:
     """Newest first: training jobs created/cancelled/ended/reaped, models promoted or rolled back."""
     entries = audit.list_entries(session=session, limit=limit, offset=offset, action_prefix=action)
     return [audit_out(e) for e in entries]
@@ -204,6 +147,11 @@ def audit_log(
 # --------------------------------------------------------------------------------- pages
 NAV = "/training"
 """What base.html's main navigation sees (it marks every /admin page as "Users"); `subnav` is the path."""
+
+
+def _render(request: Request, name: str, *, user: User, status_code: int = 200, **context: Any) -> Response:
+    """A training page: `render` with the training section marked in the navigation."""
+    return render(request, name, user=user, nav=NAV, subnav=request.url.path, status_code=status_code, **context)
 
 
 def _versions(session: Any) -> list[MLModel]:
@@ -220,12 +168,10 @@ def _index(
     errors: list[str] | None = None,
 ) -> Response:
     models = _versions(session)
-    return render(
+    return _render(
         request,
         "training/index.html",
         user=admin,
-        nav=NAV,
-        subnav=request.url.path,
         status_code=status_code,
         jobs=training.list_jobs(session=session, limit=50),
         models=models,
@@ -239,9 +185,7 @@ def _index(
 
 
 @pages_router.get("/admin/training", response_model=None)
-def training_page(request: Request, session: SessionDep, user: PageUser) -> Response:
-    if not user.is_admin:
-        return admin_required(request, user)
+def training_page(request: Request, session: SessionDep, user: AdminPage) -> Response:
     return _index(request, session, user)
 
 
@@ -264,13 +208,9 @@ PostedForm = Annotated[dict[str, str], Depends(posted_form)]
 
 @pages_router.post("/admin/training", response_model=None)
 def training_submit(
-    request: Request, session: SessionDep, settings: SettingsDep, user: PageUser, csrf_ok: CsrfValid, posted: PostedForm
+    request: Request, session: SessionDep, settings: SettingsDep, user: AdminPage, _csrf: PageCsrf, posted: PostedForm
 ) -> Response:
     """Queue a job from the form (same validation as the API), then show its progress page."""
-    if not user.is_admin:
-        return admin_required(request, user)
-    if not csrf_ok:
-        return csrf_failure(request, user)
     data = training_params.form_values(posted)
     try:
         params = training.TrainingParams.model_validate(data)
@@ -285,21 +225,17 @@ def training_submit(
 
 
 @pages_router.get("/admin/training/{job_id}", response_model=None)
-def job_page(request: Request, job_id: int, session: SessionDep, user: PageUser) -> Response:
-    if not user.is_admin:
-        return admin_required(request, user)
+def job_page(request: Request, job_id: int, session: SessionDep, user: AdminPage) -> Response:
     try:
         job = training.get_job(session=session, job_id=job_id)
     except ServiceError as exc:
         return error_page(request, user, exc.status_code, "No such job", str(exc))
     model = model_registry.get_model(session=session, model_id=job.model_id) if job.model_id else None
     parent = model_registry.get_model(session=session, model_id=job.parent_model_id) if job.parent_model_id else None
-    return render(
+    return _render(
         request,
         "training/job.html",
         user=user,
-        nav=NAV,
-        subnav=request.url.path,
         job=job,
         model=model,
         parent=parent,
@@ -311,11 +247,7 @@ def job_page(request: Request, job_id: int, session: SessionDep, user: PageUser)
 
 
 @pages_router.post("/admin/training/{job_id}/cancel", response_model=None)
-def job_cancel(request: Request, job_id: int, session: SessionDep, user: PageUser, csrf_ok: CsrfValid) -> Response:
-    if not user.is_admin:
-        return admin_required(request, user)
-    if not csrf_ok:
-        return csrf_failure(request, user)
+def job_cancel(request: Request, job_id: int, session: SessionDep, user: AdminPage, _csrf: PageCsrf) -> Response:
     try:
         training.request_cancel(session=session, job_id=job_id, actor=user)
     except ServiceError as exc:
@@ -323,34 +255,9 @@ def job_cancel(request: Request, job_id: int, session: SessionDep, user: PageUse
     return see_other(f"/admin/training/{job_id}")
 
 
-@pages_router.post("/admin/training/models/{model_id}/activate", response_model=None)
-def model_activate(
-    request: Request, model_id: int, session: SessionDep, user: PageUser, csrf_ok: CsrfValid, back: str = ""
-) -> Response:
-    """Promote a new version or roll back to an earlier one (audited with the admin's name)."""
-    if not user.is_admin:
-        return admin_required(request, user)
-    if not csrf_ok:
-        return csrf_failure(request, user)
-    try:
-        model_registry.activate_model(session=session, model_id=model_id, actor=user)
-    except ServiceError as exc:
-        return error_page(request, user, exc.status_code, "Cannot activate", str(exc))
-    return see_other(back if back.startswith("/admin/training") else "/admin/training#versions")
-
-
 @pages_router.get("/admin/audit", response_model=None)
-def audit_page(request: Request, session: SessionDep, user: PageUser) -> Response:
-    if not user.is_admin:
-        return admin_required(request, user)
-    return render(
-        request,
-        "training/audit.html",
-        user=user,
-        nav=NAV,
-        subnav=request.url.path,
-        entries=audit.list_entries(session=session, limit=500),
-    )
+def audit_page(request: Request, session: SessionDep, user: AdminPage) -> Response:
+    return _render(request, "training/audit.html", user=user, entries=audit.list_entries(session=session, limit=500))
 
 
 router = APIRouter()

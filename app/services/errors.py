@@ -13,10 +13,6 @@ class NotFoundError(ServiceError):
     status_code = 404
 
 
-class PermissionDeniedError(ServiceError):
-    status_code = 403
-
-
 class ConflictError(ServiceError):
     status_code = 409
 

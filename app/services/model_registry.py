@@ -75,10 +75,10 @@ def set_active_model(*, session: Session, model: MLModel, actor: User | None = N
     return model
 
 
-def activate_model(*, session: Session, model_id: int, actor: User) -> MLModel:
-    """The admin action (API and pages): any registered version whose checkpoint is present and unchanged
-    becomes active — a promotion of a new version or a rollback to an earlier one. 404 unknown id,
-    409 checkpoint missing or changed."""
+def activate_model(*, session: Session, model_id: int, actor: User | None) -> MLModel:
+    """The admin action (API, pages and `cxr-review models activate`, whose `actor` is None: the system):
+    any registered version whose checkpoint is present and unchanged becomes active — a promotion of a
+    new version or a rollback to an earlier one. 404 unknown id, 409 checkpoint missing or changed."""
     model = get_model(session=session, model_id=model_id)
     if not checkpoint_matches(model):
         raise ConflictError(
@@ -228,11 +228,6 @@ class ModelManager:
             if self._segmenter is None:
                 self._segmenter = self._load_segmenter(self._lungseg_checkpoint)
             return self._segmenter
-
-    @property
-    def segmenter_sha256(self) -> str | None:
-        """sha256 of the loaded segmenter's checkpoint; None until it is loaded."""
-        return self._segmenter.checkpoint_sha256 if self._segmenter is not None else None
 
     def get(self, model: MLModel) -> Predictor:
         predictor = self._predictors.get(model.id)

@@ -217,10 +217,6 @@ def get_result(*, session: Session, prediction_id: int, model_id: int) -> Predic
     return result
 
 
-def list_recent_predictions(*, session: Session, limit: int = 50) -> list[Prediction]:
-    return list(session.scalars(select(Prediction).order_by(Prediction.id.desc()).limit(limit)))
-
-
 @dataclass
 class ResultView:
     """A result with the model's identity, the overlay URLs in display order and its lung focus at the

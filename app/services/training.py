@@ -111,14 +111,7 @@ def create_job(*, session: Session, settings: Settings, params: TrainingParams, 
     )
     session.add(job)
     session.flush()
-    audit.record(
-        session=session,
-        actor=actor,
-        action="training_job.create",
-        target_type="training_job",
-        target_id=job.id,
-        details={"params": params.model_dump(), "parent_model_id": parent_id},
-    )
+    _audit(session, actor, "create", job.id, {"params": params.model_dump(), "parent_model_id": parent_id})
     session.commit()
     return job
 
@@ -155,14 +148,7 @@ def request_cancel(*, session: Session, job_id: int, actor: User) -> TrainingJob
             .where(TrainingJob.id == job_id, TrainingJob.status == "running")
             .values(cancel_requested=True)
         )
-    audit.record(
-        session=session,
-        actor=actor,
-        action="training_job.cancel",
-        target_type="training_job",
-        target_id=job_id,
-        details={"status_when_cancelled": "queued" if queued == 1 else job.status},
-    )
+    _audit(session, actor, "cancel", job_id, {"status_when_cancelled": "queued" if queued == 1 else job.status})
     session.commit()
     return get_job(session=session, job_id=job_id)
 
@@ -283,14 +269,7 @@ def finish_job(
             details["error"] = str(values["error"])[:500]
         if values and values.get("model_id"):
             details["model_id"] = values["model_id"]
-        audit.record(
-            session=session,
-            actor=None,
-            action=f"training_job.{status}",
-            target_type="training_job",
-            target_id=job_id,
-            details=details,
-        )
+        _audit(session, None, status, job_id, details)
     session.commit()
     return result == 1
 
@@ -325,17 +304,22 @@ def reap_stale_jobs(*, session: Session, stale_after_seconds: float, now: dateti
             .values(status=status, phase=status, finished_at=now, error=None if cancel else error),
         )
         if result == 1:
-            audit.record(
-                session=session,
-                actor=None,
-                action="training_job.reaped",
-                target_type="training_job",
-                target_id=job_id,
-                details={"worker": worker_id, "status": status, "error": error},
-            )
+            _audit(session, None, "reaped", job_id, {"worker": worker_id, "status": status, "error": error})
             reaped.append(job_id)
         session.commit()
     return reaped
+
+
+def _audit(session: Session, actor: User | None, event: str, job_id: int, details: dict[str, Any]) -> None:
+    """Record `training_job.<event>` on job `job_id` in the audit log (`actor=None`: the system)."""
+    audit.record(
+        session=session,
+        actor=actor,
+        action=f"training_job.{event}",
+        target_type="training_job",
+        target_id=job_id,
+        details=details,
+    )
 
 
 def _updated(session: Session, statement: Any) -> int:

@@ -13,9 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from app.models import CLASS_LABELS
 from ml import CLASSES
-
-CLASS_LABELS = {"normal": "Normal", "bacterial": "Bacterial", "viral": "Viral", "covid19": "COVID-19"}
 
 
 def _pyplot() -> Any:

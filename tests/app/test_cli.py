@@ -7,7 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sqlalchemy import select
+
+from app.models import MLModel
+from app.services import audit
 from tests.app.conftest import EnvFactory
+from tests.support.checkpoints import write_untrained_cnnx
 
 
 def cli(
@@ -71,3 +76,24 @@ def test_users_create_with_password_stdin_and_clear_errors(tmp_path: Path) -> No
     assert missing.returncode == 2 and "no user named 'nobody'" in missing.stderr
     listing = cli(data_dir, "users", "list")
     assert "erin" in listing.stdout and "fay" not in listing.stdout
+
+
+def test_models_activate_refuses_a_changed_checkpoint_like_the_api(make_env: EnvFactory, tmp_path: Path) -> None:
+    """`models activate` is the admin action of the API and pages: the same checks, audited (as the system)."""
+    data_dir = tmp_path / "data"
+    checkpoint = write_untrained_cnnx(data_dir / "models" / "cnnx-untrained.pt")
+    url = make_env.url_for(data_dir)
+    env = make_env(data_dir, users=False)  # registers the bundled model (active) and the CNN-X
+    with env.session() as s:
+        other = s.scalars(select(MLModel).where(MLModel.active.is_(False))).one().id
+    original = checkpoint.read_bytes()
+    checkpoint.write_bytes(original + b"changed")
+    refused = cli(data_dir, "models", "activate", str(other), database_url=url)
+    assert refused.returncode == 2 and "checkpoint is missing or changed" in refused.stderr
+    checkpoint.write_bytes(original)
+    done = cli(data_dir, "models", "activate", str(other), database_url=url)
+    assert done.returncode == 0 and "is now the active model" in done.stdout, done.stderr
+    with env.session() as s:
+        assert s.scalars(select(MLModel.id).where(MLModel.active.is_(True))).all() == [other]
+        (entry,) = audit.list_entries(session=s, limit=1, action_prefix="model.")
+        assert (entry.actor, entry.action, entry.target_id) == ("system", "model.promote", other)

@@ -21,7 +21,7 @@ from markupsafe import escape
 from sqlalchemy import select
 
 from app.models import PredictionResult, User, Verdict
-from app.routes.pages import _pct
+from app.routes.templating import pct
 from app.services import accounts, audit
 from ml import CLASSES
 from tests.app.conftest import Env, Film, png_bytes, png_size, start_env
@@ -263,6 +263,17 @@ def test_case_page_selects_class_and_view_from_the_query(env: Env, reviewer: Tes
     assert r.context["view_mode"] == "overlay"
 
 
+@pytest.mark.parametrize("bad_id", ["x", "-1", "1.5", "\u00b2"])  # "²" passes str.isdigit() but is no number
+def test_pages_ignore_ids_in_the_query_that_are_not_numbers(
+    env: Env, reviewer: TestClient, case: int, bad_id: str
+) -> None:
+    r = reviewer.get(f"/cases/{case}", params={"model": bad_id, "saved": bad_id})
+    assert r.status_code == 200 and r.context["saved"] is None and r.context["next_case"] is None
+    assert r.context["focus"].model.id == r.context["views"][0].model.id  # the first result, as without `model`
+    r = reviewer.get("/worklist", params={"model": bad_id, "offset": bad_id})
+    assert r.status_code == 200 and r.context["filters"]["model"] is None and r.context["worklist"].offset == 0
+
+
 def test_unknown_case_is_a_404_page(env: Env, reviewer: TestClient) -> None:
     r = reviewer.get("/cases/999999")
     assert r.status_code == 404 and r.template.name == "error.html"
@@ -486,7 +497,7 @@ def test_case_page_shows_lung_focus_outline_and_warning(env: Env, reviewer: Test
     assert outline.status_code == 200 and png_size(outline.content) == png_size(overlay.content)
     # Each class's score next to the chance level (the film's lung area), as whole percentages.
     for f in focus.lung_focus_by_class.values():
-        assert f'lungs {_pct(f.score, 0)}</span> <span class="nowrap">· chance {_pct(f.lung_area, 0)}' in r.text
+        assert f'lungs {pct(f.score, 0)}</span> <span class="nowrap">· chance {pct(f.lung_area, 0)}' in r.text
     # The banner exactly when the predicted class is flagged (the Hannover film: check the value, not a guess).
     assert ("Most of the highlighted evidence lies outside the lungs" in r.text) is lf.flagged
     assert ('id="lung-focus-warning"' in r.text) is lf.flagged

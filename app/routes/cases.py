@@ -1,0 +1,452 @@
+"""Cases: uploading a film, its predictions, heat maps and films, and the verdicts on them.
+
+API:   POST /api/v1/predictions (upload), GET /api/v1/predictions/{id} (with its verdicts),
+       its overlays and lung outline PNGs, GET /api/v1/images/{sha256}.png (the film),
+       POST /api/v1/predictions/{id}/verdicts.
+Pages: /upload, /cases/{id} (one model's result, the verdict form, the history), /cases/{id}/compare
+       (every model side by side), /legend/colorbar.png.
+Torch and file work happens in sync (`def`) routes, which FastAPI runs in a thread pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
+from fastapi.responses import Response
+from sqlalchemy.orm import Session
+
+from app import schemas
+from app.config import Settings
+from app.deps import CurrentUser, ModelManagerDep, PageCsrf, PageUser, SessionDep, SettingsDep, StoreDep
+from app.models import MLModel, Prediction, User, Verdict
+from app.routes.models import metrics_summary
+from app.routes.templating import error_page, render, see_other
+from app.services import model_registry, predictions, reviews
+from app.services.errors import ServiceError
+from app.services.lung_focus import LungFocusView
+from app.services.model_registry import ModelManager
+from app.services.storage import FileStore
+from ml.cam.overlay import colorbar_png
+from ml.imageio import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+
+api = APIRouter(prefix="/api/v1", tags=["api"])
+pages = APIRouter(include_in_schema=False)
+
+IMAGE_CACHE_HEADERS = {"Cache-Control": "private, max-age=86400, immutable"}
+PNG_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}}, **schemas.ERRORS}
+COMMENT_MAX_CHARS = 4000
+VIEW_MODES = ("overlay", "film", "side")
+
+
+# ------------------------------------------------------------------------------ presentation
+def lung_focus_out(view: LungFocusView) -> schemas.LungFocusOut:
+    return schemas.LungFocusOut(
+        score=view.score, lung_area=view.lung_area, flagged=view.flagged, threshold=view.threshold, reason=view.reason
+    )
+
+
+def result_out(v: predictions.ResultView) -> schemas.ResultOut:
+    r = v.result
+    return schemas.ResultOut(
+        model_id=r.model_id,
+        model_name=v.model.name,
+        model_version=r.model_version,
+        checkpoint_sha256=r.checkpoint_sha256,
+        architecture=r.architecture,
+        probabilities=schemas.Probabilities(**r.probabilities),
+        predicted_class=r.predicted_class,  # type: ignore[arg-type]
+        cam_method=r.cam_method,
+        overlays=v.overlays,
+        lung_focus=lung_focus_out(v.lung_focus) if v.lung_focus is not None else None,
+        input_box=schemas.InputBoxOut(**v.input_box.as_dict()) if v.input_box is not None else None,
+        lung_outline_url=v.lung_outline_url,
+        lungseg_sha256=r.lungseg_sha256,
+    )
+
+
+def result_detail_out(v: predictions.ResultView) -> schemas.ResultDetailOut:
+    by_class = v.lung_focus_by_class
+    return schemas.ResultDetailOut(
+        **result_out(v).model_dump(),
+        lung_focus_by_class={c: lung_focus_out(f) for c, f in by_class.items()} if by_class is not None else None,
+    )
+
+
+def prediction_out(prediction: Prediction, *, threshold: float) -> schemas.PredictionOut:
+    image = prediction.image
+    return schemas.PredictionOut(
+        id=prediction.id,
+        image_sha256=image.sha256,
+        image_url=predictions.image_url(image.sha256),
+        width=image.width,
+        height=image.height,
+        format=image.format,
+        filename=prediction.filename,
+        created_at=prediction.created_at,
+        created_by=prediction.created_by.username if prediction.created_by else None,
+        results=[result_out(v) for v in predictions.result_views(prediction, threshold=threshold)],
+    )
+
+
+def verdict_out(verdict: Verdict, latest_ids: set[int]) -> schemas.VerdictOut:
+    return schemas.VerdictOut(
+        id=verdict.id,
+        prediction_id=verdict.prediction_id,
+        model_id=verdict.model_id,
+        reviewer=verdict.reviewer.username,
+        verdict=verdict.verdict,  # type: ignore[arg-type]
+        reasons=list(verdict.reasons),
+        comment=verdict.comment,
+        diagnosis=verdict.diagnosis,  # type: ignore[arg-type]
+        created_at=verdict.created_at,
+        is_latest=verdict.id in latest_ids,
+    )
+
+
+def _predict_upload(
+    file: UploadFile,
+    models: str | None,
+    user: User,
+    session: Session,
+    settings: Settings,
+    store: FileStore,
+    manager: ModelManager,
+) -> Prediction:
+    """The upload of the API and of the page: read at most one byte over the limit (the service refuses
+    a larger file with 413), then `predictions.create_prediction`."""
+    data = file.file.read(settings.max_upload_bytes + 1)
+    return predictions.create_prediction(
+        session=session,
+        settings=settings,
+        store=store,
+        manager=manager,
+        data=data,
+        filename=file.filename,
+        models=models,
+        user=user,
+    )
+
+
+# ------------------------------------------------------------------------------------- API
+@api.post(
+    "/predictions", status_code=status.HTTP_201_CREATED, response_model=schemas.PredictionOut, responses=schemas.ERRORS
+)
+def create_prediction(
+    file: Annotated[UploadFile, File(description="PNG, JPEG or DICOM chest X-ray")],
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    manager: ModelManagerDep,
+    user: CurrentUser,
+    models: Annotated[
+        str | None, Form(description="comma-separated model ids, or 'all'; default: the active model")
+    ] = None,
+) -> schemas.PredictionOut:
+    prediction = _predict_upload(file, models, user, session, settings, store, manager)
+    return prediction_out(prediction, threshold=settings.lung_focus_threshold)
+
+
+@api.get("/predictions/{prediction_id}", response_model=schemas.PredictionDetailOut, responses=schemas.ERRORS)
+def get_prediction(
+    prediction_id: int, session: SessionDep, settings: SettingsDep, _user: CurrentUser
+) -> schemas.PredictionDetailOut:
+    """One prediction with its verdicts; each result also has `lung_focus_by_class` (every class's lung focus)."""
+    prediction = predictions.get_prediction(session=session, prediction_id=prediction_id)
+    history = reviews.verdict_history(session=session, prediction_id=prediction_id)
+    latest = reviews.latest_verdict_ids(history)
+    summary = prediction_out(prediction, threshold=settings.lung_focus_threshold).model_dump(exclude={"results"})
+    views = predictions.result_views(prediction, threshold=settings.lung_focus_threshold)
+    return schemas.PredictionDetailOut(
+        **summary,
+        results=[result_detail_out(v) for v in views],
+        verdicts=[verdict_out(v, latest) for v in history],
+    )
+
+
+@api.get("/predictions/{prediction_id}/overlays/{model_id}/{cls}.png", response_class=Response, responses=PNG_RESPONSES)
+def get_overlay(
+    prediction_id: int, model_id: int, cls: str, session: SessionDep, store: StoreDep, _user: CurrentUser
+) -> Response:
+    png = predictions.render_overlay_png(
+        session=session, store=store, prediction_id=prediction_id, model_id=model_id, cls=cls
+    )
+    return Response(png, media_type="image/png", headers=IMAGE_CACHE_HEADERS)
+
+
+@api.get("/predictions/{prediction_id}/lung-outline/{model_id}.png", response_class=Response, responses=PNG_RESPONSES)
+def get_lung_outline(
+    prediction_id: int, model_id: int, session: SessionDep, store: StoreDep, _user: CurrentUser
+) -> Response:
+    """The lung outline of this result's film as a transparent PNG of exactly its overlays' size (cyan
+    outline; a lung-crop model's box in white), to lay over any of its overlays. 404 when lung focus
+    was not computed for the result."""
+    png = predictions.render_lung_outline_png(
+        session=session, store=store, prediction_id=prediction_id, model_id=model_id
+    )
+    return Response(png, media_type="image/png", headers=IMAGE_CACHE_HEADERS)
+
+
+@api.get("/images/{image_sha256}.png", response_class=Response, responses=PNG_RESPONSES)
+def get_image(image_sha256: str, session: SessionDep, store: StoreDep, _user: CurrentUser) -> Response:
+    png = predictions.film_png(session=session, store=store, image_sha256=image_sha256)
+    return Response(png, media_type="image/png", headers=IMAGE_CACHE_HEADERS)
+
+
+@api.post(
+    "/predictions/{prediction_id}/verdicts",
+    status_code=status.HTTP_201_CREATED,
+    response_model=schemas.VerdictOut,
+    responses=schemas.ERRORS,
+)
+def create_verdict(
+    prediction_id: int, body: schemas.VerdictIn, session: SessionDep, user: CurrentUser
+) -> schemas.VerdictOut:
+    verdict = reviews.add_verdict(
+        session=session,
+        prediction_id=prediction_id,
+        model_id=body.model_id,
+        reviewer=user,
+        verdict=body.verdict,
+        reasons=body.reasons,
+        comment=body.comment,
+        diagnosis=body.diagnosis,
+    )
+    return verdict_out(verdict, {verdict.id})
+
+
+# ---------------------------------------------------------------------------------- upload
+def _available_models(session: Any) -> list[MLModel]:
+    return [m for m in model_registry.list_models(session=session) if Path(m.checkpoint_path).is_file()]
+
+
+def _upload_page(
+    request: Request,
+    session: Any,
+    settings: Any,
+    user: User,
+    *,
+    status_code: int = 200,
+    selected: str = "",
+    error: str | None = None,
+) -> Response:
+    return render(
+        request,
+        "upload.html",
+        user=user,
+        status_code=status_code,
+        models=_available_models(session),
+        selected=selected,
+        max_bytes=settings.max_upload_bytes,
+        error=error,
+    )
+
+
+@pages.get("/upload", response_model=None)
+def upload_form(request: Request, session: SessionDep, settings: SettingsDep, user: PageUser) -> Response:
+    return _upload_page(request, session, settings, user)
+
+
+def _image_error_status(exc: ImageDecodeError) -> int:
+    if isinstance(exc, UnsupportedImageError):
+        return status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
+    if isinstance(exc, ImageTooLargeError):
+        return status.HTTP_413_CONTENT_TOO_LARGE
+    return status.HTTP_422_UNPROCESSABLE_CONTENT
+
+
+@pages.post("/upload", response_model=None)
+def upload_submit(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    manager: ModelManagerDep,
+    user: PageUser,
+    _csrf: PageCsrf,
+    file: Annotated[UploadFile | None, File()] = None,
+    models: Annotated[str, Form()] = "",
+) -> Response:
+    def again(status_code: int, error: str) -> Response:
+        return _upload_page(request, session, settings, user, status_code=status_code, selected=models, error=error)
+
+    if file is None or not file.filename:
+        return again(status.HTTP_422_UNPROCESSABLE_CONTENT, "Choose a PNG, JPEG or DICOM file first.")
+    try:
+        prediction = _predict_upload(file, models or None, user, session, settings, store, manager)
+    except ServiceError as exc:
+        return again(exc.status_code, str(exc))
+    except ImageDecodeError as exc:
+        return again(_image_error_status(exc), str(exc))
+    if len(prediction.results) > 1:
+        return see_other(f"/cases/{prediction.id}/compare")
+    return see_other(f"/cases/{prediction.id}")
+
+
+# ----------------------------------------------------------------------------------- cases
+@dataclass
+class HistoryRow:
+    verdict: Any
+    counts: bool
+    """The latest verdict of this reviewer on this (prediction, model): the one that counts."""
+
+
+def _history(session: Any, prediction_id: int) -> list[HistoryRow]:
+    verdicts = reviews.verdict_history(session=session, prediction_id=prediction_id)
+    latest = reviews.latest_verdict_ids(verdicts)
+    return [HistoryRow(v, v.id in latest) for v in reversed(verdicts)]  # newest first
+
+
+def _case_page(
+    request: Request,
+    session: Any,
+    user: User,
+    prediction_id: int,
+    *,
+    threshold: float,
+    query: schemas.CaseQuery,
+    status_code: int = 200,
+    form_error: str | None = None,
+    form: dict[str, Any] | None = None,
+) -> Response:
+    try:
+        prediction = predictions.get_prediction(session=session, prediction_id=prediction_id)
+    except ServiceError as exc:
+        return error_page(request, user, exc.status_code, "Case not found", str(exc))
+    views = predictions.result_views(prediction, threshold=threshold)
+    if not views:
+        return error_page(request, user, 404, "No results", f"case {prediction_id} has no model results")
+    focus = next((v for v in views if v.model.id == query.model), views[0])
+    selected = query.cls if query.cls in focus.overlays else next(iter(focus.overlays))
+    history = _history(session, prediction_id)
+    mine = next(
+        (h.verdict for h in history if h.verdict.reviewer_id == user.id and h.verdict.model_id == focus.model.id), None
+    )
+    return render(
+        request,
+        "case.html",
+        user=user,
+        status_code=status_code,
+        prediction=prediction,
+        views=views,
+        focus=focus,
+        selected_cls=selected,
+        view_mode=query.view if query.view in VIEW_MODES else "overlay",
+        film_url=predictions.image_url(prediction.image.sha256),
+        history=history,
+        my_latest=mine,
+        saved=query.saved,
+        form_error=form_error,
+        form=form or {},
+        metrics_summary=metrics_summary(focus.model),
+        next_case=_next_waiting(session) if query.saved is not None else None,
+        lung_focus_threshold=threshold,
+    )
+
+
+def _next_waiting(session: Any) -> str | None:
+    """URL of the worklist's first waiting result (priority order), offered after a verdict is saved."""
+    first = reviews.worklist(session=session, reviewed=False, sort="priority", limit=1).items
+    return f"/cases/{first[0].prediction.id}?model={first[0].model.id}" if first else None
+
+
+@pages.get("/cases/{prediction_id}", response_model=None)
+def case_page(
+    request: Request,
+    prediction_id: int,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: PageUser,
+    query: Annotated[schemas.CaseQuery, Query()],
+) -> Response:
+    return _case_page(request, session, user, prediction_id, threshold=settings.lung_focus_threshold, query=query)
+
+
+@pages.get("/cases/{prediction_id}/compare", response_model=None)
+def compare_page(
+    request: Request, prediction_id: int, session: SessionDep, settings: SettingsDep, user: PageUser
+) -> Response:
+    try:
+        prediction = predictions.get_prediction(session=session, prediction_id=prediction_id)
+    except ServiceError as exc:
+        return error_page(request, user, exc.status_code, "Case not found", str(exc))
+    latest_by_model = {
+        v.model_id: v.verdict for v in reviews.verdict_history(session=session, prediction_id=prediction_id)
+    }
+    return render(
+        request,
+        "compare.html",
+        user=user,
+        prediction=prediction,
+        views=predictions.result_views(prediction, threshold=settings.lung_focus_threshold),
+        film_url=predictions.image_url(prediction.image.sha256),
+        review_state=latest_by_model,
+        lung_focus_threshold=settings.lung_focus_threshold,
+    )
+
+
+@pages.post("/cases/{prediction_id}/verdicts", response_model=None)
+def verdict_submit(
+    request: Request,
+    prediction_id: int,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: PageUser,
+    _csrf: PageCsrf,
+    form: Annotated[schemas.VerdictForm, Form()],
+) -> Response:
+    mid = form.model_id
+
+    def again(status_code: int, error: str) -> Response:
+        return _case_page(
+            request,
+            session,
+            user,
+            prediction_id,
+            threshold=settings.lung_focus_threshold,
+            query=schemas.CaseQuery(model=mid),
+            status_code=status_code,
+            form_error=error,
+            form=form.model_dump(exclude={"model_id"}),
+        )
+
+    if mid is None:
+        return again(status.HTTP_422_UNPROCESSABLE_CONTENT, "The form names no model; reload the page.")
+    if len(form.comment) > COMMENT_MAX_CHARS:
+        return again(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"The comment is longer than {COMMENT_MAX_CHARS} characters."
+        )
+    try:
+        row = reviews.add_verdict(
+            session=session,
+            prediction_id=prediction_id,
+            model_id=mid,
+            reviewer=user,
+            verdict=form.verdict,
+            reasons=form.reasons,
+            comment=form.comment,
+            diagnosis=form.diagnosis or None,
+        )
+    except ServiceError as exc:
+        return again(exc.status_code, str(exc))
+    query = urlencode({"model": mid, "saved": row.id})
+    return see_other(f"/cases/{prediction_id}?{query}")
+
+
+@pages.get("/legend/colorbar.png", response_model=None)
+def colorbar(_user: PageUser) -> Response:
+    return Response(_colorbar_bytes(), media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+
+@lru_cache(maxsize=1)
+def _colorbar_bytes() -> bytes:
+    return colorbar_png(predictions.OVERLAY_COLORMAP, width=256, height=12)
+
+
+router = APIRouter()
+router.include_router(api)
+router.include_router(pages)
