@@ -128,6 +128,20 @@ def check_regions(regions: Iterable[Any], *, verdict: str) -> list[dict[str, Any
     return out
 
 
+def regions_from_form(text: str) -> list[Any]:
+    """The case page's `regions` field (the JSON list the page's script writes; blank: none), unchecked;
+    InvalidInputError when it is not a JSON list."""
+    if not text.strip():
+        return []
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, list):
+        raise InvalidInputError("the drawn regions could not be read; draw them again")
+    return value
+
+
 def verdict_history(*, session: Session, prediction_id: int) -> list[Verdict]:
     """All verdicts on a prediction (every model, every reviewer), oldest first."""
     return list(session.scalars(select(Verdict).where(Verdict.prediction_id == prediction_id).order_by(Verdict.id)))
