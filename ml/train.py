@@ -476,7 +476,8 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
                 + (" (best)" if improved else ""),
                 flush=True,
             )
-            emit({"type": "epoch", "epoch": epoch, "train_loss": train_loss, "val": val, "best": improved})
+            emit({"type": "epoch", "epoch": epoch, "train_loss": train_loss, "val": val, "best": improved,
+                  "train_evidence_outside": outside})  # fmt: skip
         model.train()
         if runtime.distributed:
             dist.barrier()
