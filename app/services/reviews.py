@@ -111,8 +111,11 @@ def check_regions(regions: Iterable[Any], *, verdict: str) -> list[dict[str, Any
         box = item.get("box") if isinstance(item, dict) else None
         if kind not in REGION_KINDS:
             raise InvalidInputError(f"region {i + 1}: kind must be one of {', '.join(REGION_KINDS)}")
-        numbers = isinstance(box, list | tuple) and len(box) == 4
-        if not numbers or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in box):
+        if not (
+            isinstance(box, list | tuple)
+            and len(box) == 4
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
+        ):
             raise InvalidInputError(
                 f"region {i + 1}: box must be four numbers [x0, y0, x1, y1] (fractions of the film)"
             )
