@@ -65,7 +65,7 @@ class Settings(BaseSettings):
 
     # Lung focus (share of a CAM's positive evidence inside the lungs; see ml.lung_focus).
     lungseg_checkpoint: Path | None = None
-    """The lung segmenter every upload runs once. Default: ml.lungs.BUNDLED_LUNGSEG (ml/bundled/lungseg.pt)."""
+    """The lung segmenter every upload runs once. Default: ml.lungseg.BUNDLED_LUNGSEG (ml/bundled/lungseg.pt)."""
     lung_focus_threshold: float = 0.5
     """A result is flagged when less than this share of its predicted class's CAM evidence lies inside
     the lungs. Applied when results are read, so changing it re-flags every stored result."""
@@ -149,7 +149,7 @@ class Settings(BaseSettings):
     def resolved_lungseg_checkpoint(self) -> Path:
         if self.lungseg_checkpoint is not None:
             return self.lungseg_checkpoint
-        from ml.lungs import BUNDLED_LUNGSEG
+        from ml.lungseg import BUNDLED_LUNGSEG
 
         return BUNDLED_LUNGSEG
 

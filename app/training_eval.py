@@ -1,8 +1,9 @@
 """Child process of a training job: evaluate checkpoints on one split of a manifest dataset.
 
-    python -m app.training_eval --split test --out-dir DIR NAME=CHECKPOINT@DATASET [...]
+    python -m app.training_eval --split test --lung-threshold T --out-dir DIR NAME=CHECKPOINT@DATASET [...]
 
-writes `<out-dir>/<NAME>.json` (an `ml.evaluate` report of CHECKPOINT on DATASET's split) per pair.
+writes `<out-dir>/<NAME>.json` (an `ml.evaluate` report of CHECKPOINT on DATASET's split, lung focus
+flagged below T, the service's CXR_LUNG_FOCUS_THRESHOLD) per pair.
 One process evaluates all of them, so a job pays for one torch start-up, not one per model. If the
 first checkpoint (the new version) cannot be evaluated, it prints `error: ...` and exits with status
 2 (the worker shows that line as the job's error); a later one (the comparison) is skipped with a
@@ -20,6 +21,7 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.training_eval")
     parser.add_argument("--split", default="test")
+    parser.add_argument("--lung-threshold", type=float, required=True)
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("checkpoints", nargs="+", metavar="NAME=CHECKPOINT@DATASET")
     args = parser.parse_args(argv)
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         name, _, rest = item.partition("=")
         path, _, data = rest.rpartition("@")
         try:
-            report = evaluate_checkpoint(path, data, split=args.split)
+            report = evaluate_checkpoint(path, data, split=args.split, lung_threshold=args.lung_threshold)
         except (CheckpointError, ManifestError, ValueError, FileNotFoundError) as exc:
             if index == 0:  # the model being evaluated: the job cannot report without it
                 print(f"error: evaluating {name} ({path}): {exc}", file=sys.stderr)

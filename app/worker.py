@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -31,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from app.processes import log_tail, spawn_child, stop_child
 from app.services import model_registry, training, training_data, training_report
 from app.services.storage import FileStore
 from ml.config import TrainConfig
+from ml.metrics import with_class_ci
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +317,18 @@ class JobRun:
         """Evaluate (checkpoint, dataset) pairs on their test split in one child process; name → report."""
         arguments = [f"{name}={path}@{data}" for name, (path, data) in checkpoints.items() if path is not None]
         self.run_child(
-            [sys.executable, "-m", "app.training_eval", "--split", "test", "--out-dir", str(out_dir), *arguments],
+            [
+                sys.executable,
+                "-m",
+                "app.training_eval",
+                "--split",
+                "test",
+                "--out-dir",
+                str(out_dir),
+                "--lung-threshold",
+                str(self.settings.lung_focus_threshold),
+                *arguments,
+            ],
             log_name="evaluate.log",
         )
         written = {name: out_dir / f"{name}.json" for name in checkpoints}
@@ -333,28 +345,28 @@ class JobRun:
     def register(self, best: Path, test_report: dict[str, Any]) -> MLModel:
         """Copy the best checkpoint into the models dir with its test figures in `meta`, read-only, and
         register it as the next version of `<architecture>-<scenario>`."""
-        import torch
-
-        from ml.checkpoints import read_checkpoint
+        from ml.checkpoints import read_checkpoint, write_checkpoint
 
         name = f"{self.options['arch']}-{self.options['scenario']}"
         meta, state = read_checkpoint(best)
-        meta["name"] = name
-        meta["metrics"] = {**(meta.get("metrics") or {}), "test": _without(test_report, "checkpoint")}
-        meta["hparams"] = {
-            **(meta.get("hparams") or {}),
-            "include_reviewed": self.params.include_reviewed,
-            "reviewed_uploads_added": self._reviewed_added(),
-            "training_job_id": self.job.id,
-        }
-        meta["training_job"] = {"id": self.job.id, "parent_model_id": self.job.parent_model_id}
+        meta = replace(
+            meta,
+            name=name,
+            metrics=training.json_safe({**meta.metrics, "test": _without(test_report, "checkpoint")}),
+            hparams=training.json_safe(
+                {
+                    **meta.hparams,
+                    "include_reviewed": self.params.include_reviewed,
+                    "reviewed_uploads_added": self._reviewed_added(),
+                    "training_job_id": self.job.id,
+                }
+            ),
+            training_job={"id": self.job.id, "parent_model_id": self.job.parent_model_id},
+        )
         models_dir = self.settings.resolved_models_dir
         models_dir.mkdir(parents=True, exist_ok=True)
         target = models_dir / f"{name}-job{self.job.id}.pt"
-        tmp = target.with_suffix(".pt.tmp")
-        torch.save({"meta": training.json_safe(meta), "state_dict": state}, tmp)
-        tmp.chmod(0o444)  # versions are immutable: the file too
-        os.replace(tmp, target)
+        write_checkpoint(target, meta, state, read_only=True)  # versions are immutable: the file too
         with self.worker.session_factory() as session:
             model, _created = model_registry.register_checkpoint(
                 session=session, path=target, name=name, parent_id=self.job.parent_model_id
@@ -446,35 +458,6 @@ def active_checkpoint(model: MLModel | None) -> Path | None:
 
 def _without(report: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k not in keys}
-
-
-def wilson_ci95(successes: int, n: int) -> tuple[float, float] | None:
-    """95 % Wilson score interval of a proportion. Unlike the normal approximation it does not collapse
-    to a single point at 0 % or 100 % (3 of 3 films found is 44–100 %, not 100–100 %)."""
-    if n <= 0:
-        return None
-    z = 1.959964
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def with_class_ci(report: dict[str, Any]) -> dict[str, Any]:
-    """Adds `sensitivity_ci95` per class (Wilson interval over that class's films) to `per_class` and
-    to each source's breakdown."""
-    out = dict(report)
-    per_class = {}
-    for cls, row in (report.get("per_class") or {}).items():
-        support = int(row.get("support") or 0)
-        sens = row.get("sensitivity")
-        ci = wilson_ci95(round(sens * support), support) if sens is not None and support else None
-        per_class[cls] = {**row, "sensitivity_ci95": list(ci) if ci else None}
-    out["per_class"] = per_class
-    if isinstance(report.get("by_source"), dict):
-        out["by_source"] = {s: with_class_ci(r) for s, r in report["by_source"].items()}
-    return out
 
 
 # ---------------------------------------------------------------------------- the process

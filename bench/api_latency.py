@@ -39,7 +39,7 @@ def measure_in_process(data: bytes, n: int, threads: int) -> tuple[list[float], 
 
     from ml.imageio import decode_image
     from ml.inference import Predictor
-    from ml.lungs import LungSegmenter
+    from ml.lungseg import LungSegmenter
 
     torch.set_num_threads(threads)
     predictor = Predictor.from_checkpoint()

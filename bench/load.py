@@ -25,6 +25,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from _live import Uploader, default_image, live_server, percentile  # bench/ is the script's directory
@@ -67,7 +68,7 @@ def write_untrained_checkpoints(models_dir: Path, archs: list[str]) -> None:
     for name in archs:
         spec = get_arch(name)
         torch.manual_seed(0)
-        meta = {**base_meta(spec, input_size=spec.input_size, scenario_classes=CLASSES), "name": f"{name}-untrained"}
+        meta = replace(base_meta(spec, input_size=spec.input_size, scenario_classes=CLASSES), name=f"{name}-untrained")
         save_checkpoint(models_dir / f"{name}-untrained.pt", spec.builder(False), meta)
 
 

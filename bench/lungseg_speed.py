@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ml.lungs import BUNDLED_LUNGSEG, LungSegmenter, default_lungseg_dir, standardize
+from ml.lungseg import BUNDLED_LUNGSEG, LungSegmenter
+from ml.lungseg.data import default_lungseg_dir
+from ml.lungseg.model import standardize
 from ml.transforms import load_grayscale
 
 

@@ -15,8 +15,6 @@ Grayscale X-rays reach these 3-channel networks by **channel replication** (see
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 import torchvision.models as tvm
@@ -24,14 +22,6 @@ from torch import nn
 
 from ml import CLASSES
 from ml.pretrained import load_timm_pretrained, load_torchvision_state_dict
-from ml.registry import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    INCEPTION_MEAN,
-    INCEPTION_STD,
-    ArchSpec,
-    register_arch,
-)
 
 NUM_CLASSES = len(CLASSES)
 
@@ -247,7 +237,7 @@ def _new_linear(old: nn.Linear) -> nn.Linear:
     return head
 
 
-def _tv_resnet(fn, weights: str):
+def resnet_builder(fn, weights: str):
     def build(pretrained: bool) -> CXRNet:
         if not pretrained:
             return ResNetNet(fn(weights=None, num_classes=NUM_CLASSES))
@@ -259,7 +249,7 @@ def _tv_resnet(fn, weights: str):
     return build
 
 
-def _tv_densenet(pretrained: bool) -> CXRNet:
+def build_densenet201(pretrained: bool) -> CXRNet:
     weights = "DenseNet201_Weights.IMAGENET1K_V1"
     if not pretrained:
         return DenseNetNet(tvm.densenet201(weights=None, num_classes=NUM_CLASSES))
@@ -281,7 +271,7 @@ class _FixedWeights:
         return dict(self._state)
 
 
-def _tv_googlenet(pretrained: bool) -> CXRNet:
+def build_googlenet(pretrained: bool) -> CXRNet:
     if not pretrained:
         net = tvm.googlenet(weights=None, num_classes=NUM_CLASSES, aux_logits=False, init_weights=True)
         return GoogLeNetNet(net)
@@ -292,7 +282,7 @@ def _tv_googlenet(pretrained: bool) -> CXRNet:
     return GoogLeNetNet(net)
 
 
-def _tv_inception_v3(pretrained: bool) -> CXRNet:
+def build_inception_v3(pretrained: bool) -> CXRNet:
     if not pretrained:
         net = tvm.inception_v3(weights=None, num_classes=NUM_CLASSES, aux_logits=False, init_weights=True)
         return InceptionV3Net(net)
@@ -303,7 +293,7 @@ def _tv_inception_v3(pretrained: bool) -> CXRNet:
     return InceptionV3Net(net)
 
 
-def _tv_squeezenet(pretrained: bool) -> CXRNet:
+def build_squeezenet1_1(pretrained: bool) -> CXRNet:
     if not pretrained:
         return SqueezeNetNet(tvm.squeezenet1_1(weights=None, num_classes=NUM_CLASSES))
     net = tvm.squeezenet1_1(weights=None)
@@ -316,7 +306,7 @@ def _tv_squeezenet(pretrained: bool) -> CXRNet:
     return SqueezeNetNet(net)
 
 
-def _tv_plain(fn, weights: str):
+def plain_builder(fn, weights: str):
     def build(pretrained: bool) -> CXRNet:
         if not pretrained:
             return PlainConvNet(fn(weights=None, num_classes=NUM_CLASSES))
@@ -328,7 +318,7 @@ def _tv_plain(fn, weights: str):
     return build
 
 
-def _timm(name: str):
+def timm_builder(name: str):
     def build(pretrained: bool) -> CXRNet:
         import timm
 
@@ -339,155 +329,7 @@ def _timm(name: str):
     return build
 
 
-def _cnnx(pretrained: bool) -> CXRNet:
+def build_cnnx(pretrained: bool) -> CXRNet:
     if pretrained:
         raise ValueError("cnnx has no ImageNet weights: it is the paper's own network; use --no-pretrained")
     return CNNX()
-
-
-def _register_all() -> None:
-    tv: Literal["torchvision"] = "torchvision"
-    for name, fn, weights, layers in (
-        ("resnet18", tvm.resnet18, "ResNet18_Weights.IMAGENET1K_V1", "net.layer4"),
-        ("resnet50", tvm.resnet50, "ResNet50_Weights.IMAGENET1K_V1", "net.layer4"),
-        ("resnet101", tvm.resnet101, "ResNet101_Weights.IMAGENET1K_V1", "net.layer4"),
-    ):
-        register_arch(
-            ArchSpec(
-                name,
-                _tv_resnet(fn, weights),
-                224,
-                IMAGENET_MEAN,
-                IMAGENET_STD,
-                layers,
-                "net.fc",
-                "cam",
-                tv,
-                f"{tv}:{weights}",
-            )
-        )
-    register_arch(
-        ArchSpec(
-            "densenet201",
-            _tv_densenet,
-            224,
-            IMAGENET_MEAN,
-            IMAGENET_STD,
-            "net.features",
-            "net.classifier",
-            "cam",
-            tv,
-            f"{tv}:DenseNet201_Weights.IMAGENET1K_V1",
-            note="A = relu(net.features(x)): torchvision applies that ReLU functionally",
-        )
-    )
-    register_arch(
-        ArchSpec(
-            "googlenet",
-            _tv_googlenet,
-            224,
-            IMAGENET_MEAN,
-            IMAGENET_STD,
-            "net.inception5b",
-            "net.fc",
-            "cam",
-            tv,
-            f"{tv}:GoogLeNet_Weights.IMAGENET1K_V1",
-        )
-    )
-    register_arch(
-        ArchSpec(
-            "inception_v3",
-            _tv_inception_v3,
-            299,
-            IMAGENET_MEAN,
-            IMAGENET_STD,
-            "net.Mixed_7c",
-            "net.fc",
-            "cam",
-            tv,
-            f"{tv}:Inception_V3_Weights.IMAGENET1K_V1",
-        )
-    )
-    register_arch(
-        ArchSpec(
-            "squeezenet1_1",
-            _tv_squeezenet,
-            224,
-            IMAGENET_MEAN,
-            IMAGENET_STD,
-            "net.features",
-            "net.classifier.1",
-            "cam",
-            tv,
-            f"{tv}:SqueezeNet1_1_Weights.IMAGENET1K_V1",
-            note="CAM = relu(conv1x1(A)), the class-score map that SqueezeNet averages into its logits",
-        )
-    )
-    for name, fn, weights, layer in (
-        ("alexnet", tvm.alexnet, "AlexNet_Weights.IMAGENET1K_V1", "net.features.11"),
-        ("vgg16", tvm.vgg16, "VGG16_Weights.IMAGENET1K_V1", "net.features.29"),
-        ("vgg19", tvm.vgg19, "VGG19_Weights.IMAGENET1K_V1", "net.features.35"),
-    ):
-        register_arch(
-            ArchSpec(
-                name,
-                _tv_plain(fn, weights),
-                224,
-                IMAGENET_MEAN,
-                IMAGENET_STD,
-                layer,
-                "net.classifier.6",
-                "gradcam",
-                tv,
-                f"{tv}:{weights}",
-            )
-        )
-    register_arch(
-        ArchSpec(
-            "inception_resnet_v2",
-            _timm("inception_resnet_v2"),
-            299,
-            INCEPTION_MEAN,
-            INCEPTION_STD,
-            "net.conv2d_7b",
-            "net.classif",
-            "cam",
-            "timm",
-            "timm:inception_resnet_v2.tf_in1k",
-        )
-    )
-    register_arch(
-        ArchSpec(
-            "xception",
-            _timm("legacy_xception"),
-            299,
-            INCEPTION_MEAN,
-            INCEPTION_STD,
-            "net.act4",
-            "net.fc",
-            "cam",
-            "timm",
-            "timm:legacy_xception.tf_in1k",
-            note="timm's legacy_xception, the Keras/Chollet Xception the paper used",
-        )
-    )
-    register_arch(
-        ArchSpec(
-            "cnnx",
-            _cnnx,
-            CNNX.input_size,
-            INCEPTION_MEAN,
-            INCEPTION_STD,
-            "pool",
-            "fc",
-            "linear-decomposition",
-            "cxr-review",
-            None,
-            note="the paper's shallow CNN; no ImageNet weights exist",
-            fixed_input_size=True,
-        )
-    )
-
-
-_register_all()

@@ -15,6 +15,7 @@ from typing import Any
 
 from ml import CLASSES
 from ml.evaluate import evaluate_checkpoint, format_table
+from ml.lung_focus import DEFAULT_THRESHOLD
 from ml.train import TrainConfig, train
 
 
@@ -30,7 +31,9 @@ def run_benchmark(configs: list[TrainConfig], *, out_dir: str, split: str = "tes
             results[config.arch] = json.loads(eval_path.read_text())
             continue
         summary = train(config)
-        report = evaluate_checkpoint(summary["best_checkpoint"], config.data_dirs, split=split)
+        report = evaluate_checkpoint(
+            summary["best_checkpoint"], config.data_dirs, split=split, lung_threshold=DEFAULT_THRESHOLD
+        )
         report["training"] = {
             "seconds": summary["seconds"],
             "best_val": summary["best_val"],

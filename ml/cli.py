@@ -365,7 +365,8 @@ def add_train_lungs_command(sub: argparse._SubParsersAction[argparse.ArgumentPar
 def cmd_train_lungs(args: argparse.Namespace) -> int:
     import shlex
 
-    from ml.lungs import LungTrainConfig, default_lungseg_dir, train_lungs
+    from ml.lungseg.data import default_lungseg_dir
+    from ml.lungseg.train import LungTrainConfig, train_lungs
 
     config = LungTrainConfig(
         data_dir=args.data or default_lungseg_dir(),

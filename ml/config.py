@@ -367,7 +367,7 @@ class TrainConfig:
                 raise ValueError(f"init checkpoint {self.init_checkpoint} is not a file")
             from ml.checkpoints import read_meta
 
-            found = read_meta(self.init_checkpoint).get("arch")
+            found = read_meta(self.init_checkpoint).arch
             if found != spec.name:
                 raise ValueError(f"init checkpoint {self.init_checkpoint} is a {found}; this run trains {spec.name}")
 

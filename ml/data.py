@@ -37,7 +37,7 @@ from ml.lung_crop import DEFAULT_INPUT_MODE, DEFAULT_MARGIN, Box, check_input_mo
 from ml.transforms import load_grayscale, resize_square
 
 if TYPE_CHECKING:
-    from ml.lungs import LungSegmenter
+    from ml.lungseg.inference import LungSegmenter
 
 log = logging.getLogger(__name__)
 

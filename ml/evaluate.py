@@ -7,12 +7,14 @@ the 4-class rows only: rows with a partial label (`pneumonia`, bacterial or vira
 but left out of them; `partial_label_rows` counts them and how many were called one of their
 candidate classes. Several manifest folders may be evaluated together (`ml.data.read_manifests`).
 
-Lung focus ("right for the right reasons"): unless turned off, every film is also segmented (the
-bundled lung segmenter, or `lungseg_checkpoint`) and the predicted class's CAM, taken from the same
-forward pass, is scored against the lung mask (`ml.lung_focus`). `lung_focus` holds, overall, per true
-class and per source: `n`, `median` lung focus, `flagged_share` (share of predictions whose evidence lies
-mostly outside the lungs), `right_for_right_reasons` (share of films classified correctly AND not
-flagged), `median_lung_area` (the chance level) and the `threshold` used.
+Films go through the web service's per-film pipeline (`ml.inference.analyze_films`), so a film scores
+here exactly as its upload would. Lung focus ("right for the right reasons"): unless turned off, every
+film is also segmented (the bundled lung segmenter, or `lungseg_checkpoint`) and the predicted class's
+CAM, taken from the same forward pass, is scored against the lung mask (`ml.lung_focus`).
+`lung_focus` holds, overall, per true class and per source: `n`, `median` lung focus, `flagged_share`
+(share of predictions whose evidence lies mostly outside the lungs, `ml.lung_focus.is_flagged` at the
+`threshold` used), `right_for_right_reasons` (share of films classified correctly AND not flagged) and
+`median_lung_area` (the chance level).
 """
 
 from __future__ import annotations
@@ -25,31 +27,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ml import CLASSES
-from ml.architectures import CXRNet
-from ml.cam import cam_for
-from ml.checkpoints import file_sha256, load_model
 from ml.data import (
     LABELS,
     PARTIAL_LABELS,
-    LoadedImages,
+    Record,
     get_scenario,
     is_full_label,
-    load_images,
     manifest_sha256,
     read_manifests,
     select,
     target_matches,
 )
-from ml.lung_crop import DEFAULT_INPUT_MODE, DEFAULT_MARGIN
-from ml.lung_focus import DEFAULT_THRESHOLD, LungFocus, lung_focus
-from ml.lungs import LungSegmenter
+from ml.inference import Prediction, Predictor, analyze_films
+from ml.lung_focus import LungFocus, check_threshold
+from ml.lungseg import LungSegmenter
 from ml.metrics import classification_report
-from ml.registry import ArchSpec, get_arch
-from ml.train import class_mask, predict_logits
-from ml.transforms import apply_intensity, normalize_batch
+from ml.transforms import load_grayscale
 
 
 def evaluate_checkpoint(
@@ -61,57 +56,64 @@ def evaluate_checkpoint(
     predictions_csv: str | os.PathLike[str] | None = None,
     with_lung_focus: bool = True,
     lungseg_checkpoint: str | os.PathLike[str] | None = None,
-    lung_threshold: float = DEFAULT_THRESHOLD,
+    lung_threshold: float,
 ) -> dict[str, Any]:
-    model, meta = load_model(checkpoint)
-    spec = get_arch(meta["arch"])
-    active = tuple(meta.get("active_classes", CLASSES))
-    scenario = get_scenario(meta.get("scenario", "s2"))
-    input_mode = str(meta.get("input_mode", DEFAULT_INPUT_MODE))
-    if input_mode == "lung-crop" and not with_lung_focus:
+    """Evaluate `checkpoint` on `split` of `data_dirs` (one manifest folder or several) through the
+    per-film pipeline the web service uses (`ml.inference.analyze_films`), so its figures are those of
+    the service's results; a prediction's lung focus is flagged below `lung_threshold` (the command
+    line's default is `DEFAULT_THRESHOLD`)."""
+    lung_threshold = check_threshold(lung_threshold)
+    if batch_size <= 0:
+        raise ValueError("batch size must be > 0")
+    segmenter = LungSegmenter.from_checkpoint(lungseg_checkpoint) if with_lung_focus else None
+    predictor = Predictor.from_checkpoint(checkpoint, segmenter=segmenter)
+    meta = predictor.meta
+    if predictor.needs_lung_mask and not with_lung_focus:
         raise ValueError("this model was trained on lung-cropped films: it cannot be evaluated without the segmenter")
+    scenario = get_scenario(meta.scenario or "s2")
     dirs = [data_dirs] if isinstance(data_dirs, str | os.PathLike) else list(data_dirs)
-    records = read_manifests(dirs)
-    chosen = select(records, scenario, split)
+    chosen = select(read_manifests(dirs), scenario, split)
     if not chosen:
         where = ", ".join(str(d) for d in dirs)
-        raise ValueError(f"split {split!r} of {where} has no images of classes {', '.join(active)}")
-    segmenter = LungSegmenter.from_checkpoint(lungseg_checkpoint) if with_lung_focus else None
-    loaded = load_images(
-        chosen,
-        int(meta["input_size"]),
-        input_mode=input_mode,
-        segmenter=segmenter,
-        crop_margin=float(meta.get("crop_margin", DEFAULT_MARGIN)),
-    )
-    loaded.images = apply_intensity(loaded.images, meta.get("intensity", "raw"))
-    mask = class_mask(active)
-    if segmenter is None:
-        logits = predict_logits(model, loaded.images, meta["mean"], meta["std"], mask=mask, batch_size=batch_size)
-        focus: list[LungFocus] | None = None
-    else:
-        logits, focus = _logits_and_lung_focus(model, spec, meta, loaded, mask, batch_size, lung_threshold)
-    probs = torch.softmax(logits, dim=1)
-    y_true = loaded.labels.tolist()
-    y_pred = probs.argmax(1).tolist()
+        raise ValueError(f"split {split!r} of {where} has no images of classes {', '.join(meta.active_classes)}")
+    records: list[Record] = []
+    predictions: list[Prediction] = []
+    skipped: list[tuple[str, str]] = []
+    for start in range(0, len(chosen), batch_size):
+        films = []
+        for r in chosen[start : start + batch_size]:
+            try:
+                films.append(load_grayscale(str(r.path)))
+                records.append(r)
+            except (OSError, ValueError, SyntaxError) as exc:
+                skipped.append((str(r.path), f"{type(exc).__name__}: {exc}"))
+        predictions += [film.predictions[0] for film in analyze_films(films, [predictor], segmenter)]
+    y_true = [r.label_index for r in records]
+    y_pred = [CLASSES.index(p.predicted_class) for p in predictions]
+    focus = None
+    if segmenter is not None:  # every film was segmented: each prediction has its lung focus
+        focus = [f.at(lung_threshold) for p in predictions if (f := p.predicted_lung_focus) is not None]
+        assert len(focus) == len(predictions)
+
     full = [i for i, t in enumerate(y_true) if is_full_label(t)]
 
     report = classification_report([y_true[i] for i in full], [y_pred[i] for i in full])
     by_source: dict[str, Any] = {}
-    for source in sorted({r.source for r in loaded.records}):
-        idx = [i for i in full if loaded.records[i].source == source]
+    for source in sorted({r.source for r in records}):
+        idx = [i for i in full if records[i].source == source]
         by_source[source] = classification_report([y_true[i] for i in idx], [y_pred[i] for i in idx])
     report["by_source"] = by_source
     report["partial_label_rows"] = partial_label_rows(y_true, y_pred)
-    report["skipped_unreadable"] = [{"path": p, "error": e} for p, e in loaded.skipped]
+    report["skipped_unreadable"] = [{"path": p, "error": e} for p, e in skipped]
     report["checkpoint"] = {
         "path": str(checkpoint),
-        "sha256": file_sha256(checkpoint),
-        "arch": meta["arch"],
-        "scenario": meta.get("scenario"),
-        "input_size": meta["input_size"],
-        "epoch": meta.get("epoch"),
-        "code_version": meta.get("code_version"),
+        "sha256": predictor.checkpoint_sha256,
+        "arch": meta.arch,
+        "scenario": meta.scenario,
+        "input_size": meta.input_size,
+        "epoch": meta.epoch,
+        "code_version": meta.code_version,
+        "input_mode": meta.input_mode,
     }
     report["data"] = {
         # the first manifest (the only one before several could be given); `manifests` lists every one
@@ -120,38 +122,14 @@ def evaluate_checkpoint(
         "manifests": [{"data_dir": str(Path(d).resolve()), "sha256": manifest_sha256(d)} for d in dirs],
         "split": split,
     }
-    report["cam_method"] = spec.cam_method
-    report["checkpoint"]["input_mode"] = input_mode
-    report["input_mode"] = input_mode  # also at the top: reports shown to users drop `checkpoint` (local paths)
+    report["cam_method"] = predictor.cam_method
+    report["input_mode"] = meta.input_mode  # also at the top: reports shown to users drop `checkpoint` (local paths)
     if focus is not None and segmenter is not None:
-        sources = [r.source for r in loaded.records]
+        sources = [r.source for r in records]
         report["lung_focus"] = lung_focus_summary(y_true, y_pred, focus, sources, lung_threshold)
         report["lung_focus"]["segmenter_sha256"] = segmenter.checkpoint_sha256
-
     if predictions_csv:
-        Path(predictions_csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(predictions_csv, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(
-                [
-                    "path",
-                    "source",
-                    "label",
-                    "predicted",
-                    *[f"p_{c}" for c in CLASSES],
-                    "lung_focus",
-                    "lung_area",
-                    "lung_flagged",
-                ]
-            )
-            for i, (r, pred, p) in enumerate(zip(loaded.records, y_pred, probs.tolist(), strict=True)):
-                f = focus[i] if focus is not None else None
-                lung = [
-                    "" if f is None or f.score is None else f"{f.score:.4f}",
-                    "" if f is None else f"{f.lung_area:.4f}",
-                    "" if f is None else str(int(f.flagged)),
-                ]
-                w.writerow([str(r.path), r.source, r.label, CLASSES[pred], *[f"{v:.6f}" for v in p], *lung])
+        write_predictions_csv(predictions_csv, records, predictions, focus)
     return report
 
 
@@ -167,30 +145,45 @@ def partial_label_rows(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str
     return out
 
 
-@torch.no_grad()
-def _logits_and_lung_focus(
-    model: CXRNet,
-    spec: ArchSpec,
-    meta: dict[str, Any],
-    loaded: LoadedImages,
-    mask: torch.Tensor,
-    batch_size: int,
-    threshold: float,
-) -> tuple[torch.Tensor, list[LungFocus]]:
-    """Masked logits and the predicted class's lung focus for every film, from one forward pass each."""
-    assert loaded.lung_masks is not None
-    model.eval()
-    cam = cam_for(model, spec)
-    all_logits, focus = [], []
-    for start in range(0, len(loaded.images), batch_size):
-        batch = torch.from_numpy(loaded.images[start : start + batch_size]).unsqueeze(1)
-        out = cam(normalize_batch(batch, meta["mean"], meta["std"]))
-        logits = out.logits.float() + mask
-        all_logits.append(logits)
-        raw = out.raw.float().numpy()
-        for j, k in enumerate(logits.argmax(1).tolist()):
-            focus.append(lung_focus(raw[j, k], loaded.lung_masks[start + j], threshold))
-    return (torch.cat(all_logits) if all_logits else torch.zeros((0, len(CLASSES)))), focus
+def write_predictions_csv(
+    path: str | os.PathLike[str],
+    records: Sequence[Record],
+    predictions: Sequence[Prediction],
+    focus: Sequence[LungFocus] | None,
+) -> None:
+    """One row per film: path, source, label, predicted class, the four probabilities, its lung focus."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(
+            [
+                "path",
+                "source",
+                "label",
+                "predicted",
+                *[f"p_{c}" for c in CLASSES],
+                "lung_focus",
+                "lung_area",
+                "lung_flagged",
+            ]
+        )
+        for i, (r, p) in enumerate(zip(records, predictions, strict=True)):
+            f = focus[i] if focus is not None else None
+            lung = [
+                "" if f is None or f.score is None else f"{f.score:.4f}",
+                "" if f is None else f"{f.lung_area:.4f}",
+                "" if f is None else str(int(f.flagged)),
+            ]
+            w.writerow(
+                [
+                    str(r.path),
+                    r.source,
+                    r.label,
+                    p.predicted_class,
+                    *[f"{p.probabilities[c]:.6f}" for c in CLASSES],
+                    *lung,
+                ]
+            )
 
 
 def _focus_stats(rows: Sequence[tuple[bool, LungFocus]]) -> dict[str, Any]:

@@ -1,11 +1,19 @@
-"""`Predictor`: a loaded checkpoint that turns grayscale films into probabilities and CAMs.
+"""The per-film pipeline (`analyze_films`) and `Predictor`, a loaded checkpoint that turns grayscale
+films into probabilities, CAMs and lung focus.
+
+`analyze_films(grays, predictors, segmenter)` is the one way a decoded film becomes a result, used by
+the web service (`app.services.predictions`), `evaluate` and batch runs alike: the lung segmenter runs
+once per film, then every model runs once per batch with that mask, and each Prediction holds
+everything a result needs (probabilities, the raw CAMs of all four classes, the threshold-free lung
+focus of each class, the input box of lung-crop models). Whether a lung focus is *flagged* is decided
+by whoever applies a threshold (`ml.lung_focus.is_flagged`).
 
 One forward pass per batch gives both: the logits become probabilities (softmax over the
 checkpoint's active classes), and the registry's CAM method turns the same pass's feature map into
 raw maps for all four classes. The model is shared read-only; no hooks, so one Predictor can serve
 concurrent requests.
 
-A checkpoint trained in `lung-crop` input mode (`meta["input_mode"]`, see `ml.lung_crop`) sees only
+A checkpoint trained in `lung-crop` input mode (`meta.input_mode`, see `ml.lung_crop`) sees only
 the lungs' bounding box: `predict` then needs each film's lung mask (pass `lung_masks`, or give the
 Predictor a `LungSegmenter`), and each Prediction records the `input_box` its maps span.
 """
@@ -14,9 +22,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,12 +31,12 @@ import torch
 from ml import CLASSES
 from ml.architectures import CXRNet
 from ml.cam import cam_for
-from ml.cam.overlay import normalized_map
-from ml.checkpoints import DEFAULT_CHECKPOINT, file_sha256, load_model
-from ml.lung_crop import DEFAULT_INPUT_MODE, DEFAULT_MARGIN, Box, check_input_mode, crop, lung_box
-from ml.lungs import LungSegmenter
+from ml.checkpoints import DEFAULT_CHECKPOINT, CheckpointMeta, file_sha256, load_model
+from ml.lung_crop import Box, check_input_mode, crop, lung_box
+from ml.lung_focus import LungFocusScore, lung_focus_by_class
+from ml.lungseg import LungSegmenter
+from ml.model_io import class_mask
 from ml.registry import ArchSpec, get_arch
-from ml.train import class_mask
 from ml.transforms import to_model_input
 
 
@@ -44,21 +51,20 @@ class Prediction:
     cam_identity: str | None = None
     input_box: Box | None = None
     """The film region the network saw and the maps span (lung-crop mode); None: the whole film."""
-    extras: dict[str, Any] = field(default_factory=dict)
+    lung_focus: dict[str, LungFocusScore] | None = None
+    """Each class's lung focus (CLASSES order), threshold-free; None: no lung mask was available."""
 
-    def cam_map(self, cls: str, height: int, width: int) -> np.ndarray:
-        """The map of one class at height×width (the frame of `input_box`, or the film), in [0, 1]."""
-        return normalized_map(self.cam_raw[CLASSES.index(cls)], height, width)
-
-    def classes_by_probability(self) -> list[str]:
-        return sorted(CLASSES, key=lambda c: -self.probabilities[c])
+    @property
+    def predicted_lung_focus(self) -> LungFocusScore | None:
+        """The predicted class's lung focus (what flags a result); None: no lung mask was available."""
+        return self.lung_focus[self.predicted_class] if self.lung_focus is not None else None
 
 
 class Predictor:
     def __init__(
         self,
         model: CXRNet,
-        meta: dict[str, Any],
+        meta: CheckpointMeta,
         *,
         checkpoint_path: str | None = None,
         checkpoint_sha256: str | None = None,
@@ -68,16 +74,16 @@ class Predictor:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.meta = meta
-        self.spec: ArchSpec = get_arch(meta["arch"])
-        self.input_size = int(meta["input_size"])
-        self.mean = tuple(meta["mean"])
-        self.std = tuple(meta["std"])
-        self.intensity = str(meta.get("intensity", "raw"))
-        self.active_classes = tuple(meta.get("active_classes", CLASSES))
+        self.spec: ArchSpec = get_arch(meta.arch)
+        self.input_size = meta.input_size
+        self.mean = meta.mean
+        self.std = meta.std
+        self.intensity = meta.intensity
+        self.active_classes = meta.active_classes
         self._mask = class_mask(self.active_classes)
         self._cam = cam_for(self.model, self.spec)
-        self.input_mode = check_input_mode(str(meta.get("input_mode", DEFAULT_INPUT_MODE)))
-        self.crop_margin = float(meta.get("crop_margin", DEFAULT_MARGIN))
+        self.input_mode = check_input_mode(meta.input_mode)
+        self.crop_margin = meta.crop_margin
         self.segmenter = segmenter
         self.checkpoint_path = checkpoint_path
         self.checkpoint_sha256 = checkpoint_sha256
@@ -90,7 +96,7 @@ class Predictor:
         bundled lung segmenter."""
         path = Path(path or DEFAULT_CHECKPOINT)
         model, meta = load_model(path)
-        if segmenter is None and meta.get("input_mode") == "lung-crop":
+        if segmenter is None and meta.input_mode == "lung-crop":
             segmenter = LungSegmenter.from_checkpoint()
         return cls(model, meta, checkpoint_path=str(path), checkpoint_sha256=file_sha256(path), segmenter=segmenter)
 
@@ -98,17 +104,20 @@ class Predictor:
     def needs_lung_mask(self) -> bool:
         return self.input_mode == "lung-crop"
 
-    def input_boxes(self, grays: Sequence[np.ndarray], lung_masks: Sequence[np.ndarray] | None) -> list[Box | None]:
-        """The film region each film is cropped to (None: the whole film)."""
-        if not self.needs_lung_mask:
-            return [None] * len(grays)
+    def lung_masks(
+        self, grays: Sequence[np.ndarray], lung_masks: Sequence[np.ndarray] | None
+    ) -> list[np.ndarray] | None:
+        """The films' lung masks: as given, else made by the Predictor's segmenter when this model needs
+        them (lung-crop), else None."""
         if lung_masks is None:
+            if not self.needs_lung_mask:
+                return None
             if self.segmenter is None:
                 raise ValueError("this model was trained on lung-cropped films: pass lung masks or a LungSegmenter")
             lung_masks = [self.segmenter.predict_small(g) for g in grays]
         if len(lung_masks) != len(grays):
             raise ValueError(f"got {len(lung_masks)} lung masks for {len(grays)} films")
-        return [lung_box(m, self.crop_margin) for m in lung_masks]
+        return list(lung_masks)
 
     @property
     def arch(self) -> str:
@@ -119,31 +128,79 @@ class Predictor:
         return self.spec.cam_method
 
     def predict(self, grays: Sequence[np.ndarray], lung_masks: Sequence[np.ndarray] | None = None) -> list[Prediction]:
-        """H×W uint8 films (any size) → one Prediction each. `lung_masks` (bool, any resolution, one per
-        film) are used only by lung-crop models; without them the Predictor's segmenter makes them."""
+        """H×W uint8 films (any size) → one Prediction each, from one forward pass.
+
+        `lung_masks` (bool, any resolution, one per film, in the film's frame): each film's lung focus
+        is scored against its mask, and lung-crop models crop with it; a lung-crop model given none
+        makes them with the Predictor's segmenter. Without masks a full-film model gives no lung focus.
+        """
         if not grays:
             return []
-        boxes = self.input_boxes(grays, lung_masks)
-        inputs = [crop(g, b) for g, b in zip(grays, boxes, strict=True)]
+        masks = self.lung_masks(grays, lung_masks)
+        boxes = [lung_box(m, self.crop_margin) for m in masks] if masks is not None and self.needs_lung_mask else None
+        inputs = [crop(g, b) for g, b in zip(grays, boxes, strict=True)] if boxes is not None else list(grays)
         x = to_model_input(inputs, self.input_size, self.mean, self.std, self.intensity)
         out = self._cam(x)
         logits = out.logits + self._mask
         probs = torch.softmax(logits, dim=1)
+        raw = out.raw.float().numpy().astype(np.float32)
         results = []
         for i in range(len(grays)):
-            p = probs[i].tolist()
+            box = boxes[i] if boxes is not None else None
             results.append(
                 Prediction(
-                    probabilities={c: float(v) for c, v in zip(CLASSES, p, strict=True)},
+                    probabilities={c: float(v) for c, v in zip(CLASSES, probs[i].tolist(), strict=True)},
                     predicted_class=CLASSES[int(probs[i].argmax())],
                     logits=[float(v) for v in out.logits[i].tolist()],
                     cam_method=out.method,
-                    cam_raw=out.raw[i].float().numpy().astype(np.float32),
+                    cam_raw=raw[i],
                     cam_identity=out.identity,
-                    input_box=boxes[i],
+                    input_box=box,
+                    lung_focus=lung_focus_by_class(raw[i], masks[i], box=box) if masks is not None else None,
                 )
             )
         return results
 
     def predict_one(self, gray: np.ndarray, lung_mask: np.ndarray | None = None) -> Prediction:
         return self.predict([gray], None if lung_mask is None else [lung_mask])[0]
+
+
+@dataclass
+class FilmResult:
+    """Everything the results of one film need, for the models it was run with."""
+
+    lung_mask: np.ndarray | None
+    """256×256 bool, in the film's frame squashed to a square; None: run without a segmenter."""
+    lungseg_sha256: str | None
+    """Checkpoint sha256 of the segmenter that made `lung_mask`."""
+    predictions: list[Prediction]
+    """One per predictor, in the order given."""
+
+
+def analyze_films(
+    grays: Sequence[np.ndarray], predictors: Sequence[Predictor], segmenter: LungSegmenter | None
+) -> list[FilmResult]:
+    """The per-film pipeline: H×W uint8 films → one FilmResult each.
+
+    Each film is segmented once (when a segmenter is given) and its mask is shared by every model: it
+    scores each class's lung focus and is what lung-crop models crop with. Each model runs one forward
+    pass over the whole batch, which gives its probabilities and the CAMs of all four classes.
+    Without a segmenter there is no lung mask and no lung focus, and a lung-crop model segments with
+    its own segmenter.
+    """
+    masks = [segmenter.predict_small(g) for g in grays] if segmenter is not None else None
+    per_model = [p.predict(grays, masks) for p in predictors]
+    sha = segmenter.checkpoint_sha256 if segmenter is not None else None
+    return [
+        FilmResult(
+            lung_mask=masks[i] if masks is not None else None,
+            lungseg_sha256=sha,
+            predictions=[predictions[i] for predictions in per_model],
+        )
+        for i in range(len(grays))
+    ]
+
+
+def analyze_film(gray: np.ndarray, predictors: Sequence[Predictor], segmenter: LungSegmenter | None) -> FilmResult:
+    """`analyze_films` for one film."""
+    return analyze_films([gray], predictors, segmenter)[0]

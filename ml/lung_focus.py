@@ -21,8 +21,11 @@ chance level of a map that can only spread over the crop).
 `lung_area` is the share of the film that is lung (the mean of the mask; equal to the mean of
 `coverage`). It is the chance level: a map spread uniformly over the film scores `lung_area`.
 
-`flagged` is True when the score is below `threshold` (default 0.5: most positive evidence lies
-outside the lungs), and also when no score can be given:
+Scores are threshold-free (`LungFocusScore`: score, lung_area, reason); whether one is *flagged* is
+decided by the one rule `is_flagged(score.meaningful, threshold)`, wherever a threshold is applied (the
+evaluation report, the web service when it reads stored scores, its SQL filters). `LungFocus` is the
+five-field record a reader sees: a score flagged at a given threshold. A result is flagged when its
+score is below the threshold, and also when no meaningful score can be given:
 - the map has no positive mass (all ≤ 0): score None, reason "no positive activation";
 - the mask has no lung: score 0.0, reason "no lung found in the mask" (a segmentation failure should
   be looked at, not hidden).
@@ -30,8 +33,9 @@ outside the lungs), and also when no score can be given:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,30 +43,71 @@ from ml import CLASSES
 from ml.lung_crop import Box, crop
 
 DEFAULT_THRESHOLD = 0.5
+"""The evaluation command's default (`--lung-threshold`) and the web service's default setting
+(CXR_LUNG_FOCUS_THRESHOLD): most positive evidence outside the lungs. Nothing applies it silently."""
 NO_POSITIVE_MASS = "no positive activation"
 NO_LUNG = "no lung found in the mask"
 
 
+def check_threshold(threshold: float) -> float:
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    return threshold
+
+
+def is_flagged(score: float | None, threshold: float) -> bool:
+    """The one rule: a meaningful score (`LungFocusScore.meaningful`; None: there is none) is flagged
+    below `threshold`; no meaningful score is flagged at any threshold."""
+    return score is None or score < check_threshold(threshold)
+
+
 @dataclass(frozen=True)
-class LungFocus:
+class LungFocusScore:
+    """One class's lung focus, threshold-free: what is computed once and stored."""
+
     score: float | None
     """Share of the map's positive mass inside the lungs, in [0, 1]; None when the map has no positive mass."""
     lung_area: float
-    """Share of the film that is lung, in [0, 1] (the score a map spread evenly over the film would get)."""
+    """Share of the film (of the crop, for lung-crop models) that is lung, in [0, 1]: the chance level,
+    the score a map spread evenly would get."""
+    reason: str | None = None
+    """Why there is no meaningful score (`NO_POSITIVE_MASS`, `NO_LUNG`), else None."""
+
+    @property
+    def meaningful(self) -> float | None:
+        """The score when it means something (no `reason`), else None: what `is_flagged` compares."""
+        return self.score if self.reason is None else None
+
+    def at(self, threshold: float) -> LungFocus:
+        """This score as a reader sees it at `threshold`."""
+        return LungFocus(self.score, self.lung_area, is_flagged(self.meaningful, threshold), threshold, self.reason)
+
+    def to_dict(self) -> dict[str, float | str | None]:
+        return {"score": self.score, "lung_area": self.lung_area, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LungFocusScore:
+        score = data.get("score")
+        return cls(
+            None if score is None else float(score), float(data.get("lung_area") or 0.0), data.get("reason") or None
+        )
+
+
+@dataclass(frozen=True)
+class LungFocus:
+    """One class's lung focus flagged at a threshold: the record the API, pages, export and the
+    evaluation show (the API's `LungFocusOut` mirrors these fields)."""
+
+    score: float | None
+    """Share of the class's positive CAM evidence inside the lungs, in [0, 1]; None: the map has none."""
+    lung_area: float
+    """Share of the film (of the crop, for lung-crop models) that is lung: the chance level."""
     flagged: bool
-    """True when score < threshold, or when no score could be computed (see `reason`)."""
+    """`is_flagged` at `threshold`: most evidence outside the lungs, or no meaningful score (`reason`)."""
     threshold: float
     reason: str | None = None
-    """Why the result is flagged without a meaningful score (`NO_POSITIVE_MASS`, `NO_LUNG`), else None."""
-
-    def as_dict(self) -> dict[str, float | bool | str | None]:
-        return {
-            "score": self.score,
-            "lung_area": self.lung_area,
-            "flagged": self.flagged,
-            "threshold": self.threshold,
-            "reason": self.reason,
-        }
+    """Why there is no meaningful score (`NO_POSITIVE_MASS`, `NO_LUNG`), else None."""
 
 
 def lung_coverage(lung_mask: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -88,14 +133,7 @@ def _area_weights(cells: int, pixels: int) -> np.ndarray:
     return (overlap / step).astype(np.float32)
 
 
-def _check_threshold(threshold: float) -> float:
-    threshold = float(threshold)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    return threshold
-
-
-def _score(cam: np.ndarray, coverage: np.ndarray, lung_area: float, threshold: float) -> LungFocus:
+def _score(cam: np.ndarray, coverage: np.ndarray, lung_area: float) -> LungFocusScore:
     if cam.shape != coverage.shape:
         raise ValueError(f"CAM shape {cam.shape} does not match coverage shape {coverage.shape}")
     if not np.all(np.isfinite(cam)):
@@ -103,42 +141,36 @@ def _score(cam: np.ndarray, coverage: np.ndarray, lung_area: float, threshold: f
     positive = np.maximum(cam.astype(np.float64), 0.0)
     mass = float(positive.sum())
     if mass <= 0.0:
-        return LungFocus(None, lung_area, True, threshold, NO_POSITIVE_MASS)
+        return LungFocusScore(None, lung_area, NO_POSITIVE_MASS)
     if lung_area <= 0.0:
-        return LungFocus(0.0, lung_area, True, threshold, NO_LUNG)
-    score = float(np.clip((positive * coverage).sum() / mass, 0.0, 1.0))
-    return LungFocus(score, lung_area, score < threshold, threshold)
+        return LungFocusScore(0.0, lung_area, NO_LUNG)
+    return LungFocusScore(float(np.clip((positive * coverage).sum() / mass, 0.0, 1.0)), lung_area)
 
 
-def lung_focus(
-    cam_raw: np.ndarray, lung_mask: np.ndarray, threshold: float = DEFAULT_THRESHOLD, *, box: Box | None = None
-) -> LungFocus:
+def lung_focus(cam_raw: np.ndarray, lung_mask: np.ndarray, *, box: Box | None = None) -> LungFocusScore:
     """Lung focus of one raw CAM (h×w, any real values) against the film's lung mask (H×W bool); `box`:
     the film region the map spans (None: the whole film)."""
     cam = np.asarray(cam_raw)
     if cam.ndim != 2 or cam.size == 0:
         raise ValueError(f"CAM must be a non-empty 2-D array (h×w), got shape {cam.shape}")
-    threshold = _check_threshold(threshold)
     mask = crop(np.asarray(lung_mask), box)
     coverage = lung_coverage(mask, *cam.shape)
     lung_area = float(mask.astype(bool).mean())
-    return _score(cam, coverage, lung_area, threshold)
+    return _score(cam, coverage, lung_area)
 
 
 def lung_focus_by_class(
     cam_raw: np.ndarray,
     lung_mask: np.ndarray,
-    threshold: float = DEFAULT_THRESHOLD,
     classes: Sequence[str] = CLASSES,
     *,
     box: Box | None = None,
-) -> dict[str, LungFocus]:
-    """Lung focus of each class's map: K×h×w raw CAMs (in `classes` order, default CLASSES) → {class: LungFocus}."""
+) -> dict[str, LungFocusScore]:
+    """Lung focus of each class's map: K×h×w raw CAMs (in `classes` order, default CLASSES) → {class: score}."""
     cams = np.asarray(cam_raw)
     if cams.ndim != 3 or cams.shape[0] != len(classes) or cams.shape[1] == 0 or cams.shape[2] == 0:
         raise ValueError(f"CAMs must be {len(classes)}×h×w (one map per class), got shape {cams.shape}")
-    threshold = _check_threshold(threshold)
     mask = crop(np.asarray(lung_mask), box)
     coverage = lung_coverage(mask, cams.shape[1], cams.shape[2])
     lung_area = float(mask.astype(bool).mean())
-    return {cls: _score(cams[k], coverage, lung_area, threshold) for k, cls in enumerate(classes)}
+    return {cls: _score(cams[k], coverage, lung_area) for k, cls in enumerate(classes)}

@@ -76,3 +76,32 @@ def classification_report(
     y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str] = CLASSES
 ) -> dict[str, Any]:
     return report_from_confusion(confusion_matrix(y_true, y_pred, len(classes)), classes)
+
+
+def wilson_ci95(successes: int, n: int) -> tuple[float, float] | None:
+    """95 % Wilson score interval of a proportion. Unlike the normal approximation it does not collapse
+    to a single point at 0 % or 100 % (3 of 3 films found is 44–100 %, not 100–100 %)."""
+    if n <= 0:
+        return None
+    z = 1.959964
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def with_class_ci(report: dict[str, Any]) -> dict[str, Any]:
+    """Adds `sensitivity_ci95` per class (Wilson interval over that class's films) to `per_class` and
+    to each source's breakdown."""
+    out = dict(report)
+    per_class = {}
+    for cls, row in (report.get("per_class") or {}).items():
+        support = int(row.get("support") or 0)
+        sens = row.get("sensitivity")
+        ci = wilson_ci95(round(sens * support), support) if sens is not None and support else None
+        per_class[cls] = {**row, "sensitivity_ci95": list(ci) if ci else None}
+    out["per_class"] = per_class
+    if isinstance(report.get("by_source"), dict):
+        out["by_source"] = {s: with_class_ci(r) for s, r in report["by_source"].items()}
+    return out

@@ -27,7 +27,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ml import CLASSES
 from ml.architectures import CXRNet
-from ml.checkpoints import base_meta, file_sha256, load_init_weights, save_checkpoint
+from ml.checkpoints import (
+    CheckpointMeta,
+    TrainingDataMeta,
+    base_meta,
+    file_sha256,
+    load_init_weights,
+    read_checkpoint,
+    save_checkpoint,
+)
 from ml.config import TrainConfig
 from ml.data import (
     LoadedImages,
@@ -56,16 +64,15 @@ from ml.data import (
 )
 from ml.explanation import ExplainedObjective, ExplanationLoss, FeaturesAndLogits, allowed_masks, region_counts
 from ml.losses import PartialLabelLoss, class_weights
-from ml.lungs import LungSegmenter
+from ml.lungseg import LungSegmenter
 from ml.metrics import classification_report
+from ml.model_io import class_mask, predict_logits
 from ml.network import build_network
 from ml.registry import ArchSpec, get_arch
 from ml.schedules import lr_factor
 from ml.transforms import apply_intensity, normalize_batch, train_augmentation
 
 log = logging.getLogger(__name__)
-
-MASKED_LOGIT = float("-inf")
 
 
 class TrainingCancelled(Exception):
@@ -77,33 +84,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def class_mask(active: tuple[str, ...], device: torch.device | str = "cpu") -> torch.Tensor:
-    """0 for active classes, -inf for the others: added to logits, it gives the others probability 0."""
-    return torch.tensor([0.0 if c in active else MASKED_LOGIT for c in CLASSES], device=device)
-
-
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module,
-    images: np.ndarray,
-    mean: tuple[float, ...] | list[float],
-    std: tuple[float, ...] | list[float],
-    *,
-    mask: torch.Tensor,
-    batch_size: int = 32,
-    device: torch.device | None = None,
-) -> torch.Tensor:
-    """Logits (N×4, masked) for N×S×S uint8 films, in eval mode."""
-    device = device or torch.device("cpu")
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(images[start : start + batch_size]).unsqueeze(1)
-        x = normalize_batch(batch, mean, std).to(device)
-        out.append((model(x) + mask.to(device)).float().cpu())
-    return torch.cat(out) if out else torch.zeros((0, len(CLASSES)))
 
 
 def validate_epoch(
@@ -234,18 +214,20 @@ def make_loader(
 
 def resume_from(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list[Any], Any]:
     """Load `last.pt` into the model and optimiser; (first epoch to train, history, best val so far)."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(blob["state_dict"])
-    optimizer.load_state_dict(blob["meta"]["optimizer"])
-    return int(blob["meta"]["epoch"]) + 1, blob["meta"]["history"], blob["meta"].get("best_val")
+    meta, state = read_checkpoint(path)
+    if meta.optimizer is None or meta.epoch is None:
+        raise ValueError(f"{path} holds no training state to resume from")
+    model.load_state_dict(state)
+    optimizer.load_state_dict(meta.optimizer)
+    return meta.epoch + 1, list(meta.history or []), meta.best_val
 
 
 def checkpoint_meta(
     config: TrainConfig, spec: ArchSpec, scenario: Scenario, input_size: int, data: TrainingData, world: int
-) -> dict[str, Any]:
+) -> CheckpointMeta:
     """What every checkpoint of the run says about itself, the whole config as run included."""
-    meta = base_meta(spec, input_size=input_size, scenario_classes=scenario.classes)
-    meta.update(
+    return replace(
+        base_meta(spec, input_size=input_size, scenario_classes=scenario.classes),
         dilate_last_stage=config.dilate_last_stage,
         init_checkpoint_sha256=file_sha256(config.init_checkpoint) if config.init_checkpoint else None,
         intensity=config.intensity,
@@ -256,20 +238,16 @@ def checkpoint_meta(
         pretrained=config.pretrained,
         hparams=config.hparams(),
         train_config=config.to_dict(),
-        data={
-            # the first manifest, as before several could be given; `manifests` lists every one
-            "data_dir": str(Path(config.data_dirs[0]).resolve()),
-            "manifest_sha256": manifest_sha256(config.data_dirs[0]),
-            "manifests": [{"data_dir": str(Path(d).resolve()), "sha256": manifest_sha256(d)} for d in config.data_dirs],
-            "extra_train_manifests": {d: manifest_sha256(d) for d in config.extra_train_dirs},
-            "train_counts": class_counts(data.train.records),
-            "val_counts": class_counts(data.val.records),
-            "skipped_unreadable": len(data.skipped),
-            "reviewer_regions": region_counts(data.train.records),
-        },
+        data=TrainingDataMeta(
+            manifests={str(Path(d).resolve()): manifest_sha256(d) for d in config.data_dirs},
+            extra_train_manifests={d: manifest_sha256(d) for d in config.extra_train_dirs},
+            train_counts=class_counts(data.train.records),
+            val_counts=class_counts(data.val.records),
+            skipped_unreadable=len(data.skipped),
+            reviewer_regions=region_counts(data.train.records),
+        ),
         world_size=world,
     )
-    return meta
 
 
 # ------------------------------------------------------------------------------ epochs
@@ -365,7 +343,7 @@ def save_epoch(
     out_dir: Path,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    meta: dict[str, Any],
+    meta: CheckpointMeta,
     *,
     epoch: int,
     val: dict[str, Any],
@@ -376,9 +354,11 @@ def save_epoch(
 ) -> None:
     """best.pt when the epoch improved, always last.pt (with what resuming needs) and history.json."""
     if improved:
-        save_checkpoint(out_dir / "best.pt", model, {**meta, "epoch": epoch, "metrics": {"val": val}}, half=half)
-    resume_state = {"optimizer": optimizer.state_dict(), "history": history, "best_val": best}
-    save_checkpoint(out_dir / "last.pt", model, {**meta, "epoch": epoch, "metrics": {"val": val}, **resume_state})
+        save_checkpoint(out_dir / "best.pt", model, replace(meta, epoch=epoch, metrics={"val": val}), half=half)
+    last = replace(
+        meta, epoch=epoch, metrics={"val": val}, optimizer=optimizer.state_dict(), history=history, best_val=best
+    )
+    save_checkpoint(out_dir / "last.pt", model, last)  # with what resuming needs
     (out_dir / "history.json").write_text(json.dumps(history, indent=2))
 
 

@@ -28,11 +28,11 @@ from app.routes.models import metrics_summary
 from app.routes.templating import error_page, render, see_other
 from app.services import model_registry, predictions, reviews
 from app.services.errors import ServiceError
-from app.services.lung_focus import LungFocusView
 from app.services.model_registry import ModelManager
 from app.services.storage import FileStore
 from ml.cam.overlay import colorbar_png
 from ml.imageio import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from ml.lung_focus import LungFocus
 
 api = APIRouter(prefix="/api/v1", tags=["api"])
 pages = APIRouter(include_in_schema=False)
@@ -44,7 +44,7 @@ VIEW_MODES = ("overlay", "film", "side")
 
 
 # ------------------------------------------------------------------------------ presentation
-def lung_focus_out(view: LungFocusView) -> schemas.LungFocusOut:
+def lung_focus_out(view: LungFocus) -> schemas.LungFocusOut:
     return schemas.LungFocusOut(
         score=view.score, lung_area=view.lung_area, flagged=view.flagged, threshold=view.threshold, reason=view.reason
     )
@@ -345,14 +345,14 @@ def _case_page(
         form_error=form_error,
         form=form or {},
         metrics_summary=metrics_summary(focus.model),
-        next_case=_next_waiting(session) if query.saved is not None else None,
+        next_case=_next_waiting(session, threshold) if query.saved is not None else None,
         lung_focus_threshold=threshold,
     )
 
 
-def _next_waiting(session: Any) -> str | None:
+def _next_waiting(session: Any, threshold: float) -> str | None:
     """URL of the worklist's first waiting result (priority order), offered after a verdict is saved."""
-    first = reviews.worklist(session=session, reviewed=False, sort="priority", limit=1).items
+    first = reviews.worklist(session=session, reviewed=False, sort="priority", limit=1, threshold=threshold).items
     return f"/cases/{first[0].prediction.id}?model={first[0].model.id}" if first else None
 
 

@@ -24,10 +24,9 @@ from app.db import is_row_id
 from app.models import MLModel, User
 from app.services import audit
 from app.services.errors import ConflictError, InvalidInputError, ModelUnavailableError, NotFoundError
-from ml import CLASSES
 from ml.checkpoints import CheckpointError, file_sha256, read_meta
 from ml.inference import Predictor
-from ml.lungs import LungSegmenter
+from ml.lungseg import LungSegmenter
 
 log = logging.getLogger(__name__)
 
@@ -133,23 +132,21 @@ def register_checkpoint(
             session.commit()
         return existing, False
     meta = read_meta(path)
-    name = name or str(meta.get("name") or path.stem)
+    name = name or meta.name or path.stem
     version = (session.scalar(select(func.max(MLModel.version)).where(MLModel.name == name)) or 0) + 1
-    metrics: dict[str, Any] = meta.get("metrics") or {}
-    data: dict[str, Any] = meta.get("data") or {}
     model = MLModel(
         name=name,
-        architecture=str(meta["arch"]),
+        architecture=meta.arch,
         version=version,
         checkpoint_path=str(path),
         checkpoint_sha256=sha,
         active=False,
-        metrics=metrics,
-        classes=list(meta.get("active_classes") or meta.get("classes") or CLASSES),
-        input_size=int(meta["input_size"]),
-        cam_method=str(meta.get("cam_method") or ""),
-        data_manifest_sha256=data.get("manifest_sha256"),
-        hparams=meta.get("hparams") or {},
+        metrics=meta.metrics,
+        classes=list(meta.active_classes),
+        input_size=meta.input_size,
+        cam_method=meta.cam_method,
+        data_manifest_sha256=meta.data.manifest_sha256 if meta.data is not None else None,
+        hparams=meta.hparams,
         parent_id=parent_id,
     )
     session.add(model)

@@ -1,8 +1,9 @@
 """Uploads → stored predictions (one result per model) and the images/overlays that show them.
 
-`create_prediction` is the one write path: decode (limits checked before pixels are decoded) →
-segment the lungs once → run each requested model (lung-crop models crop with that mask) → score
-each result's lung focus → write files atomically → insert rows → commit. If anything fails after
+`create_prediction` is the one write path: decode (limits checked before pixels are decoded) → the
+per-film pipeline `ml.inference.analyze_film` (lungs segmented once, each requested model run with that
+mask, each result's lung focus scored) → write files atomically → insert rows → commit; this module
+only stores and serves what the pipeline returns. If anything fails after
 files were written, the files this call created are removed unless a committed row references
 them. Blocking (numpy/torch) work: call from sync (`def`) routes or a worker, never `async def`.
 """
@@ -23,14 +24,14 @@ from app.db import is_row_id
 from app.models import Image, MLModel, Prediction, PredictionResult, User
 from app.services import lung_focus
 from app.services.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
-from app.services.lung_focus import LungFocusView
 from app.services.model_registry import ModelManager, resolve_models
 from app.services.storage import FileStore, is_sha256
 from ml import CLASSES
 from ml.cam.overlay import outline_png, overlay_png
 from ml.imageio import decode_image
+from ml.inference import analyze_film
 from ml.lung_crop import Box
-from ml.lung_focus import lung_focus_by_class
+from ml.lung_focus import LungFocus
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +86,15 @@ def create_prediction(
     targets = resolve_models(session=session, spec=models)
     decoded = decode_image(data, max_pixels=settings.max_pixels)
     segmenter = manager.segmenter()
-    lung_mask = segmenter.predict_small(decoded.gray)  # once per upload, shared by every model
-    outputs = [(model, manager.get(model).predict_one(decoded.gray, lung_mask)) for model in targets]
-    focus = [lung_focus_by_class(out.cam_raw, lung_mask, box=out.input_box) for _model, out in outputs]
+    film = analyze_film(decoded.gray, [manager.get(model) for model in targets], segmenter)
+    assert film.lung_mask is not None
+    outputs = list(zip(targets, film.predictions, strict=True))
 
     batch = store.batch()
     try:
         image_sha = store.put_image(batch, original=data, gray=decoded.gray)
         cam_shas = [store.put_cam(batch, out.cam_raw) for _model, out in outputs]
-        mask_sha = store.put_mask(batch, lung_mask)
+        mask_sha = store.put_mask(batch, film.lung_mask)
         image = _get_or_create_image(
             session, image_sha, decoded.format, decoded.width, decoded.height, len(data), decoded.meta
         )
@@ -102,7 +103,8 @@ def create_prediction(
         )
         session.add(prediction)
         session.flush()
-        for (model, out), cam_sha, by_class in zip(outputs, cam_shas, focus, strict=True):
+        for (model, out), cam_sha in zip(outputs, cam_shas, strict=True):
+            assert out.lung_focus is not None and out.predicted_lung_focus is not None
             session.add(
                 PredictionResult(
                     prediction_id=prediction.id,
@@ -115,10 +117,10 @@ def create_prediction(
                     top_probability=out.probabilities[out.predicted_class],
                     cam_method=out.cam_method,
                     cam_sha256=cam_sha,
-                    lung_focus=lung_focus.stored_lung_focus(by_class),
-                    lung_focus_score=lung_focus.sortable_score(by_class, out.predicted_class),
+                    lung_focus=lung_focus.stored_lung_focus(out.lung_focus),
+                    lung_focus_score=out.predicted_lung_focus.meaningful,
                     lung_mask_sha256=mask_sha,
-                    lungseg_sha256=segmenter.checkpoint_sha256,
+                    lungseg_sha256=film.lungseg_sha256,
                     input_box=out.input_box.as_dict() if out.input_box is not None else None,
                 )
             )
@@ -225,9 +227,9 @@ class ResultView:
     result: PredictionResult
     model: MLModel
     overlays: dict[str, str]
-    lung_focus: LungFocusView | None
+    lung_focus: LungFocus | None
     """The predicted class's lung focus; None: not computed (stored before lung focus existed)."""
-    lung_focus_by_class: dict[str, LungFocusView] | None
+    lung_focus_by_class: dict[str, LungFocus] | None
     lung_outline_url: str | None
     input_box: Box | None
 

@@ -35,11 +35,10 @@ from app.db import MAX_ROW_ID, is_row_id
 from app.models import REASON_TAGS, VERDICTS, MLModel, Prediction, PredictionResult, User, Verdict
 from app.services import lung_focus
 from app.services.errors import InvalidInputError
-from app.services.lung_focus import LungFocusView
 from app.services.predictions import get_result
 from ml import CLASSES
 from ml.data import REGION_KINDS, Region
-from ml.lung_focus import DEFAULT_THRESHOLD
+from ml.lung_focus import LungFocus
 
 MAX_REGIONS = 20
 
@@ -168,7 +167,7 @@ class WorklistItem:
     verdict_count: int
     latest_verdict: str | None
     """The newest verdict from anyone on this result (approve/reject), None when unreviewed."""
-    lung_focus: LungFocusView | None = None
+    lung_focus: LungFocus | None = None
     """The predicted class's lung focus at the worklist's threshold; None: not computed."""
 
 
@@ -179,7 +178,7 @@ class Worklist:
     limit: int
     offset: int
     sort: str
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: float
 
 
 def worklist(
@@ -192,7 +191,7 @@ def worklist(
     sort: WorklistSort = "priority",
     limit: int = 50,
     offset: int = 0,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float,
 ) -> Worklist:
     """Results to review, filtered and sorted (see the module docstring for 'priority' and 'flagged').
 
@@ -289,7 +288,7 @@ EXPORT_FIELDS = (
 )
 
 
-def export_rows(*, session: Session, threshold: float = DEFAULT_THRESHOLD) -> list[dict[str, Any]]:
+def export_rows(*, session: Session, threshold: float) -> list[dict[str, Any]]:
     """Every verdict ever given, oldest first, with what is needed to reproduce it. The lung focus is the
     predicted class's, flagged at `threshold`; null/empty for results stored without lung focus."""
     verdicts = list(session.scalars(select(Verdict).order_by(Verdict.id)))
@@ -331,12 +330,12 @@ def export_rows(*, session: Session, threshold: float = DEFAULT_THRESHOLD) -> li
     return rows
 
 
-def export_json(*, session: Session, threshold: float = DEFAULT_THRESHOLD) -> str:
+def export_json(*, session: Session, threshold: float) -> str:
     rows = export_rows(session=session, threshold=threshold)
     return json.dumps({"fields": list(EXPORT_FIELDS), "verdicts": rows}, indent=1)
 
 
-def export_csv(*, session: Session, threshold: float = DEFAULT_THRESHOLD) -> str:
+def export_csv(*, session: Session, threshold: float) -> str:
     """CSV with one row per verdict; reasons joined by ';'. Cells that a spreadsheet would run as a
     formula (leading = + - @) are prefixed with an apostrophe. Lung focus of a result stored without it:
     empty cells."""

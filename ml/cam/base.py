@@ -55,23 +55,6 @@ class BaseCAM:
         raise NotImplementedError
 
 
-def cam_for(model: CXRNet, spec: ArchSpec) -> BaseCAM:
-    from ml.cam.cam import ClassActivationMap
-    from ml.cam.decomposition import LinearDecomposition
-    from ml.cam.gradcam import GradCAM
-
-    methods: dict[str, type[BaseCAM]] = {
-        "cam": ClassActivationMap,
-        "gradcam": GradCAM,
-        "linear-decomposition": LinearDecomposition,
-    }
-    return methods[spec.cam_method](model, spec)
-
-
-def explain(model: CXRNet, spec: ArchSpec, x: torch.Tensor) -> CAMOutput:
-    return cam_for(model, spec)(x)
-
-
 def upsample_normalize(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """B×K×h×w raw maps → B×K×H×W maps in [0, 1]: bilinear upsampling, then per-map min-max scaling.
 

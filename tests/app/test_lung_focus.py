@@ -10,9 +10,11 @@ can put flagged results first, and results stored before lung focus existed read
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +28,14 @@ from app.config import Settings, SettingsError
 from app.db import current_revision, downgrade_database, make_engine
 from app.main import create_app
 from app.models import PredictionResult
+from app.schemas import LungFocusOut
 from app.services import predictions
 from ml import CLASSES
 from ml.cam.overlay import BOX_RGBA, OUTLINE_RGBA
 from ml.checkpoints import base_meta, file_sha256, save_checkpoint
 from ml.lung_crop import Box
-from ml.lung_focus import lung_focus_by_class
-from ml.lungs import BUNDLED_LUNGSEG
+from ml.lung_focus import NO_POSITIVE_MASS, LungFocus, LungFocusScore, lung_focus_by_class
+from ml.lungseg import BUNDLED_LUNGSEG
 from ml.registry import get_arch
 from tests.app.conftest import Env, Film, new_database_url, png_size, start_env
 
@@ -43,12 +46,12 @@ def write_lung_crop_cnnx(path: Path) -> Path:
     """A random-weight CNN-X that, like a model trained with `--input-mode lung-crop`, sees only the lungs' box."""
     spec = get_arch("cnnx")
     torch.manual_seed(0)
-    meta = {
-        **base_meta(spec, input_size=spec.input_size, scenario_classes=CLASSES),
-        "name": LUNG_CROP_MODEL,
-        "input_mode": "lung-crop",
-        "crop_margin": 0.1,
-    }
+    meta = replace(
+        base_meta(spec, input_size=spec.input_size, scenario_classes=CLASSES),
+        name=LUNG_CROP_MODEL,
+        input_mode="lung-crop",
+        crop_margin=0.1,
+    )
     return save_checkpoint(path, spec.builder(False), meta)
 
 
@@ -388,3 +391,11 @@ def test_results_stored_before_lung_focus_read_as_not_computed(
     assert page.status_code == 200 and "not computed" in page.text and "lung-focus-warning" not in page.text
     assert page_client.get("/worklist?sort=flagged&reviewed=any").status_code == 200
     assert page_client.get(f"/cases/{old['id']}/compare").status_code == 200
+
+
+def test_the_api_lung_focus_object_mirrors_the_one_record() -> None:
+    """`LungFocusOut` is the pydantic mirror of `ml.lung_focus.LungFocus`: the same fields, in the same order, and
+    a record converts to it and back unchanged."""
+    assert list(LungFocusOut.model_fields) == [f.name for f in dataclasses.fields(LungFocus)]
+    for focus in (LungFocusScore(0.4, 0.3).at(0.5), LungFocusScore(None, 0.3, NO_POSITIVE_MASS).at(0.2)):
+        assert LungFocusOut(**dataclasses.asdict(focus)).model_dump() == dataclasses.asdict(focus)

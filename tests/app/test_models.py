@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,9 @@ def small_checkpoint(path: Path, seed: int) -> Path:
     spec = get_arch("cnnx")
     torch.manual_seed(seed)
     model = spec.build(pretrained=False)
-    meta = base_meta(spec, input_size=spec.input_size, scenario_classes=CLASSES)
-    meta["metrics"] = {"val": {"accuracy": 0.25}}
+    meta = replace(
+        base_meta(spec, input_size=spec.input_size, scenario_classes=CLASSES), metrics={"val": {"accuracy": 0.25}}
+    )
     return save_checkpoint(path, model, meta)
 
 

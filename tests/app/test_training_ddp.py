@@ -38,8 +38,8 @@ def test_two_process_cpu_ddp_job(cxr_data_dir: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     meta = read_meta(out / "best.pt")
-    assert meta["world_size"] == 2 and meta["arch"] == "cnnx" and meta["scenario"] == "s1"
-    assert meta["train_config"] == config.to_dict()  # the whole config, as handed over
+    assert meta.world_size == 2 and meta.arch == "cnnx" and meta.scenario == "s1"
+    assert meta.train_config == config.to_dict()  # the whole config, as handed over
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     kinds = [e["type"] for e in lines]
     # Only rank 0 reports: one start, its 2 steps (each rank trains on its half of the films), one epoch, one end.

@@ -377,18 +377,6 @@ def test_postgres_queue_skips_locked_rows_claims_once_and_keeps_versions_immutab
     assert {j["status"] for j in failed} == {"failed"}
 
 
-def test_class_sensitivity_interval_is_wilson_and_never_a_single_point() -> None:
-    from app.worker import wilson_ci95
-
-    low, high = wilson_ci95(3, 3)  # 3 of 3 films found: not "100 % – 100 %"
-    assert round(low, 3) == 0.439 and high == 1.0
-    low, high = wilson_ci95(0, 10)
-    assert low == 0.0 and round(high, 3) == 0.278
-    low, high = wilson_ci95(50, 100)
-    assert round(low, 3) == 0.404 and round(high, 3) == 0.596
-    assert wilson_ci95(0, 0) is None
-
-
 def admin_browser(env: Env) -> TestClient:
     """A cookie session of admin2 on the module's app."""
     client = TestClient(env.app, follow_redirects=False)

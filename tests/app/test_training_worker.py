@@ -236,7 +236,7 @@ def test_a_job_on_reviewed_films_uses_the_reviewers_boxes(env: Env, worker: Work
     from ml.checkpoints import load_model, read_meta
     from ml.data import Region, load_images, read_manifest
     from ml.explanation import ExplanationLoss, FeaturesAndLogits, allowed_masks, class_maps
-    from ml.lungs import LungSegmenter
+    from ml.lungseg import LungSegmenter
     from ml.registry import get_arch
     from ml.transforms import normalize_batch
 
@@ -262,8 +262,8 @@ def test_a_job_on_reviewed_films_uses_the_reviewers_boxes(env: Env, worker: Work
     with env.session() as s:
         path = s.get(MLModel, job["model_id"]).checkpoint_path
     meta = read_meta(path)
-    assert meta["data"]["reviewer_regions"] == {"films": 1, "wrong_evidence": 1, "finding": 0}
-    assert meta["train_config"]["explanation_weight"] == 1.0
+    assert meta.data is not None and meta.data.reviewer_regions == {"films": 1, "wrong_evidence": 1, "finding": 0}
+    assert meta.train_config["explanation_weight"] == 1.0
     assert "train_evidence_outside" in job["metrics"]["history"][0]
 
     # the exported manifest holds the box with the film; the loss on that film changes when the box does

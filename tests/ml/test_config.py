@@ -146,7 +146,7 @@ def test_the_recorded_config_fed_back_with_config_reproduces_the_run(
              "--max-steps-per-epoch", "2", "--batch-size", "4", "--input-size", "32", "--no-augment", "--seed", "5",
              "--lr", "0.002", "--threads", "1"]  # fmt: skip
     assert main(first) == 0, capsys.readouterr().err
-    recorded = read_meta(out / "best.pt")["train_config"]
+    recorded = read_meta(out / "best.pt").train_config
     assert recorded == {**TrainConfig(arch="resnet18", data_dirs=["d"], out_dir="o").to_dict(), **recorded}
     assert (recorded["seed"], recorded["lr"], recorded["input_size"], recorded["augment"]) == (5, 0.002, 32, False)
     first_history = json.loads((out / "history.json").read_text())
@@ -155,7 +155,7 @@ def test_the_recorded_config_fed_back_with_config_reproduces_the_run(
     config_file.write_text(json.dumps(recorded))
     shutil.rmtree(out)  # the same run, from scratch, into the same folder
     assert main(["train", "--config", str(config_file)]) == 0, capsys.readouterr().err
-    assert read_meta(out / "best.pt")["train_config"] == recorded
+    assert read_meta(out / "best.pt").train_config == recorded
     again = json.loads((out / "history.json").read_text())
     assert [h["train_loss"] for h in again] == [h["train_loss"] for h in first_history]
     assert TrainConfig.from_json(config_file).to_dict() == recorded

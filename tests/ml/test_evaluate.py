@@ -40,7 +40,9 @@ FOCUS_KEYS = {"n", "median", "flagged_share", "right_for_right_reasons", "median
 @pytest.fixture(scope="module")
 def report(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     csv_path = tmp_path_factory.mktemp("eval") / "predictions.csv"
-    rep = evaluate_checkpoint(DEFAULT_CHECKPOINT, small_dataset, split="test", predictions_csv=csv_path)
+    rep = evaluate_checkpoint(
+        DEFAULT_CHECKPOINT, small_dataset, split="test", predictions_csv=csv_path, lung_threshold=0.5
+    )
     rep["_csv"] = str(csv_path)
     return rep
 
@@ -132,7 +134,7 @@ def test_predictions_csv_matches_the_report(report: dict[str, Any]) -> None:
 
 def test_empty_split_is_a_clear_error(small_dataset: Path) -> None:
     with pytest.raises(ValueError, match=r"'validation' of .* has no images"):
-        evaluate_checkpoint(DEFAULT_CHECKPOINT, small_dataset, split="validation")
+        evaluate_checkpoint(DEFAULT_CHECKPOINT, small_dataset, split="validation", lung_threshold=0.5)
 
 
 def pct(v: float | None) -> str:
@@ -225,7 +227,9 @@ def test_lung_focus_table_sits_next_to_sensitivity(report: dict[str, Any]) -> No
 
 
 def test_evaluate_without_lung_focus_and_with_another_threshold(small_dataset: Path, report: dict[str, Any]) -> None:
-    plain = evaluate_checkpoint(DEFAULT_CHECKPOINT, small_dataset, split="test", with_lung_focus=False)
+    plain = evaluate_checkpoint(
+        DEFAULT_CHECKPOINT, small_dataset, split="test", with_lung_focus=False, lung_threshold=0.5
+    )
     assert "lung_focus" not in plain and "Lung focus" not in format_table(plain)
     assert plain["confusion_matrix"] == report["confusion_matrix"]  # the CAM pass gives the same predictions
     strict = evaluate_checkpoint(DEFAULT_CHECKPOINT, small_dataset, split="test", lung_threshold=1.0)

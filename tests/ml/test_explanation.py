@@ -27,7 +27,6 @@ from ml.explanation import (
     dilate,
     film_to_frame,
 )
-from ml.inference import Predictor
 from ml.lung_crop import Box
 from ml.registry import IMAGENET_MEAN, IMAGENET_STD, ArchSpec, get_arch, list_archs
 from ml.train import TrainConfig, train
@@ -252,6 +251,6 @@ def test_a_short_run_with_the_explanation_loss(small_dataset: Path, tmp_path: Pa
     outside = summary["history"][0]["train_evidence_outside"]
     assert 0.0 <= outside <= 1.0
     meta = read_meta(summary["best_checkpoint"])
-    assert meta["train_config"]["explanation_weight"] == 1.0 and meta["lungseg_sha256"]
-    assert meta["data"]["reviewer_regions"] == {"films": 0, "wrong_evidence": 0, "finding": 0}
+    assert meta.train_config["explanation_weight"] == 1.0 and meta.lungseg_sha256
+    assert meta.data is not None and meta.data.reviewer_regions == {"films": 0, "wrong_evidence": 0, "finding": 0}
     assert all(np.isfinite(e["loss"]) for e in events if e["type"] == "step")

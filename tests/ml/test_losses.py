@@ -10,7 +10,7 @@ from torch import nn
 
 from ml import CLASSES
 from ml.losses import PartialLabelLoss, class_weights
-from ml.train import class_mask
+from ml.model_io import class_mask
 
 PNEUMONIA = len(CLASSES)  # the target index of the partial label 'pneumonia' (bacterial or viral)
 

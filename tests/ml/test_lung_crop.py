@@ -18,7 +18,7 @@ from ml.evaluate import evaluate_checkpoint
 from ml.inference import Predictor
 from ml.lung_crop import MIN_LUNG_FRACTION, Box, crop, lung_box
 from ml.lung_focus import lung_focus, lung_focus_by_class
-from ml.lungs import LungSegmenter
+from ml.lungseg import LungSegmenter
 from ml.train import TrainConfig, train
 from ml.transforms import to_model_input
 
@@ -98,7 +98,7 @@ def test_lung_focus_in_the_crops_frame() -> None:
     uniform = lung_focus(np.ones((12, 10)), mask, box=box)
     assert uniform.lung_area == pytest.approx(cropped.mean()) and uniform.score == pytest.approx(cropped.mean())
     by_class = lung_focus_by_class(np.stack([on_lung, off_lung, on_lung, off_lung]), mask, box=box)
-    assert [by_class[c].flagged for c in CLASSES] == [False, True, False, True]
+    assert [by_class[c].at(0.5).flagged for c in CLASSES] == [False, True, False, True]
 
 
 def test_overlay_colours_only_the_crop_and_the_outline_matches_the_overlay(synthetic_xray: np.ndarray) -> None:
@@ -169,9 +169,9 @@ def test_lung_crop_data_are_crops_with_masks_in_their_frame(small_dataset: Path)
 
 def test_lung_crop_checkpoint_records_the_mode_and_segmenter(lung_crop_run: dict[str, Any]) -> None:
     meta = read_meta(lung_crop_run["best_checkpoint"])
-    assert meta["input_mode"] == "lung-crop" and meta["crop_margin"] == 0.05
-    assert meta["lungseg_sha256"] == LungSegmenter.from_checkpoint().checkpoint_sha256
-    assert meta["hparams"]["input_mode"] == "lung-crop"
+    assert meta.input_mode == "lung-crop" and meta.crop_margin == 0.05
+    assert meta.lungseg_sha256 == LungSegmenter.from_checkpoint().checkpoint_sha256
+    assert meta.hparams["input_mode"] == "lung-crop"
 
 
 def test_predictor_feeds_the_lung_crop_to_the_network(
@@ -213,12 +213,14 @@ def test_full_film_models_ignore_lung_masks(real_films: list[np.ndarray]) -> Non
 
 
 def test_evaluate_a_lung_crop_model(lung_crop_run: dict[str, Any], small_dataset: Path) -> None:
-    report = evaluate_checkpoint(lung_crop_run["best_checkpoint"], small_dataset, split="test")
+    report = evaluate_checkpoint(lung_crop_run["best_checkpoint"], small_dataset, split="test", lung_threshold=0.5)
     assert report["checkpoint"]["input_mode"] == report["input_mode"] == "lung-crop"
     assert report["lung_focus"]["overall"]["n"] == report["n"]
     # the chance level of a map that spans the crop is the crop's lung share: well above the film's
-    full = evaluate_checkpoint(DEFAULT_CHECKPOINT, small_dataset, split="test")
+    full = evaluate_checkpoint(DEFAULT_CHECKPOINT, small_dataset, split="test", lung_threshold=0.5)
     crop_area = report["lung_focus"]["overall"]["median_lung_area"]
     assert crop_area > full["lung_focus"]["overall"]["median_lung_area"] + 0.02
     with pytest.raises(ValueError, match="cannot be evaluated without the segmenter"):
-        evaluate_checkpoint(lung_crop_run["best_checkpoint"], small_dataset, split="test", with_lung_focus=False)
+        evaluate_checkpoint(
+            lung_crop_run["best_checkpoint"], small_dataset, split="test", with_lung_focus=False, lung_threshold=0.5
+        )

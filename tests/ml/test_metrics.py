@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from ml import CLASSES
-from ml.metrics import classification_report, confusion_matrix, error_ci95, report_from_confusion
+from ml.metrics import (
+    classification_report,
+    confusion_matrix,
+    error_ci95,
+    report_from_confusion,
+    wilson_ci95,
+    with_class_ci,
+)
 
 N, B, V, C = range(4)  # class indices in CLASSES order
 
@@ -110,3 +117,26 @@ def test_classification_report_from_labels_equals_report_from_confusion() -> Non
     assert rep == report_from_confusion(confusion_matrix(y_true, y_pred))
     assert rep["accuracy"] == pytest.approx(np.mean(np.array(y_true) == np.array(y_pred)))
     assert sum(rep["per_class"][c]["support"] for c in CLASSES) == 200
+
+
+def test_class_sensitivity_interval_is_wilson_and_never_a_single_point() -> None:
+    low, high = wilson_ci95(3, 3)  # 3 of 3 films found: not "100 % – 100 %"
+    assert round(low, 3) == 0.439 and high == 1.0
+    low, high = wilson_ci95(0, 10)
+    assert low == 0.0 and round(high, 3) == 0.278
+    low, high = wilson_ci95(50, 100)
+    assert round(low, 3) == 0.404 and round(high, 3) == 0.596
+    assert wilson_ci95(0, 0) is None
+
+
+def test_with_class_ci_adds_each_class_interval_overall_and_per_source() -> None:
+    report = classification_report([0, 0, 0, 3, 3], [0, 0, 1, 3, 3])
+    report["by_source"] = {"kermany": classification_report([0, 0, 0], [0, 0, 1])}
+    out = with_class_ci(report)
+    assert out["per_class"]["normal"]["sensitivity_ci95"] == pytest.approx(list(wilson_ci95(2, 3)))
+    assert out["per_class"]["covid19"]["sensitivity_ci95"] == pytest.approx(list(wilson_ci95(2, 2)))
+    assert out["per_class"]["viral"]["sensitivity_ci95"] is None  # no viral films: no interval
+    assert out["by_source"]["kermany"]["per_class"]["normal"]["sensitivity_ci95"] == pytest.approx(
+        list(wilson_ci95(2, 3))
+    )
+    assert "sensitivity_ci95" not in report["per_class"]["normal"]  # the input is left as it was

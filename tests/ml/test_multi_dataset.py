@@ -77,21 +77,22 @@ def test_two_manifests_train_with_the_partial_label(trained: dict[str, Any], two
     assert [h["epoch"] for h in history] == [1, 2]
     assert all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in history)
     meta = read_meta(trained["summary"]["best_checkpoint"])
-    data = meta["data"]
-    assert data["manifests"] == [
-        {"data_dir": str(cxr.resolve()), "sha256": manifest_sha256(cxr)},
-        {"data_dir": str(adult.resolve()), "sha256": manifest_sha256(adult)},
+    data = meta.data
+    assert data is not None
+    assert list(data.manifests.items()) == [
+        (str(cxr.resolve()), manifest_sha256(cxr)),
+        (str(adult.resolve()), manifest_sha256(adult)),
     ]
-    assert data["train_counts"] == {"normal": 4, "bacterial": 2, "viral": 2, "covid19": 4, "pneumonia": 4}
-    assert data["val_counts"]["pneumonia"] == 2
-    assert meta["hparams"]["optimizer"] == "adamw" and meta["hparams"]["lr_schedule"] == "onecycle"
+    assert data.train_counts == {"normal": 4, "bacterial": 2, "viral": 2, "covid19": 4, "pneumonia": 4}
+    assert data.val_counts["pneumonia"] == 2
+    assert meta.hparams["optimizer"] == "adamw" and meta.hparams["lr_schedule"] == "onecycle"
     # validation's 4-class metrics count the 4-class rows only (6 of 8)
-    assert sum(map(sum, meta["metrics"]["val"]["confusion_matrix"])) == 6
+    assert sum(map(sum, meta.metrics["val"]["confusion_matrix"])) == 6
 
 
 def test_evaluate_a_manifest_with_pneumonia_rows(trained: dict[str, Any], two_manifests: tuple[Path, Path]) -> None:
     _, adult = two_manifests
-    report = evaluate_checkpoint(trained["summary"]["best_checkpoint"], adult, split="test")
+    report = evaluate_checkpoint(trained["summary"]["best_checkpoint"], adult, split="test", lung_threshold=0.5)
     # 4-class figures over the normal and COVID-19 films; the 3 pneumonia films are counted apart
     assert report["n"] == 2 and sum(map(sum, report["confusion_matrix"])) == 2
     assert report["per_class"]["normal"]["support"] == 1 and report["per_class"]["covid19"]["support"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,15 @@ import torch
 
 from ml import CLASSES
 from ml.cam import explain
-from ml.checkpoints import CheckpointError, base_meta, load_init_weights, load_model, read_meta, save_checkpoint
+from ml.checkpoints import (
+    CheckpointError,
+    base_meta,
+    file_sha256,
+    load_init_weights,
+    load_model,
+    read_meta,
+    save_checkpoint,
+)
 from ml.config import TrainConfig
 from ml.inference import Predictor
 from ml.network import DILATABLE_ARCHS, build_network, is_dilated
@@ -57,11 +66,11 @@ def test_a_normal_checkpoint_loads_into_a_dilated_network_and_a_dilated_one_rebu
     for (k, v), w in zip(normal.state_dict().items(), dilated.state_dict().values(), strict=True):
         assert torch.equal(v, w), k
     # a checkpoint that says so is rebuilt dilated by load_model, so inference and CAM see 14x14 maps
-    fine = save_checkpoint(tmp_path / "fine.pt", dilated, {**meta, "dilate_last_stage": True})
-    model, _ = load_model(fine)
-    assert is_dilated(model)
+    fine = save_checkpoint(tmp_path / "fine.pt", dilated, replace(meta, dilate_last_stage=True))
+    model, fine_meta = load_model(fine)
+    assert is_dilated(model) and fine_meta.dilate_last_stage
     film = np.random.default_rng(0).integers(0, 256, (300, 260), dtype=np.uint8)
-    (prediction,) = Predictor(model, {**meta, "dilate_last_stage": True}).predict([film])
+    (prediction,) = Predictor(model, fine_meta).predict([film])
     assert prediction.cam_raw.shape == (len(CLASSES), 14, 14)
 
 
@@ -77,7 +86,7 @@ def test_init_checkpoint_of_another_architecture_is_refused(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="is a squeezenet1_1; this run trains resnet18"):
         cfg.validate()
     missing = TrainConfig(arch="resnet18", data_dirs=[str(data)], out_dir="o", init_checkpoint=str(tmp_path / "no.pt"))
-    with pytest.raises(ValueError, match="no.pt is not a file"):
+    with pytest.raises(ValueError, match=r"no\.pt is not a file"):
         missing.validate()
     both = TrainConfig(arch="resnet18", data_dirs=[str(data)], out_dir="o", init_checkpoint=str(path), pretrained=True)
     with pytest.raises(ValueError, match="choose one"):
@@ -100,8 +109,8 @@ def test_fine_tuning_a_checkpoint_dilated_with_the_explanation_loss(small_datase
     )
     summary = train(cfg)
     meta = read_meta(summary["best_checkpoint"])
-    assert meta["dilate_last_stage"] is True and meta["init_checkpoint_sha256"]
-    assert meta["train_config"]["init_checkpoint"] == start
+    assert meta.dilate_last_stage is True and meta.init_checkpoint_sha256 == file_sha256(start)
+    assert meta.train_config["init_checkpoint"] == start
     tuned, _ = load_model(summary["best_checkpoint"])
     base, _ = load_model(start)
     assert is_dilated(tuned)

@@ -18,8 +18,9 @@ from ml import CLASSES
 from ml.checkpoints import code_version, load_model, read_meta
 from ml.data import SCENARIOS, Record, load_images, read_manifest, select
 from ml.inference import Predictor
+from ml.model_io import MASKED_LOGIT, class_mask
 from ml.registry import get_arch
-from ml.train import MASKED_LOGIT, TrainConfig, TrainingCancelled, class_mask, class_weights, train
+from ml.train import TrainConfig, TrainingCancelled, class_weights, train
 from ml.transforms import normalize_batch
 from tests.ml.conftest import write_manifest
 
@@ -114,27 +115,28 @@ def test_checkpoint_describes_itself(s2_run: Run, small_dataset: Path) -> None:
     cfg, summary, _events = s2_run
     spec = get_arch("resnet18")
     meta = read_meta(summary["best_checkpoint"])
-    assert meta["arch"] == "resnet18"
-    assert meta["classes"] == list(CLASSES) and meta["active_classes"] == list(CLASSES)
-    assert meta["input_size"] == SIZE
-    assert meta["mean"] == list(spec.mean) and meta["std"] == list(spec.std)
-    assert meta["scenario"] == "s2" and meta["cam_method"] == "cam" and meta["pretrained"] is False
-    assert meta["hparams"] == cfg.hparams()
-    assert meta["hparams"]["lr"] == 1e-3 and meta["hparams"]["batch_size"] == 8
+    assert meta.arch == "resnet18"
+    assert meta.classes == CLASSES and meta.active_classes == CLASSES
+    assert meta.input_size == SIZE
+    assert meta.mean == spec.mean and meta.std == spec.std
+    assert meta.scenario == "s2" and meta.cam_method == "cam" and meta.pretrained is False
+    assert meta.hparams == cfg.hparams()
+    assert meta.hparams["lr"] == 1e-3 and meta.hparams["batch_size"] == 8
     manifest = (small_dataset / "manifest.csv").read_bytes()
-    assert meta["data"]["manifest_sha256"] == hashlib.sha256(manifest).hexdigest()
-    assert meta["data"]["train_counts"] == {c: 4 for c in CLASSES}
-    assert meta["code_version"] == code_version()
-    val = meta["metrics"]["val"]
+    assert meta.data.manifest_sha256 == hashlib.sha256(manifest).hexdigest()
+    assert meta.data.train_counts == {c: 4 for c in CLASSES}
+    assert meta.code_version == code_version()
+    val = meta.metrics["val"]
     assert set(val["per_class"]) == set(CLASSES) and val["n"] == 8
     # best.pt is the epoch with the best validation macro sensitivity
     best_epoch = summary["best_val"]["epoch"]
-    assert meta["epoch"] == best_epoch
+    assert meta.epoch == best_epoch
     scores = [h["val_macro_sensitivity"] for h in summary["history"]]
     assert scores[best_epoch - 1] == max(scores)
     # last.pt also carries what resuming needs
     last = read_meta(Path(cfg.out_dir) / "last.pt")
-    assert last["epoch"] == 3 and "optimizer" in last and len(last["history"]) == 3
+    assert last.epoch == 3 and last.optimizer is not None and last.history is not None and len(last.history) == 3
+    assert meta.optimizer is None and meta.history is None  # best.pt: no training state
 
 
 def test_resume_continues_from_last_checkpoint(s2_run: Run, tmp_path: Path, capsys) -> None:
@@ -149,7 +151,7 @@ def test_resume_continues_from_last_checkpoint(s2_run: Run, tmp_path: Path, caps
     assert len(resumed["history"]) == 4
     # it went on from the trained weights: epoch 4 is no worse a start than a fresh network's first epoch
     assert resumed["history"][3]["train_loss"] < 0.5 * summary["history"][0]["train_loss"]
-    assert read_meta(out / "last.pt")["epoch"] == 4
+    assert read_meta(out / "last.pt").epoch == 4
 
 
 def test_s1_run_masks_the_pneumonias_and_counts_a_corrupt_film(
@@ -166,9 +168,9 @@ def test_s1_run_masks_the_pneumonias_and_counts_a_corrupt_film(
     assert sum(e["type"] == "step" for e in events) == 1
     assert events[0]["skipped"] == 1 and summary["skipped_unreadable"] == 1
     meta = read_meta(summary["best_checkpoint"])
-    assert meta["data"]["skipped_unreadable"] == 1
-    assert meta["active_classes"] == ["normal", "covid19"]
-    assert meta["data"]["train_counts"] == {"normal": 4, "bacterial": 0, "viral": 0, "covid19": 4}
+    assert meta.data.skipped_unreadable == 1
+    assert meta.active_classes == ("normal", "covid19")
+    assert meta.data.train_counts == {"normal": 4, "bacterial": 0, "viral": 0, "covid19": 4}
     predictor = Predictor.from_checkpoint(summary["best_checkpoint"])
     for pred in predictor.predict(real_films):
         assert pred.probabilities["bacterial"] == 0.0 and pred.probabilities["viral"] == 0.0

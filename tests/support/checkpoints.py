@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ def write_untrained_cnnx(
     spec = get_arch("cnnx")
     torch.manual_seed(seed)
     model = spec.builder(False)
-    meta = {**base_meta(spec, input_size=spec.input_size, scenario_classes=CLASSES), "name": name}
+    meta = replace(base_meta(spec, input_size=spec.input_size, scenario_classes=CLASSES), name=name)
     if metrics is not None:
-        meta["metrics"] = metrics
+        meta = replace(meta, metrics=metrics)
     return save_checkpoint(path, model, meta)

@@ -13,23 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from ml.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
+from ml import CLASSES
+from ml.checkpoints import DEFAULT_CHECKPOINT, CheckpointError, base_meta, read_lungseg_checkpoint, save_checkpoint
 from ml.cli import main as cli_main
 from ml.data import ManifestError
-from ml.lungs import (
-    BUNDLED_LUNGSEG,
-    CHECKPOINT_KIND,
-    LungSegmenter,
-    LungTrainConfig,
-    LungUNet,
-    augment_batch,
-    dice,
-    fuse_for_inference,
-    load_lung_model,
-    load_lungseg_split,
-    read_lungseg_manifest,
-    train_lungs,
-)
+from ml.lungseg import BUNDLED_LUNGSEG, CHECKPOINT_KIND, LungSegmenter, LungUNet, load_lung_model
+from ml.lungseg.data import augment_batch, load_lungseg_split, read_lungseg_manifest
+from ml.lungseg.model import fuse_for_inference
+from ml.lungseg.train import LungTrainConfig, dice, train_lungs
+from ml.registry import get_arch
 from ml.transforms import load_grayscale
 
 DICE_TARGET = 0.95
@@ -72,17 +64,17 @@ def test_bundled_model_reaches_the_dice_target_on_the_validation_split(
     assert mean >= DICE_TARGET, f"mean val Dice {mean:.4f} < {DICE_TARGET}; worst {min(scores):.3f}"
     assert min(scores) > 0.75, f"one validation film is badly segmented (Dice {min(scores):.3f})"
     # the number in the checkpoint (and the model card) is what the bundled file gives
-    assert mean == pytest.approx(segmenter.meta["val"]["dice_as_stored"], abs=2e-3)
+    assert mean == pytest.approx(segmenter.meta.val["dice_as_stored"], abs=2e-3)
 
 
 def test_bundled_checkpoint_is_small_and_describes_itself(segmenter: LungSegmenter) -> None:
     assert BUNDLED_LUNGSEG.stat().st_size <= 5 * 1024 * 1024
     meta = segmenter.meta
-    assert meta["kind"] == CHECKPOINT_KIND and meta["input_size"] == 256 and meta["threshold"] == 0.5
-    assert meta["command"].startswith("cxr-review train-lungs")
-    assert len(meta["data"]["manifest_sha256"]) == 64
+    assert meta.to_dict()["kind"] == CHECKPOINT_KIND and meta.input_size == 256 and meta.threshold == 0.5
+    assert meta.command is not None and meta.command.startswith("cxr-review train-lungs")
+    assert len(meta.data["manifest_sha256"]) == 64
     model, _ = load_lung_model(BUNDLED_LUNGSEG)
-    assert meta["parameters"] == sum(p.numel() for p in model.parameters())
+    assert meta.parameters == sum(p.numel() for p in model.parameters())
     assert (BUNDLED_LUNGSEG.parent / "LUNGSEG_MODEL_CARD.md").is_file()
     assert segmenter.checkpoint_sha256 is not None and len(segmenter.checkpoint_sha256) == 64
 
@@ -188,9 +180,14 @@ def test_loading_a_split_and_rejecting_a_classifier_manifest(lungseg_data_dir: P
 
 
 def test_classifier_checkpoint_is_not_loaded_as_a_segmenter(tmp_path: Path) -> None:
-    path = save_checkpoint(tmp_path / "other.pt", torch.nn.Linear(2, 2), {"arch": "resnet18"})
+    spec = get_arch("cnnx")
+    path = save_checkpoint(
+        tmp_path / "other.pt", spec.build(), base_meta(spec, input_size=224, scenario_classes=CLASSES)
+    )
     with pytest.raises(CheckpointError, match="not a lung segmentation checkpoint"):
         load_lung_model(path)
+    with pytest.raises(CheckpointError, match="not a lung segmentation checkpoint"):
+        LungSegmenter.from_checkpoint(DEFAULT_CHECKPOINT)
 
 
 def test_training_is_deterministic_for_a_seed(small_lungseg: Path, tmp_path: Path) -> None:
@@ -200,7 +197,7 @@ def test_training_is_deterministic_for_a_seed(small_lungseg: Path, tmp_path: Pat
             max_steps_per_epoch=2, seed=seed, threads=1,
         )  # fmt: skip
         train_lungs(config)
-        return read_checkpoint(tmp_path / out / "last.pt")[1]
+        return read_lungseg_checkpoint(tmp_path / out / "last.pt")[1]
 
     a, b, c = run("a", 0), run("b", 0), run("c", 1)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -220,8 +217,8 @@ def test_cli_train_lungs_writes_a_loadable_checkpoint(
     history = json.loads((out / "history.json").read_text())
     assert [row["epoch"] for row in history["history"]] == [1, 2]
     segmenter = LungSegmenter.from_checkpoint(out / "best.pt")
-    assert segmenter.meta["data"]["train_images"] == 6 and segmenter.meta["data"]["val_images"] == 2
-    assert "--epochs 2" in segmenter.meta["command"]
+    assert segmenter.meta.data["train_images"] == 6 and segmenter.meta.data["val_images"] == 2
+    assert "--epochs 2" in (segmenter.meta.command or "")
     film = load_grayscale(read_lungseg_manifest(small_lungseg)[0]["image"])
     assert segmenter.predict(film).shape == film.shape
     assert (out / "last.pt").is_file()
@@ -236,7 +233,7 @@ def test_cli_train_lungs_rejects_a_folder_without_masks(
 
 def test_ml_lung_modules_never_import_the_web_service() -> None:
     code = (
-        "import sys, ml.lungs, ml.lung_focus, ml.cli; "
+        "import sys, ml.lungseg.train, ml.lung_focus, ml.cli; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'app', 'fastapi', 'sqlalchemy'}); "
         "print(bad); sys.exit(1 if bad else 0)"
     )
