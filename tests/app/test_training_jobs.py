@@ -122,7 +122,7 @@ def test_queued_job_contract_cancel_and_audit(env: Env) -> None:
     assert job["status"] == "queued" and job["progress"] == 0.0 and job["model_id"] is None and job["error"] is None
     assert job["params"] == {**GOOD, "learning_rate": 3e-4, "seed": 0, "pretrained": False,
                              "include_reviewed": False, "max_steps_per_epoch": None,
-                             "input_mode": "full"}  # fmt: skip
+                             "input_mode": "full", "explanation_weight": 0.0}  # fmt: skip
     with env.session() as s:
         active = s.scalar(select(MLModel).where(MLModel.active.is_(True)))
     assert job["parent_model_id"] == active.id  # the version it would replace
