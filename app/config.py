@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ml.dataset_dirs import parse_dataset_dirs
 
 # Secrets that show up in examples and must never guard a production deployment.
 _KNOWN_WEAK_SECRETS = {"", "changeme", "change-me", "changethis", "secret", "dev", "development", "test"}
@@ -37,7 +39,12 @@ class Settings(BaseSettings):
     """Extra checkpoints (*.pt) registered at start. Default: DATA_DIR/models."""
     default_checkpoint: Path | None = None
     """Registered (and made active if no model is) at start. Default: ml.checkpoints.DEFAULT_CHECKPOINT."""
+    dataset_dirs: Annotated[list[Path] | None, NoDecode] = None
+    """The manifest folders retraining jobs may use, each known by its folder name (`cxr`, `cxr-adult`).
+    From the environment: a JSON list, or folders separated by os.pathsep (`:`). Default: `dataset_dir`
+    alone if set, else ../shared/data/cxr and ../shared/data/cxr-adult beside the project."""
     dataset_dir: Path | None = None
+    """One dataset folder: an alias of `dataset_dirs` with that folder alone (ignored when both are set)."""
     pretrained_dir: Path | None = None
     cache_dir: Path | None = None
 
@@ -85,6 +92,30 @@ class Settings(BaseSettings):
     worker_stale_seconds: float = Field(default=30.0, gt=0)
     """A running job whose worker has not heartbeated for this long is failed by the reaper."""
 
+    @field_validator("dataset_dirs", mode="before")
+    @classmethod
+    def _dataset_dirs_from_text(cls, value: Any) -> Any:
+        """CXR_DATASET_DIRS as text: a JSON list (`["a", "b"]`) or `a:b` (os.pathsep); blank = unset."""
+        if not isinstance(value, str):
+            return value
+        return parse_dataset_dirs(value) if value.strip() else None
+
+    @field_validator("dataset_dirs")
+    @classmethod
+    def _dataset_names_are_unique(cls, value: list[Path] | None) -> list[Path] | None:
+        if value is None:
+            return None
+        if not value:
+            raise SettingsError("CXR_DATASET_DIRS must name at least one folder")
+        names = [dataset_name(d) for d in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise SettingsError(
+                f"CXR_DATASET_DIRS: jobs choose datasets by folder name, and {', '.join(twice)} names two "
+                f"folders ({', '.join(str(d) for d in value if dataset_name(d) in twice)})"
+            )
+        return value
+
     @field_validator("lung_focus_threshold")
     @classmethod
     def _threshold_is_a_share(cls, value: float) -> float:
@@ -126,11 +157,17 @@ class Settings(BaseSettings):
         return self.models_dir if self.models_dir is not None else self.data_dir / "models"
 
     @property
-    def resolved_dataset_dir(self) -> Path:
-        """The training/evaluation manifest dataset: CXR_DATASET_DIR, else ../shared/data/cxr beside the project."""
-        if self.dataset_dir is not None:
-            return self.dataset_dir
-        return Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cxr"
+    def resolved_dataset_dirs(self) -> dict[str, Path]:
+        """The configured manifest folders by name (folder name), in the configured order:
+        CXR_DATASET_DIRS, else CXR_DATASET_DIR alone, else ../shared/data/cxr and ../shared/data/cxr-adult."""
+        if self.dataset_dirs is not None:
+            dirs = list(self.dataset_dirs)
+        elif self.dataset_dir is not None:
+            dirs = [self.dataset_dir]
+        else:
+            shared = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+            dirs = [shared / "cxr", shared / "cxr-adult"]
+        return {dataset_name(d): d for d in dirs}
 
     @property
     def training_dir(self) -> Path:
@@ -159,6 +196,11 @@ class Settings(BaseSettings):
         data_dir.mkdir(parents=True, exist_ok=True)
         prepared = self.model_copy(update={"data_dir": data_dir})
         return prepared.model_copy(update={"secret_key": resolve_secret_key(prepared)})
+
+
+def dataset_name(folder: Path) -> str:
+    """How jobs, the API and the admin form name a dataset folder: its last path component."""
+    return Path(folder).expanduser().resolve().name or str(folder)
 
 
 def resolve_secret_key(settings: Settings) -> str:

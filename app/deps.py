@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, HTTPException, Request, Response, status
 from sqlalchemy import Engine
@@ -224,8 +224,21 @@ def _see_other(location: str, detail: str) -> HTTPException:
     return HTTPException(status.HTTP_303_SEE_OTHER, detail=detail, headers={"Location": location})
 
 
+def referring_page(request: Request) -> str:
+    """The same-site page a form was posted from (its Referer), or '/'."""
+    referer = urlsplit(request.headers.get("referer", ""))
+    if referer.netloc != request.url.netloc or not referer.path.startswith("/"):
+        return "/"
+    return referer.path + (f"?{referer.query}" if referer.query else "")
+
+
 def _login_location(request: Request) -> str:
-    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    """The login page, returning to this page after login; a form post returns to the page it was posted
+    from (its URL answers only POST: going there after login would be a 405)."""
+    if request.method in SAFE_METHODS:
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    else:
+        here = referring_page(request)
     return LOGIN_PATH if here == "/" else f"{LOGIN_PATH}?next={quote(here, safe='')}"
 
 

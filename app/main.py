@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -45,6 +45,8 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; object-src 'none'; "
     "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
+CACHEABLE_PREFIXES = ("/static/",)
+"""Paths whose replies may be cached; every other reply is `Cache-Control: no-store`."""
 SECURITY_HEADERS = (
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"x-content-type-options", b"nosniff"),
@@ -55,7 +57,8 @@ SECURITY_HEADERS = (
 
 
 class SecurityHeadersMiddleware:
-    """Adds CSP and friends to every HTTP response (pure ASGI: no buffering of streamed bodies).
+    """Adds CSP and friends to every HTTP response (pure ASGI: no buffering of streamed bodies), and
+    `Cache-Control: no-store` to every one outside /static/ (pages, films, overlays, the API).
 
     Also sets the anonymous CSRF cookie when a page asked for one (`app.deps.csrf_token`).
     """
@@ -75,7 +78,10 @@ class SecurityHeadersMiddleware:
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
                 headers.extend((name, value) for name, value in SECURITY_HEADERS if name not in present)
-                if scope.get("path", "").startswith("/api/") and b"cache-control" not in present:
+                if not scope.get("path", "").startswith(CACHEABLE_PREFIXES):
+                    # Pages, films and heat maps show patient images: a shared workstation's Back button
+                    # or disk cache must not show them after logout. Only the static assets are cached.
+                    headers = [(n, v) for n, v in headers if n.lower() != b"cache-control"]
                     headers.append((b"cache-control", b"no-store"))
                 new_cookie = pending_csrf_cookie(scope["state"])
                 if new_cookie:
@@ -119,6 +125,8 @@ class BodyLimitMiddleware:
 
 
 def _error_handlers(app: FastAPI) -> None:
+    from app.routes.templating import HTTP_ERROR_TITLES, http_error_page, wants_page
+
     @app.exception_handler(ServiceError)
     async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ThrottledError) else None
@@ -135,14 +143,19 @@ def _error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": str(exc)}, status_code=code)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        if wants_page(request):
+            return http_error_page(request, 422, "The form could not be read. Go back, reload the page and try again.")
         # Same shape as FastAPI's default ({"detail": [...]}) without echoing the input back
         # (an upload or a password must not be reflected into error bodies or logs).
         errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if wants_page(request) and exc.status_code in HTTP_ERROR_TITLES:
+            messages = {404: "There is no page at this address.", 405: "This address is not a page."}
+            return http_error_page(request, exc.status_code, messages.get(exc.status_code, str(exc.detail)))
         detail = exc.detail
         if exc.status_code == 413:  # the framework's body limit says only "Content Too Large"
             detail = too_large_message(request.app.state.ctx.settings.max_upload_bytes)

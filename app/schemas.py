@@ -343,6 +343,10 @@ class ActiveForm(BaseModel):
     active: str = Field("", description="'true' enables the account, anything else disables it")
 
 
+class RoleForm(BaseModel):
+    role: str = Field("", description="the new role: reviewer or admin")
+
+
 class VerdictForm(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 

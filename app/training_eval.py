@@ -1,9 +1,10 @@
 """Child process of a training job: evaluate checkpoints on one split of a manifest dataset.
 
-    python -m app.training_eval --split test --lung-threshold T --out-dir DIR NAME=CHECKPOINT@DATASET [...]
+    python -m app.training_eval --split test --lung-threshold T --out-dir DIR NAME=CHECKPOINT@DATASET[:DATASET...] [...]
 
-writes `<out-dir>/<NAME>.json` (an `ml.evaluate` report of CHECKPOINT on DATASET's split, lung focus
-flagged below T, the service's CXR_LUNG_FOCUS_THRESHOLD) per pair.
+writes `<out-dir>/<NAME>.json` (an `ml.evaluate` report of CHECKPOINT on the split of the DATASET
+folders, read together, several separated by os.pathsep; lung focus flagged below T, the service's
+CXR_LUNG_FOCUS_THRESHOLD) per pair.
 One process evaluates all of them, so a job pays for one torch start-up, not one per model. If the
 first checkpoint (the new version) cannot be evaluated, it prints `error: ...` and exits with status
 2 (the worker shows that line as the job's error); a later one (the comparison) is skipped with a
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--lung-threshold", type=float, required=True)
     parser.add_argument("--out-dir", required=True)
-    parser.add_argument("checkpoints", nargs="+", metavar="NAME=CHECKPOINT@DATASET")
+    parser.add_argument("checkpoints", nargs="+", metavar="NAME=CHECKPOINT@DATASET[:DATASET...]")
     args = parser.parse_args(argv)
 
     from ml.checkpoints import CheckpointError
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         name, _, rest = item.partition("=")
         path, _, data = rest.rpartition("@")
         try:
-            report = evaluate_checkpoint(path, data, split=args.split, lung_threshold=args.lung_threshold)
+            dirs = [d for d in data.split(os.pathsep) if d]
+            report = evaluate_checkpoint(path, dirs, split=args.split, lung_threshold=args.lung_threshold)
         except (CheckpointError, ManifestError, ValueError, FileNotFoundError) as exc:
             if index == 0:  # the model being evaluated: the job cannot report without it
                 print(f"error: evaluating {name} ({path}): {exc}", file=sys.stderr)

@@ -43,6 +43,7 @@ from app.job_progress import EventTail, PhaseClock, Progress
 from app.models import MLModel, TrainingJob
 from app.processes import log_tail, spawn_child, stop_child
 from app.services import model_registry, training, training_data, training_report
+from app.services.errors import ServiceError
 from app.services.storage import FileStore
 from ml.config import TrainConfig
 from ml.metrics import with_class_ci
@@ -229,18 +230,23 @@ class JobRun:
         if self.work_dir.exists():  # an earlier attempt (re-queued): start clean
             shutil.rmtree(self.work_dir)
         self.work_dir.mkdir(parents=True)
-        dataset_dir = self.settings.resolved_dataset_dir.resolve()
+        try:
+            chosen = training_data.chosen_dataset_dirs(self.settings, self.params.datasets)
+        except ServiceError as exc:  # the worker's configuration lacks a folder the job names
+            raise JobFailed(f"{exc} on this worker") from exc
+        datasets = {name: folder.resolve() for name, folder in chosen.items()}
+        dataset_dirs = list(datasets.values())
         clock = PhaseClock()
         self.progress.set(work_dir=str(self.work_dir), phase="preparing")
         self.beat(force=True)
 
-        dataset_info, extra_dirs = self.prepare_data(dataset_dir)
+        dataset_info, extra_dirs = self.prepare_data(datasets)
         clock.lap("prepare")
         self.progress.set(dataset=dataset_info, phase="training")
         self.beat(force=True)
 
         train_dir, events = self.work_dir / "train", self.work_dir / "events.jsonl"
-        config = job_train_config(self.params, self.settings, dataset_dir=dataset_dir, out=train_dir,
+        config = job_train_config(self.params, self.settings, dataset_dirs=dataset_dirs, out=train_dir,
                                   extra_dirs=extra_dirs)  # fmt: skip
         try:
             config.validate()
@@ -261,13 +267,13 @@ class JobRun:
         from ml.data import get_scenario
 
         same_films = training_data.write_comparison_manifest(
-            dataset_dir,
+            dataset_dirs,
             self.work_dir / "comparison",
             split="test",
             classes=get_scenario(self.options["scenario"]).classes,
         )
         reports = self.evaluate(
-            report_dir, {"test": (best, dataset_dir), "active-test": (active_checkpoint(active), same_films)}
+            report_dir, {"test": (best, dataset_dirs), "active-test": (active_checkpoint(active), [same_films])}
         )
         new_report, active_report = reports["test"], reports.get("active-test")
         clock.lap("evaluate")
@@ -290,10 +296,8 @@ class JobRun:
             **{k: v for k, v in self.progress_values().items() if k != "metrics"},
         }
 
-    def prepare_data(self, dataset_dir: Path) -> tuple[dict[str, Any], list[Path]]:
-        from ml.data import manifest_sha256
-
-        info: dict[str, Any] = {"data_dir": str(dataset_dir), "manifest_sha256": manifest_sha256(dataset_dir)}
+    def prepare_data(self, datasets: dict[str, Path]) -> tuple[dict[str, Any], list[Path]]:
+        info = training_data.dataset_info(datasets)
         extra: list[Path] = []
         if self.params.include_reviewed:
             out = self.work_dir / "reviewed"
@@ -301,7 +305,7 @@ class JobRun:
                 reviewed = training_data.export_reviewed_uploads(
                     session=session,
                     store=self.worker.store,
-                    dataset_dir=dataset_dir,
+                    dataset_dirs=list(datasets.values()),
                     out_dir=out,
                     cache_dir=self.settings.training_dir / "cache",
                     tick=self.beat,
@@ -313,9 +317,12 @@ class JobRun:
                 extra.append(out)
         return info, extra
 
-    def evaluate(self, out_dir: Path, checkpoints: dict[str, tuple[Path | None, Path]]) -> dict[str, dict[str, Any]]:
-        """Evaluate (checkpoint, dataset) pairs on their test split in one child process; name → report."""
-        arguments = [f"{name}={path}@{data}" for name, (path, data) in checkpoints.items() if path is not None]
+    def evaluate(
+        self, out_dir: Path, checkpoints: dict[str, tuple[Path | None, list[Path]]]
+    ) -> dict[str, dict[str, Any]]:
+        """Evaluate (checkpoint, dataset folders) pairs on their test split in one child process; name → report."""
+        pairs = [(name, path, os.pathsep.join(map(str, data))) for name, (path, data) in checkpoints.items()]
+        arguments = [f"{name}={path}@{data}" for name, path, data in pairs if path is not None]
         self.run_child(
             [
                 sys.executable,
@@ -388,17 +395,16 @@ class JobRun:
     ) -> dict[str, Any]:
         new_label = f"{model.name} v{model.version} (new)"
         active_label = f"{active.name} v{active.version} (active)" if active is not None else ""
+        # a heartbeat around each chart: matplotlib on a busy machine can take longer than the stale limit
+        self.beat()
         training_report.render_curves(report_dir / "curves.png", history=history, step_losses=self.progress.step_losses)
+        self.beat()
         training_report.render_confusion(
             report_dir / "confusion.png", report=new_report, title=f"{new_label}: test split, n = {new_report['n']}"
         )
-        training_report.render_comparison(
-            report_dir / "comparison.png",
-            new=new_report,
-            active=active_report,
-            new_label=new_label,
-            active_label=active_label,
-        )
+        self.beat()
+        training_report.render_comparison(report_dir / "comparison.png", new=new_report, active=active_report,
+                                          new_label=new_label, active_label=active_label)  # fmt: skip
         return {
             "split": "test",
             "model": {
@@ -425,7 +431,7 @@ def job_train_config(
     params: training.TrainingParams,
     settings: Settings,
     *,
-    dataset_dir: Path,
+    dataset_dirs: Sequence[Path],
     out: Path,
     extra_dirs: Sequence[Path] = (),
 ) -> TrainConfig:
@@ -433,7 +439,7 @@ def job_train_config(
     The steps per epoch are capped by the job's own cap and CXR_TRAIN_MAX_STEPS, whichever is lower."""
     caps = [c for c in (params.train_options()["max_steps_per_epoch"], settings.train_max_steps) if c is not None]
     return params.train_config(
-        data_dirs=[str(dataset_dir)],
+        data_dirs=[str(d) for d in dataset_dirs],
         out_dir=str(out),
         extra_train_dirs=[str(d) for d in extra_dirs],
         device=settings.train_device,

@@ -1,15 +1,15 @@
 """The paper's experiment: train and evaluate several architectures under the same settings.
 
 Writes `<out>/<arch>/` (checkpoints, history, `eval.json`) and, across architectures,
-`comparison.json`, `comparison.md` (sensitivity and lung focus per network) and `sensitivity.png`
-(per-class sensitivity bars). Interrupted
-runs resume: a finished architecture (its `eval.json` exists) is skipped, a half-trained one
-continues from its `last.pt`.
+`comparison.json`, `comparison.md` (sensitivity, lung focus and the confound check per network) and
+`sensitivity.png` (per-class sensitivity bars). Interrupted runs resume: a finished architecture (its
+`eval.json` exists) is skipped, a half-trained one continues from its `last.pt`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,8 @@ def write_comparison(results: dict[str, Any], out: Path, *, split: str) -> None:
                 "error_ci95": rep["error_ci95"],
                 "n": rep["n"],
                 "lung_focus": (rep.get("lung_focus") or {}).get("overall"),
+                "three_group": _three_group_headline(rep.get("three_group")),
+                "confound": rep.get("confound"),  # None for an eval.json written before it existed
             }
         )
     (out / "comparison.json").write_text(json.dumps({"split": split, "results": rows}, indent=2))
@@ -90,9 +92,46 @@ def write_comparison(results: dict[str, Any], out: Path, *, split: str) -> None:
         "",
         "Lung focus: share of the predicted class's CAM evidence inside the lungs (median over the films); "
         "flagged below the threshold; 'right & in lungs' = classified correctly and not flagged.",
+        *_confound_markdown(rows, pct),
     ]
     (out / "comparison.md").write_text("\n".join(md) + "\n")
     _bar_chart(rows, out / "sensitivity.png")
+
+
+def _three_group_headline(three_group: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not three_group:
+        return None
+    keys = ("n", "accuracy", "covid19_sensitivity", "covid19_specificity", "confusion_matrix")
+    return {k: three_group[k] for k in keys}
+
+
+def _confound_markdown(rows: list[dict[str, Any]], pct: Callable[[float | None], str]) -> list[str]:
+    """The shortcut check per network: three-group COVID-19 rates, then the confound table's rows."""
+    rows = [r for r in rows if r["three_group"] and r["confound"]]
+    if not rows:
+        return []
+    md = [
+        "",
+        "## Confound check (every film, partial labels included)",
+        "",
+        "Three groups: normal / non-COVID pneumonia (bacterial, viral, pneumonia) / COVID-19. "
+        "Non-COVID = every film not labelled COVID-19.",
+        "",
+        "| Network | Rows | Non-COVID films | Called COVID-19 (%) | COVID-19 films | COVID-19 Sn | COVID-19 Sp |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        tg, conf = r["three_group"], r["confound"]
+        lines = [("all", conf["all"])]
+        lines += [(f"age {k}", v) for k, v in conf["by_age_group"].items()]
+        lines += [(f"source {k}", v) for k, v in conf["by_source"].items()]
+        for label, row in lines:
+            sp = pct(tg["covid19_specificity"]) if label == "all" else ""
+            md.append(
+                f"| {r['arch']} | {label} | {row['non_covid']} | {pct(row['non_covid_called_covid19_share'])} | "
+                f"{row['covid19']} | {pct(row['covid19_sensitivity'])} | {sp} |"
+            )
+    return md
 
 
 def _bar_chart(rows: list[dict[str, Any]], path: Path) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ml.dataset_dirs import parse_dataset_dirs
+
 if TYPE_CHECKING:  # the CLI imports torch lazily, so `--help` and argument errors stay fast
     from ml.config import ConfigField, TrainConfig
 
@@ -29,9 +31,13 @@ def project_root() -> Path:
 
 
 def default_dataset_dirs() -> list[str]:
-    """The manifest folders used when no `--data` is given: `$CXR_DATASET_DIRS` (a list separated by
-    os.pathsep), else `$CXR_DATASET_DIR`, else both `../shared/data/cxr` and `../shared/data/cxr-adult`."""
-    listed = [d for d in os.environ.get("CXR_DATASET_DIRS", "").split(os.pathsep) if d.strip()]
+    """The manifest folders used when no `--data` is given: `$CXR_DATASET_DIRS` (a JSON list, or a list
+    separated by os.pathsep), else `$CXR_DATASET_DIR`, else both `../shared/data/cxr` and
+    `../shared/data/cxr-adult`."""
+    try:
+        listed = parse_dataset_dirs(os.environ.get("CXR_DATASET_DIRS", ""))
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     if listed:
         return listed
     if os.environ.get("CXR_DATASET_DIR"):

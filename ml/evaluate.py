@@ -5,7 +5,11 @@ support}`, `accuracy`, `macro_sensitivity`, `error_ci95`, `confusion_matrix` (ro
 = prediction, CLASSES order) and `by_source` (the same, per `source`). These 4-class figures are over
 the 4-class rows only: rows with a partial label (`pneumonia`, bacterial or viral) are evaluated
 but left out of them; `partial_label_rows` counts them and how many were called one of their
-candidate classes. Several manifest folders may be evaluated together (`ml.data.read_manifests`).
+candidate classes. `by_age_group` is the 4-class report per `age_group` (blank: `unknown`). Over
+every row, partial labels included, `three_group` (normal / non-COVID pneumonia / COVID-19) and the
+`confound` table (non-COVID films called COVID-19 and COVID-19 sensitivity, per age group and per
+source) show whether the model learned the data's age/source shortcut (`ml.confound`). Several
+manifest folders may be evaluated together (`ml.data.read_manifests`).
 
 Films go through the web service's per-film pipeline (`ml.inference.analyze_films`), so a film scores
 here exactly as its upload would. Lung focus ("right for the right reasons"): unless turned off, every
@@ -29,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ml import CLASSES
+from ml.confound import confound_figures, format_confound_markdown, format_confound_text
 from ml.data import (
     LABELS,
     PARTIAL_LABELS,
@@ -103,6 +108,14 @@ def evaluate_checkpoint(
         idx = [i for i in full if records[i].source == source]
         by_source[source] = classification_report([y_true[i] for i in idx], [y_pred[i] for i in idx])
     report["by_source"] = by_source
+    report.update(  # by_age_group (4-class rows), three_group and confound (every row)
+        confound_figures(
+            [LABELS[t] for t in y_true],
+            [CLASSES[p] for p in y_pred],
+            sources=[r.source for r in records],
+            age_groups=[r.age_group for r in records],
+        )
+    )
     report["partial_label_rows"] = partial_label_rows(y_true, y_pred)
     report["skipped_unreadable"] = [{"path": p, "error": e} for p, e in skipped]
     report["checkpoint"] = {
@@ -151,7 +164,8 @@ def write_predictions_csv(
     predictions: Sequence[Prediction],
     focus: Sequence[LungFocus] | None,
 ) -> None:
-    """One row per film: path, source, label, predicted class, the four probabilities, its lung focus."""
+    """One row per film: path, source, age group, label, predicted class, the four probabilities, its
+    lung focus."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
@@ -159,6 +173,7 @@ def write_predictions_csv(
             [
                 "path",
                 "source",
+                "age_group",
                 "label",
                 "predicted",
                 *[f"p_{c}" for c in CLASSES],
@@ -178,6 +193,7 @@ def write_predictions_csv(
                 [
                     str(r.path),
                     r.source,
+                    r.age_group,
                     r.label,
                     p.predicted_class,
                     *[f"{p.probabilities[c]:.6f}" for c in CLASSES],
@@ -251,6 +267,8 @@ def format_table(report: dict[str, Any], name: str | None = None) -> str:
     lines.append(row(name[:14], report))
     for source, rep in report.get("by_source", {}).items():
         lines.append(row(f"  {source}"[:14], rep))
+    for group, rep in report.get("by_age_group", {}).items():
+        lines.append(row(f"  age {group}"[:14], rep))
     ms = report.get("macro_sensitivity")
     lines.append(
         f"macro sensitivity: {_pct(ms).strip()}%   images: {report['n']}   "
@@ -262,6 +280,9 @@ def format_table(report: dict[str, Any], name: str | None = None) -> str:
                 f"{label} rows (partial label, not in the 4-class figures): {counts['n']}, "
                 f"called {' or '.join(PARTIAL_LABELS[label])}: {counts['called_a_candidate']}"
             )
+    confound = format_confound_text(report)
+    if confound:
+        lines += ["", confound]
     if report.get("skipped_unreadable"):
         lines.append(f"skipped unreadable images: {len(report['skipped_unreadable'])}")
     if report.get("lung_focus"):
@@ -339,6 +360,8 @@ def format_markdown(report: dict[str, Any]) -> str:
     lines.append(row("all", report))
     for source, rep in report.get("by_source", {}).items():
         lines.append(row(source, rep))
+    for group, rep in report.get("by_age_group", {}).items():
+        lines.append(row(f"age {group}", rep))
     lines += [
         "",
         "Confusion matrix (rows = truth, columns = prediction):",
@@ -348,5 +371,6 @@ def format_markdown(report: dict[str, Any]) -> str:
     ]
     for c, counts in zip(CLASSES, report["confusion_matrix"], strict=True):
         lines.append(f"| {c} | " + " | ".join(str(v) for v in counts) + " |")
+    confound = format_confound_markdown(report)
     focus = format_lung_focus_markdown(report)
-    return "\n".join(lines) + "\n" + ("\n" + focus if focus else "")
+    return "\n".join(lines) + "\n" + "".join("\n" + part for part in (confound, focus) if part)

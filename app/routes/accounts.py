@@ -56,9 +56,9 @@ def list_users(session: SessionDep, _admin: AdminUser) -> list[schemas.UserOut]:
 @api.post(
     "/users", status_code=status.HTTP_201_CREATED, response_model=schemas.UserCreatedOut, responses=schemas.ERRORS
 )
-def create_user(body: schemas.UserCreateIn, session: SessionDep, _admin: AdminUser) -> schemas.UserCreatedOut:
+def create_user(body: schemas.UserCreateIn, session: SessionDep, admin: AdminUser) -> schemas.UserCreatedOut:
     created = accounts.create_user_with_token(
-        session=session, username=body.username, role=body.role, password=body.password
+        session=session, username=body.username, role=body.role, password=body.password, actor=admin
     )
     return schemas.UserCreatedOut(
         **_user_out(created.user).model_dump(), password=created.generated_password, api_token=created.token.token
@@ -166,7 +166,8 @@ def password_submit(
         )
         if checked is None:
             return again(status.HTTP_401_UNAUTHORIZED, "The current password is wrong.")
-        accounts.set_password(session=session, user=checked, password=form.new)  # ends every session of the user
+        # Ends every session of the user; audited as their own password change.
+        accounts.set_password(session=session, user=checked, password=form.new, actor=checked)
     except ServiceError as exc:
         return again(exc.status_code, str(exc))
     return _new_session_response(request, session, settings, checked, "/")
@@ -210,6 +211,7 @@ def user_create(
             password=form.password or generated or "",
             role=form.role,
             must_change_password=True,
+            actor=admin,
         )
     except ServiceError as exc:
         return _users_page(
@@ -244,7 +246,28 @@ def user_set_active(
     enable = form.active == "true"
     if target.id == admin.id and not enable:
         return _users_page(request, session, admin, status_code=422, error="You cannot deactivate your own account.")
-    accounts.set_active(session=session, user=target, active=enable)
+    accounts.set_active(session=session, user=target, active=enable, actor=admin)
+    return see_other("/admin/users")
+
+
+@pages.post("/admin/users/{username}/role", response_model=None)
+def user_set_role(
+    request: Request,
+    username: str,
+    session: SessionDep,
+    admin: AdminPage,
+    _csrf: PageCsrf,
+    form: Annotated[schemas.RoleForm, Form()],
+) -> Response:
+    target = accounts.get_user_by_name(session=session, username=username)
+    if target is None:
+        return error_page(request, admin, 404, "No such user", f"user {username!r} not found")
+    if target.id == admin.id:
+        return _users_page(request, session, admin, status_code=422, error="You cannot change your own role.")
+    try:
+        accounts.set_role(session=session, user=target, role=form.role, actor=admin)
+    except ServiceError as exc:
+        return _users_page(request, session, admin, status_code=exc.status_code, error=str(exc))
     return see_other("/admin/users")
 
 

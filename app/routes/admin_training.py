@@ -8,6 +8,7 @@ API (admin only; reviewers get 403; invalid parameters 422 before anything is qu
     GET  /api/v1/training-jobs/{id}/report      test-split report of the new version and the active model
     GET  /api/v1/training-jobs/{id}/charts/{curves|confusion|comparison}.png
     GET  /api/v1/architectures                  what can be trained
+    GET  /api/v1/training-datasets              the configured dataset folders a job may name
     GET  /api/v1/audit-log                      jobs, promotions, rollbacks: who, when, what
 Promotion and rollback are `POST /api/v1/models/{id}/activate` and, from these pages' forms,
 `POST /admin/training/models/{id}/activate` (both in app.routes.models).
@@ -28,10 +29,10 @@ from fastapi.responses import FileResponse, Response
 from pydantic import ValidationError
 
 from app import schemas
-from app.deps import AdminPage, AdminUser, PageCsrf, SessionDep, SettingsDep
+from app.deps import AdminPage, AdminUser, PageCsrf, SessionDep, SettingsDep, get_settings
 from app.models import AuditEntry, MLModel, TrainingJob, User
 from app.routes.templating import error_page, render, see_other
-from app.services import audit, model_registry, training, training_params
+from app.services import audit, model_registry, training, training_data, training_params
 from app.services.errors import ServiceError
 
 API_PREFIX = "/api/v1"
@@ -122,13 +123,20 @@ def get_training_report(job_id: int, session: SessionDep, _admin: AdminUser) -> 
 )
 def get_training_chart(job_id: int, name: str, session: SessionDep, _admin: AdminUser) -> FileResponse:
     path = training.chart_path(training.get_job(session=session, job_id=job_id), name)
-    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 @api_router.get("/architectures", responses=ERRORS)
 def list_architectures(_admin: AdminUser) -> list[dict[str, Any]]:
     """The registry: name, input size, family, CAM method, whether ImageNet weights exist and are here."""
     return training.architecture_choices()
+
+
+@api_router.get("/training-datasets", responses=ERRORS)
+def list_training_datasets(settings: SettingsDep, _admin: AdminUser) -> list[dict[str, Any]]:
+    """The configured dataset folders (CXR_DATASET_DIRS) by the name a job's `datasets` uses, and
+    whether each one's manifest is there."""
+    return training_data.dataset_choices(settings)
 
 
 @api_router.get("/audit-log", response_model=list[schemas.AuditEntryOut], responses=ERRORS)
@@ -168,6 +176,7 @@ def _index(
     errors: list[str] | None = None,
 ) -> Response:
     models = _versions(session)
+    datasets = get_settings(request).resolved_dataset_dirs
     return _render(
         request,
         "training/index.html",
@@ -178,8 +187,8 @@ def _index(
         models_by_id={m.id: m for m in models},
         active_id=next((m.id for m in models if m.active), None),
         available={m.id: Path(m.checkpoint_path).is_file() for m in models},
-        fields=training_params.form_fields(training.architecture_choices()),
-        form=form or training_params.form_defaults(),
+        fields=training_params.form_fields(training.architecture_choices(), datasets=list(datasets)),
+        form=form or training_params.form_defaults(list(datasets)),
         errors=errors or [],
     )
 
@@ -198,12 +207,18 @@ def _validation_messages(exc: ValidationError) -> list[str]:
     return messages
 
 
-async def posted_form(request: Request) -> dict[str, str]:
-    """The posted form's text fields (starlette parses the body once; the CSRF check reads it too)."""
-    return {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+async def posted_form(request: Request) -> dict[str, Any]:
+    """The posted form's text fields, a checkbox group as the list of its ticked values (starlette
+    parses the body once; the CSRF check reads it too)."""
+    form = await request.form()
+    values: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
+    for name in training_params.MULTI_CHOICE:
+        if name in form:
+            values[name] = [v for v in form.getlist(name) if isinstance(v, str)]
+    return values
 
 
-PostedForm = Annotated[dict[str, str], Depends(posted_form)]
+PostedForm = Annotated[dict[str, Any], Depends(posted_form)]
 
 
 @pages_router.post("/admin/training", response_model=None)
@@ -216,10 +231,10 @@ def training_submit(
         params = training.TrainingParams.model_validate(data)
         job = training.create_job(session=session, settings=settings, params=params, actor=user)
     except ValidationError as exc:
-        form = {**training_params.form_defaults(), **data}
+        form = {**training_params.form_defaults(list(settings.resolved_dataset_dirs)), **data}
         return _index(request, session, user, status_code=422, form=form, errors=_validation_messages(exc))
     except ServiceError as exc:
-        form = {**training_params.form_defaults(), **data}
+        form = {**training_params.form_defaults(list(settings.resolved_dataset_dirs)), **data}
         return _index(request, session, user, status_code=exc.status_code, form=form, errors=[str(exc)])
     return see_other(f"/admin/training/{job.id}")
 

@@ -37,7 +37,7 @@ from ml.lung_focus import LungFocus
 api = APIRouter(prefix="/api/v1", tags=["api"])
 pages = APIRouter(include_in_schema=False)
 
-IMAGE_CACHE_HEADERS = {"Cache-Control": "private, max-age=86400, immutable"}
+IMAGE_CACHE_HEADERS = {"Cache-Control": "no-store"}  # patient images: never kept by the browser
 PNG_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}}, **schemas.ERRORS}
 COMMENT_MAX_CHARS = 4000
 VIEW_MODES = ("overlay", "film", "side")
@@ -303,6 +303,15 @@ def _history(session: Any, prediction_id: int) -> list[HistoryRow]:
     return [HistoryRow(v, v.id in latest) for v in reversed(verdicts)]  # newest first
 
 
+def _visible_to(user: User, verdicts: list[Any]) -> list[Any]:
+    """Blind reading: a reviewer sees other reviewers' verdicts on a model's result only once their own
+    verdict on it is in (no anchoring on a colleague's read); admins see every verdict."""
+    if user.is_admin:
+        return verdicts
+    reviewed = {v.model_id for v in verdicts if v.reviewer_id == user.id}
+    return [v for v in verdicts if v.reviewer_id == user.id or v.model_id in reviewed]
+
+
 def _case_page(
     request: Request,
     session: Any,
@@ -324,7 +333,9 @@ def _case_page(
         return error_page(request, user, 404, "No results", f"case {prediction_id} has no model results")
     focus = next((v for v in views if v.model.id == query.model), views[0])
     selected = query.cls if query.cls in focus.overlays else next(iter(focus.overlays))
-    history = _history(session, prediction_id)
+    everything = _history(session, prediction_id)
+    shown = {id(v) for v in _visible_to(user, [h.verdict for h in everything])}
+    history = [h for h in everything if id(h.verdict) in shown]
     mine = next(
         (h.verdict for h in history if h.verdict.reviewer_id == user.id and h.verdict.model_id == focus.model.id), None
     )
@@ -340,6 +351,7 @@ def _case_page(
         view_mode=query.view if query.view in VIEW_MODES else "overlay",
         film_url=predictions.image_url(prediction.image.sha256),
         history=history,
+        hidden_verdicts=len(everything) - len(history),
         my_latest=mine,
         saved=query.saved,
         form_error=form_error,
@@ -376,9 +388,8 @@ def compare_page(
         prediction = predictions.get_prediction(session=session, prediction_id=prediction_id)
     except ServiceError as exc:
         return error_page(request, user, exc.status_code, "Case not found", str(exc))
-    latest_by_model = {
-        v.model_id: v.verdict for v in reviews.verdict_history(session=session, prediction_id=prediction_id)
-    }
+    verdicts = _visible_to(user, reviews.verdict_history(session=session, prediction_id=prediction_id))
+    latest_by_model = {v.model_id: v.verdict for v in verdicts}
     return render(
         request,
         "compare.html",
@@ -440,9 +451,15 @@ def verdict_submit(
     return see_other(f"/cases/{prediction_id}?{query}")
 
 
+@pages.get("/cases/{prediction_id}/verdicts", response_model=None)
+def verdicts_address(prediction_id: int, _user: PageUser) -> Response:
+    """The verdict form's address answers only POST; opened as a page (history, a pasted link) it is the case."""
+    return see_other(f"/cases/{prediction_id}")
+
+
 @pages.get("/legend/colorbar.png", response_model=None)
 def colorbar(_user: PageUser) -> Response:
-    return Response(_colorbar_bytes(), media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+    return Response(_colorbar_bytes(), media_type="image/png", headers=IMAGE_CACHE_HEADERS)
 
 
 @lru_cache(maxsize=1)

@@ -25,10 +25,11 @@ from fastapi import Request, status
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from app.deps import PageRefused, csrf_token
+from app.deps import PageRefused, csrf_token, referring_page
 from app.models import CLASS_LABELS, REASON_TAGS, User
 from app.services import predictions
 from ml import CLASSES
+from ml.confound import GROUP_NAMES
 from ml.lung_focus import NO_LUNG, NO_POSITIVE_MASS
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
@@ -57,8 +58,12 @@ CAM_METHODS = {
     ),
 }
 DATA_CAVEAT = (
-    "Non-COVID training films are pediatric (Kermany), COVID-19 films are adult — a high COVID-19 "
-    "probability may reflect age/source, not lung findings; check the highlighted region."
+    "Children's training films are all non-COVID, pediatric (Kermany); adult non-COVID films come almost "
+    "all from one hospital (NIH ChestX-ray14: normal and pneumonia); COVID-19 films are adult, mostly "
+    "figures cut from papers and web pages (Cohen, CXNet: arrows, letters, crops) or from Hannover. A "
+    "probability may reflect age, hospital or figure marks rather than lung findings (a model trained "
+    "without the NIH films, such as the first bundled one, calls most adult films COVID-19); check the "
+    "highlighted region."
 )
 LEGEND_LOW = "blue = little evidence"
 LEGEND_HIGH = "red = strongest evidence for this class"
@@ -74,6 +79,7 @@ TEMPLATE_GLOBALS: dict[str, Any] = {
     "REASON_LABELS": REASON_LABELS,
     "CAM_METHODS": CAM_METHODS,
     "DATA_CAVEAT": DATA_CAVEAT,
+    "GROUP_NAMES": GROUP_NAMES,
     "LEGEND_LOW": LEGEND_LOW,
     "LEGEND_HIGH": LEGEND_HIGH,
     "LUNG_FOCUS_REASONS": LUNG_FOCUS_REASONS,
@@ -121,7 +127,26 @@ def render(
 
 
 def error_page(request: Request, user: User | None, status_code: int, title: str, message: str) -> Response:
-    return render(request, "error.html", user=user, status_code=status_code, title=title, message=message)
+    """The error page, with a link back to the same-site page the visitor came from (when there is one)."""
+    came_from = referring_page(request)
+    back = came_from if came_from not in ("/", request.url.path) else None
+    return render(request, "error.html", user=user, status_code=status_code, title=title, message=message, back=back)
+
+
+HTTP_ERROR_TITLES = {404: "Not found", 405: "Not here", 422: "Form not understood"}
+
+
+def wants_page(request: Request) -> bool:
+    """A browser page request (not the API): errors answer with a page, never a JSON body."""
+    return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
+
+
+def http_error_page(request: Request, status_code: int, message: str) -> Response:
+    """A framework error (unknown page, wrong method, unreadable form) on a browser page, as a page."""
+    web_session = getattr(request.state, "web_session", None)
+    user = web_session.user if web_session is not None else None
+    title = HTTP_ERROR_TITLES.get(status_code, "Something went wrong")
+    return error_page(request, user, status_code, title, message)
 
 
 async def page_refused(request: Request, exc: Exception) -> Response:

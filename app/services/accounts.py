@@ -1,7 +1,9 @@
 """Users, API tokens, browser sessions and login throttling.
 
 Every function is keyword-only, takes the SQLAlchemy `session`, and commits its own small unit of
-work (these are short, independent writes: a login, a token issue, a revocation).
+work (these are short, independent writes: a login, a token issue, a revocation). Account changes
+(creation, role, activation, password) are audited in the same transaction; `actor=None` is the
+system or the command line.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sqlalchemy.orm import Session
 from app import security
 from app.config import Settings
 from app.models import ROLES, ApiToken, LoginAttempt, User, WebSession, utcnow
+from app.services import audit
 from app.services.errors import ConflictError, InvalidInputError, NotFoundError, ThrottledError
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -53,9 +56,15 @@ def list_users(*, session: Session) -> list[User]:
 
 
 def create_user(
-    *, session: Session, username: str, password: str, role: str = "reviewer", must_change_password: bool = False
+    *,
+    session: Session,
+    username: str,
+    password: str,
+    role: str = "reviewer",
+    must_change_password: bool = False,
+    actor: User | None = None,
 ) -> User:
-    """Create and commit an account; raises ConflictError if the name is taken."""
+    """Create and commit an account (audited `user.created`); raises ConflictError if the name is taken."""
     validate_username(username)
     validate_password(password)
     if role not in ROLES:
@@ -68,25 +77,57 @@ def create_user(
     )
     session.add(user)
     try:
-        session.commit()
+        session.flush()
     except IntegrityError:
         session.rollback()
         raise ConflictError(f"user {username!r} already exists") from None
+    _audit(session, actor, "user.created", user, role=role)
+    session.commit()
     return user
 
 
-def set_password(*, session: Session, user: User, password: str) -> None:
-    """Change a password, clear the must-change flag and end the user's other browser sessions."""
+def _audit(session: Session, actor: User | None, action: str, user: User, **details: object) -> None:
+    audit.record(
+        session=session,
+        actor=actor,
+        action=action,
+        target_type="user",
+        target_id=user.id,
+        details={"username": user.username, **details},
+    )
+
+
+def set_role(*, session: Session, user: User, role: str, actor: User | None = None) -> None:
+    """Change an account's role (audited `user.role_changed` with the old and new role)."""
+    if role not in ROLES:
+        raise InvalidInputError(f"role must be one of {', '.join(ROLES)}")
+    if role == user.role:
+        return
+    old, user.role = user.role, role
+    session.add(user)
+    _audit(session, actor, "user.role_changed", user, old=old, new=role)
+    session.commit()
+
+
+def set_password(*, session: Session, user: User, password: str, actor: User | None = None) -> None:
+    """Change a password, clear the must-change flag and end the user's other browser sessions.
+
+    Audited: `user.password_changed` when the user changed their own, else `user.password_reset`."""
     validate_password(password)
     user.password_hash = security.hash_password(password)
     user.must_change_password = False
     session.add(user)
+    own = actor is not None and actor.id == user.id
+    _audit(session, actor, "user.password_changed" if own else "user.password_reset", user)
     session.execute(delete(WebSession).where(WebSession.user_id == user.id))
     session.commit()
 
 
-def set_active(*, session: Session, user: User, active: bool) -> None:
-    """Enable/disable an account. Disabling also ends its sessions (its tokens stop working too)."""
+def set_active(*, session: Session, user: User, active: bool, actor: User | None = None) -> None:
+    """Enable/disable an account (audited `user.activated`/`user.deactivated`). Disabling also ends its
+    sessions (its tokens stop working too)."""
+    if user.active != active:
+        _audit(session, actor, "user.activated" if active else "user.deactivated", user)
     user.active = active
     session.add(user)
     if not active:
@@ -200,11 +241,11 @@ class CreatedUser:
 
 
 def create_user_with_token(
-    *, session: Session, username: str, role: str = "reviewer", password: str | None = None
+    *, session: Session, username: str, role: str = "reviewer", password: str | None = None, actor: User | None = None
 ) -> CreatedUser:
     """Create an account (random password if none given) and its first API token."""
     generated = None if password else security.generate_password()
-    user = create_user(session=session, username=username, password=password or generated or "", role=role)
+    user = create_user(session=session, username=username, password=password or generated or "", role=role, actor=actor)
     token = create_api_token(session=session, user=user, label="issued with the account")
     return CreatedUser(user=user, token=token, generated_password=generated)
 

@@ -41,7 +41,10 @@ from ml.data import REGION_KINDS, Region
 from ml.lung_focus import LungFocus
 
 MAX_REGIONS = 20
-
+REJECT_NEEDS_REASON = (
+    "a reject needs at least one reason: tick what is wrong with the region (or 'other' with a comment)"
+)
+OTHER_NEEDS_COMMENT = "the reason 'other' needs a comment that says what is wrong with the region"
 WorklistSort = Literal["priority", "newest", "flagged"]
 WORKLIST_SORTS: tuple[str, ...] = ("priority", "newest", "flagged")
 PRIORITY_EXPLANATION = (
@@ -78,6 +81,10 @@ def add_verdict(
     unknown = [r for r in reason_list if r not in REASON_TAGS]
     if unknown:
         raise InvalidInputError(f"unknown reason tag(s) {', '.join(unknown)}; allowed: {', '.join(REASON_TAGS)}")
+    if verdict == "reject" and not reason_list:
+        raise InvalidInputError(REJECT_NEEDS_REASON)
+    if verdict == "reject" and "other" in reason_list and not (comment or "").strip():
+        raise InvalidInputError(OTHER_NEEDS_COMMENT)
     if diagnosis is not None and diagnosis not in CLASSES:
         raise InvalidInputError(f"diagnosis must be one of {', '.join(CLASSES)}")
     if "\x00" in (comment or ""):  # PostgreSQL text cannot hold it; refuse rather than alter a clinical note

@@ -38,6 +38,7 @@ from app.services.errors import (
     ServiceError,
 )
 from app.services.model_registry import get_active_model
+from app.services.training_data import chosen_dataset_dirs
 from app.services.training_params import TrainingParams
 from ml.data import SCENARIOS
 
@@ -77,7 +78,8 @@ def scenario_choices() -> list[dict[str, str]]:
 
 # ----------------------------------------------------------------------------- web side
 def create_job(*, session: Session, settings: Settings, params: TrainingParams, actor: User) -> TrainingJob:
-    """Queue a job (admin). 422 if ImageNet weights are asked for but absent, 409 if there is no dataset."""
+    """Queue a job (admin). 422 if ImageNet weights are asked for but absent or a dataset name is not
+    configured, 409 if a chosen dataset's manifest is missing."""
     from ml.pretrained import pretrained_available
     from ml.registry import get_arch
 
@@ -87,11 +89,15 @@ def create_job(*, session: Session, settings: Settings, params: TrainingParams, 
             f"ImageNet weights for {options['arch']} are not on this machine; put them in "
             "CXR_PRETRAINED_DIR or train from scratch"
         )
-    manifest = settings.resolved_dataset_dir / "manifest.csv"
-    if not manifest.is_file():
-        raise TrainingUnavailableError(
-            f"no training dataset: {manifest} not found (set CXR_DATASET_DIR to a folder with manifest.csv)"
-        )
+    datasets = chosen_dataset_dirs(settings, params.datasets)  # 422 for a name that is not configured
+    for folder in datasets.values():
+        manifest = folder / "manifest.csv"
+        if not manifest.is_file():
+            raise TrainingUnavailableError(
+                f"no training dataset: {manifest} not found (set CXR_DATASET_DIRS or CXR_DATASET_DIR to "
+                "folders with a manifest.csv)"
+            )
+    params = params.model_copy(update={"datasets": list(datasets)})  # the job records the names it uses
     try:
         parent_id: int | None = get_active_model(session=session).id
     except ModelUnavailableError:

@@ -12,8 +12,8 @@ turns "wrong evidence" boxes into forbidden and "finding" boxes into allowed reg
 (`ml.explanation`); the counts are returned with the export and shown in the job's report.
 
 An upload is excluded when its original bytes (sha256) or its decoded pixels equal an image of the
-dataset's validation or test splits: retraining on a held-out film would make the new version's
-test figures meaningless. The exclusions are counted and recorded with the job.
+validation or test split of any of the job's dataset folders: retraining on a held-out film would
+make the new version's test figures meaningless. The exclusions are counted and recorded with the job.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import csv
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +30,49 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.models import Image, Prediction, Verdict
+from app.services.errors import InvalidInputError
 from app.services.reviews import latest_verdict_ids
 from app.services.storage import FileStore, sha256_bytes
 from ml import CLASSES
-from ml.data import manifest_sha256, read_manifest
+from ml.data import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, manifest_sha256, read_manifest, read_manifests, scenario_labels
 from ml.imageio import ImageDecodeError, decode_image
 
 log = logging.getLogger(__name__)
 
 HOLDOUT_MAX_PIXELS = 100_000_000
-MANIFEST_COLUMNS = ("path", "label", "source", "patient_id", "view", "split", "regions")
 UPLOAD_SOURCE = "upload"
+
+
+def dataset_choices(settings: Settings) -> list[dict[str, Any]]:
+    """The configured dataset folders as a job may name them: `name` and whether its manifest is there."""
+    return [
+        {"name": name, "available": (folder / "manifest.csv").is_file()}
+        for name, folder in settings.resolved_dataset_dirs.items()
+    ]
+
+
+def chosen_dataset_dirs(settings: Settings, names: Sequence[str] | None) -> dict[str, Path]:
+    """name → folder of the datasets a job names (None: every configured one, in the configured
+    order). `InvalidInputError` (422) for a name that is not configured, listing the configured ones."""
+    configured = settings.resolved_dataset_dirs
+    if names is None:
+        return dict(configured)
+    unknown = [n for n in names if n not in configured]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown dataset(s) {', '.join(repr(n) for n in unknown)}; configured: {', '.join(configured)} "
+            "(CXR_DATASET_DIRS)"
+        )
+    return {n: configured[n] for n in names}
+
+
+def dataset_info(folders: dict[str, Path]) -> dict[str, Any]:
+    """What a job records of its data: every folder's name, path and manifest sha256 (`manifests`);
+    `data_dir` and `manifest_sha256` are the first folder's (as before several could be used)."""
+    manifests = [{"name": n, "data_dir": str(d), "sha256": manifest_sha256(d)} for n, d in folders.items()]
+    return {"data_dir": manifests[0]["data_dir"], "manifest_sha256": manifests[0]["sha256"], "manifests": manifests}
 
 
 def pixel_sha256(gray: np.ndarray) -> str:
@@ -117,19 +148,31 @@ def holdout_hashes(
     return {"bytes": byte_hashes, "pixels": pixel_hashes}
 
 
+def holdout_hashes_of(
+    dataset_dirs: Sequence[Path], *, cache_dir: Path, tick: Callable[[], None] = lambda: None
+) -> dict[str, set[str]]:
+    """`holdout_hashes` of several dataset folders together (each cached on its own)."""
+    out: dict[str, set[str]] = {"bytes": set(), "pixels": set()}
+    for folder in dataset_dirs:
+        hashes = holdout_hashes(folder, cache_dir=cache_dir, tick=tick)
+        out["bytes"] |= hashes["bytes"]
+        out["pixels"] |= hashes["pixels"]
+    return out
+
+
 def export_reviewed_uploads(
     *,
     session: Session,
     store: FileStore,
-    dataset_dir: Path,
+    dataset_dirs: Sequence[Path],
     out_dir: Path,
     cache_dir: Path,
     tick: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """Write `out_dir/manifest.csv` (train split only) of the reviewed uploads that are not held-out
-    images. Returns counts: `reviewed`, `added`, `excluded_holdout`, `missing_files`, `regions` (of the
-    added films: how many carry boxes, and the boxes of each kind), and the manifest's sha256 (None when
-    nothing was added and no folder was written)."""
+    images of any of `dataset_dirs`. Returns counts: `reviewed`, `added`, `excluded_holdout`,
+    `missing_files`, `regions` (of the added films: how many carry boxes, and the boxes of each kind), and
+    the manifest's sha256 (None when nothing was added and no folder was written)."""
     labels = reviewed_uploads(session=session)
     boxes = reviewed_regions(session=session)
     info: dict[str, Any] = {"reviewed": len(labels), "added": 0, "excluded_holdout": 0, "missing_files": 0}
@@ -137,7 +180,7 @@ def export_reviewed_uploads(
     if not labels:
         info["manifest_sha256"] = None
         return info
-    holdout = holdout_hashes(dataset_dir, cache_dir=cache_dir, tick=tick)
+    holdout = holdout_hashes_of(dataset_dirs, cache_dir=cache_dir, tick=tick)
     rows: list[dict[str, str]] = []
     for i, (sha, label) in enumerate(sorted(labels.items())):
         if i % 25 == 0:
@@ -169,28 +212,34 @@ def export_reviewed_uploads(
         return info
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=[*REQUIRED_COLUMNS, "regions"])
         writer.writeheader()
         writer.writerows(rows)
     info["manifest_sha256"] = manifest_sha256(out_dir)
     return info
 
 
-def write_comparison_manifest(dataset_dir: Path, out_dir: Path, *, split: str, classes: tuple[str, ...]) -> Path:
-    """A manifest of `dataset_dir`'s `split` rows whose label is in `classes` (absolute paths).
+def write_comparison_manifest(
+    dataset_dirs: Sequence[Path], out_dir: Path, *, split: str, classes: tuple[str, ...]
+) -> Path:
+    """One manifest of the `split` rows of `dataset_dirs` that a model of these `classes` is evaluated
+    on: the classes, plus each partial label all of whose candidates are among them (`pneumonia` for
+    four classes, not for normal vs COVID-19). Absolute paths; `age` and `age_group` kept.
 
     The active model is evaluated on it, so that it is compared with a new version on the very films
     the new version was tested on, even when the two were trained on different scenarios (e.g. the
     active four-class model against a new normal-vs-COVID-19 one).
     """
+    labels = scenario_labels(classes)
     rows = []
-    for record in read_manifest(dataset_dir):
-        if record.split == split and record.label in classes:
-            rows.append({"path": str(record.path), "label": record.label, "source": record.source,
-                         "patient_id": record.patient_id, "view": record.view, "split": record.split})  # fmt: skip
+    for record in read_manifests(list(dataset_dirs)):
+        if record.split == split and record.label in labels:
+            row = {c: str(getattr(record, c)) for c in ("label", "source", "patient_id", "view", "split")}
+            age = "" if record.age is None else str(record.age)
+            rows.append({**row, "path": str(record.path), "age": age, "age_group": record.age_group})
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=[*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS])
         writer.writeheader()
         writer.writerows(rows)
     return out_dir

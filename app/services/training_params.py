@@ -3,22 +3,26 @@
 `TrainingParams` — the request body of `POST /api/v1/training-jobs`, validated before anything is
 queued (bad values → 422) — is generated from the spec's public fields under their public names
 (`architecture`, `learning_rate`, ...) with their types, defaults, bounds, choices and help, so the
-OpenAPI schema shows them all; `JobParams` adds what only a job has (`include_reviewed`).
+OpenAPI schema shows them all; `JobParams` adds what only a job has: `include_reviewed`, and
+`datasets`, the job's choice among the service's configured dataset folders *by name* (`cxr`,
+`cxr-adult`; `Settings.resolved_dataset_dirs`). The spec's `data_dirs` are paths, local to the
+machine that trains, so a job never names a path: the worker turns the names into its own folders.
+Names are checked against the configuration when the job is created (`training.create_job`).
 `form_fields()` / `form_defaults()` / `form_values()` give the admin form the same fields. A new
 public option in `ml/config.py` appears here, in the schema and in the form without an edit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from ml.config import ConfigField, TrainConfig, public_fields
 
-Widget = Literal["select", "radio", "checkbox", "number"]
+Widget = Literal["select", "radio", "checkbox", "checkboxes", "number"]
 
 
 class JobParams(BaseModel):
@@ -31,6 +35,26 @@ class JobParams(BaseModel):
         title="Add reviewed uploads (those with a reviewer diagnosis) to the training split",
         description="add uploads with a reviewer diagnosis to the training split (never val/test images)",
     )
+    datasets: list[str] | None = Field(
+        None,
+        title="Datasets",
+        description="the dataset folders to train, validate and test on, read together, by name: some of the "
+        "service's configured ones (GET /api/v1/training-datasets; CXR_DATASET_DIRS); default: all of them",
+        examples=[["cxr", "cxr-adult"]],
+    )
+
+    @field_validator("datasets")
+    @classmethod
+    def _datasets_named_once(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        names = [name.strip() for name in value]
+        if not names or not all(names):
+            raise ValueError("choose at least one dataset (by name; leave the field out for all configured ones)")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"dataset(s) {', '.join(twice)} named twice")
+        return names
 
     def train_options(self) -> dict[str, Any]:
         """The training options asked for, under `TrainConfig`'s field names (`arch`, `lr`, ...)."""
@@ -126,9 +150,10 @@ class FormField:
         return "f-" + self.name.replace("_", "-")
 
 
-def form_fields(architectures: list[dict[str, Any]]) -> list[FormField]:
+def form_fields(architectures: list[dict[str, Any]], datasets: Sequence[str] = ()) -> list[FormField]:
     """The form's inputs: every public training option, then the job's own options. `architectures`
-    are `architecture_choices()` rows (the registry, with whether ImageNet weights are here)."""
+    are `architecture_choices()` rows (the registry, with whether ImageNet weights are here);
+    `datasets` the configured dataset names (one checkbox each)."""
     out = []
     for f in public_fields():
         o = f.option
@@ -148,21 +173,33 @@ def form_fields(architectures: list[dict[str, Any]]) -> list[FormField]:
             out.append(FormField(f.public, label, "number", o.help, not f.optional, low, o.maximum,
                                  "1" if f.kind == "int" else "any"))  # fmt: skip
     for name, info in JobParams.model_fields.items():
+        if name in MULTI_CHOICE:
+            rows = [(d, d) for d in datasets]
+            out.append(FormField(name, info.title or name, "checkboxes", info.description or "", choices=rows))
+            continue
         assert info.annotation is bool, f"the form shows job options as checkboxes only, not {name}"
         out.append(FormField(name, info.title or name, "checkbox", info.description or ""))
     return out
 
 
-def form_defaults() -> dict[str, Any]:
-    """What the form shows before anything was typed: the fields' defaults (or examples)."""
+MULTI_CHOICE = ("datasets",)
+"""Job options the form shows as a group of checkboxes (one per value; posted as a list)."""
+
+
+def form_defaults(datasets: Sequence[str] = ()) -> dict[str, Any]:
+    """What the form shows before anything was typed: the fields' defaults (or examples); every
+    configured dataset (`datasets`) ticked."""
     values: dict[str, Any] = {f.public: f.option.example if f.required else f.default for f in public_fields()}
     values.update({name: info.default for name, info in JobParams.model_fields.items()})
+    values["datasets"] = list(datasets) or None
     return values
 
 
-def form_values(posted: Mapping[str, str]) -> dict[str, Any]:
+def form_values(posted: Mapping[str, Any]) -> dict[str, Any]:
     """The posted form as the values `TrainingParams` validates: a checkbox is sent only when ticked, a
-    blank optional number is None, a field not sent at all gets its default."""
+    blank optional number is None, a field not sent at all gets its default; a checkbox group
+    (`MULTI_CHOICE`) is posted as the list of its ticked values (with a blank one, so that a group with
+    nothing ticked is sent too, and refused, rather than taken for its default)."""
     values: dict[str, Any] = {}
     for f in public_fields():
         if f.kind == "bool":
@@ -171,5 +208,10 @@ def form_values(posted: Mapping[str, str]) -> dict[str, Any]:
             text = posted[f.public]
             values[f.public] = (text.strip() or None) if f.optional else text
     for name in JobParams.model_fields:
-        values[name] = name in posted
+        if name in MULTI_CHOICE:
+            if name in posted:  # the form always sends the group (a blank hidden input), ticked or not
+                ticked = posted[name]
+                values[name] = [v for v in ([ticked] if isinstance(ticked, str) else ticked) if v.strip()]
+        else:
+            values[name] = name in posted
     return values

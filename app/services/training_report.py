@@ -125,6 +125,30 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "error_ci95": report.get("error_ci95"),
         "sensitivity": {c: report["per_class"][c].get("sensitivity") for c in CLASSES},
         "lung_focus": _lung_focus_headline(report.get("lung_focus")),
+        "three_group": _three_group_headline(report.get("three_group")),
+        "confound": _confound_headline(report.get("confound")),
+    }
+
+
+def _three_group_headline(three_group: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Normal / non-COVID pneumonia / COVID-19 over every film (None: a report made before it existed)."""
+    if not three_group:
+        return None
+    return {k: three_group.get(k) for k in ("n", "accuracy", "covid19_sensitivity", "covid19_specificity")}
+
+
+def _confound_headline(confound: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Per age group and per source: the share of non-COVID films called COVID-19 and the COVID-19
+    sensitivity (the age/source shortcut check; see ml.confound)."""
+    if not confound:
+        return None
+    keys = ("non_covid", "non_covid_called_covid19_share", "covid19", "covid19_sensitivity")
+    return {
+        "all": {k: confound["all"].get(k) for k in keys},
+        **{
+            by: {name: {k: row.get(k) for k in keys} for name, row in confound[by].items()}
+            for by in ("by_age_group", "by_source")
+        },
     }
 
 

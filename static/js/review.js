@@ -1,6 +1,6 @@
 /* cxr-review reading station: small progressive enhancements. Every page works without this file
    (forms post, links navigate); with it:
-   - case page: switch heat-map class (1-4), view mode (H heat map / F plain film / S side by side)
+   - case page: switch heat-map class (fixed keys: 1 normal, 2 bacterial, 3 viral, 4 COVID-19), view mode (H heat map / F plain film / S side by side)
      without reloading; L (or the checkbox) shows/hides the lung outline over the heat maps (shown on
      every page load); A = approve, R = reject (first R opens the reasons, second R submits),
      N = next waiting case after a save; while the reject panel is open, dragging on the heat map
@@ -13,6 +13,8 @@
   document.documentElement.classList.remove("no-js");
   document.documentElement.classList.add("js");
 
+  // Fixed class keys, whatever the rail's order (it is sorted by probability on each case).
+  var CLASS_KEYS = { 1: "normal", 2: "bacterial", 3: "viral", 4: "covid19" };
   var NOT_TYPED = { checkbox: true, radio: true, button: true, submit: true, reset: true };
 
   function typingIn(target) {
@@ -41,6 +43,10 @@
     var shown = document.getElementById("shown-class");
     var thumbs = Array.prototype.slice.call(document.querySelectorAll(".class-thumb"));
     var modeLinks = Array.prototype.slice.call(document.querySelectorAll("#view-switch a[data-view]"));
+
+    function thumbOf(cls) {
+      return thumbs.filter(function (t) { return t.dataset.cls === cls; })[0];
+    }
 
     function selectClass(thumb) {
       overlay.src = thumb.dataset.src;
@@ -129,8 +135,34 @@
         panel.querySelectorAll("input[name=reasons], input[name=regions]").forEach(function (box) { box.disabled = true; });
       });
     }
+    var drafts = form ? initDraft(form, panel, openReject, boxes) : null;
+    var rejectError = document.getElementById("reject-client-error");
+
+    function rejectProblem() {
+      var ticked = Array.prototype.map.call(panel.querySelectorAll("input[name=reasons]:checked"), function (b) { return b.value; });
+      if (!ticked.length) return "Tick at least one reason for the reject (or \u201cother\u201d with a comment).";
+      var comment = form.querySelector("textarea[name=comment]");
+      if (ticked.indexOf("other") >= 0 && comment && !comment.value.trim()) return "\u201cOther\u201d needs a comment: say what is wrong with the region.";
+      return null;
+    }
+
     if (form) {
-      form.addEventListener("submit", function () {
+      form.addEventListener("submit", function (e) {
+        var button = e.submitter;
+        if (button && button.value === "reject" && panel && panel.classList.contains("is-open")) {
+          var problem = rejectProblem();
+          if (problem) {
+            e.preventDefault();
+            rejectError.textContent = problem;
+            rejectError.hidden = false;
+            if (/comment/.test(problem)) {
+              document.getElementById("extras").open = true;
+              form.querySelector("textarea[name=comment]").focus();
+            }
+            return;
+          }
+        }
+        if (drafts && button) drafts.save(button.value);
         // One click, one verdict: block double submits while the page reloads.
         window.setTimeout(function () {
           form.querySelectorAll("button[type=submit]").forEach(function (b) { b.disabled = true; });
@@ -152,8 +184,8 @@
         showOutline(!outlineToggle.checked);
       } else if (key === "h" || key === "f" || key === "s") {
         setView({ h: "overlay", f: "film", s: "side" }[key]);
-      } else if (/^[1-4]$/.test(key) && thumbs[Number(key) - 1]) {
-        selectClass(thumbs[Number(key) - 1]);
+      } else if (CLASS_KEYS[key] && thumbOf(CLASS_KEYS[key])) {
+        selectClass(thumbOf(CLASS_KEYS[key]));
       } else if (key === "n" && document.getElementById("next-case")) {
         window.location.href = document.getElementById("next-case").href;
       } else if (key === "escape" && panel && panel.classList.contains("is-open")) {
@@ -172,8 +204,9 @@
   function initRegions(image) {
     var layer = document.getElementById("region-layer");
     var input = document.getElementById("regions-input");
-    var list = document.getElementById("region-list");
-    if (!layer || !input || !list || !image) return null;
+    var tools = document.getElementById("region-tools");
+    var count = document.getElementById("region-count");
+    if (!layer || !input || !tools || !image) return null;
     var kindButtons = Array.prototype.slice.call(document.querySelectorAll("[data-region-kind]"));
     var kind = "wrong_evidence";
     var regions = [];
@@ -204,25 +237,36 @@
       el.style.height = ((b[3] - b[1]) * p.height) + "px";
     }
     function render() {
-      input.value = regions.length ? JSON.stringify(regions) : "";
+      var value = regions.length ? JSON.stringify(regions) : "";
+      if (value !== input.value) {
+        input.value = value;
+        input.dispatchEvent(new Event("change", { bubbles: true }));  // the verdict draft keeps the boxes too
+      }
       layer.querySelectorAll(".region-box").forEach(function (el) { el.remove(); });
-      list.textContent = "";
+      var kinds = { wrong_evidence: 0, finding: 0 };
       regions.forEach(function (r, i) {
+        kinds[r.kind] = (kinds[r.kind] || 0) + 1;
         var el = document.createElement("div");
         el.className = "region-box kind-" + r.kind;
+        el.title = KIND_LABELS[r.kind];
         el.textContent = String(i + 1);
-        place(el, r.box);
-        layer.appendChild(el);
-        var item = document.createElement("li");
-        item.textContent = KIND_LABELS[r.kind] + " ";
         var remove = document.createElement("button");
         remove.type = "button";
-        remove.textContent = "remove";
+        remove.className = "region-remove";
+        remove.textContent = "\u00d7";
         remove.setAttribute("aria-label", "Remove box " + (i + 1));
+        remove.addEventListener("pointerdown", function (e) { e.stopPropagation(); });  // not the start of a new box
         remove.addEventListener("click", function () { regions.splice(i, 1); render(); });
-        item.appendChild(remove);
-        list.appendChild(item);
+        el.appendChild(remove);
+        place(el, r.box);
+        layer.appendChild(el);
       });
+      if (count) {
+        var parts = [];
+        if (kinds.wrong_evidence) parts.push(kinds.wrong_evidence + " wrong evidence");
+        if (kinds.finding) parts.push(kinds.finding + " finding");
+        count.textContent = parts.length ? "\u00b7 " + parts.join(", ") : "";
+      }
     }
 
     kindButtons.forEach(function (b) {
@@ -262,9 +306,89 @@
     if (image.complete) render(); else image.addEventListener("load", render);
 
     return {
-      drawing: function (on) { layer.classList.toggle("is-drawing", on); },
+      drawing: function (on) {
+        layer.classList.toggle("is-drawing", on);
+        tools.hidden = !on;
+      },
       count: function () { return regions.length; },
+      load: function (list) { regions = Array.isArray(list) ? list : []; render(); },
     };
+  }
+
+  /* ---------------------------------------------------- verdict drafts (nothing lost) */
+  /* The verdict being written (choice, reasons, boxes, diagnosis, comment) is kept in sessionStorage under the
+     form's data-draft-key on every change and on submit. It is removed only when the page comes back
+     with data-saved (the server stored it). So a session that expired (submit → login → this page) or
+     a stale form ("Form expired" → back) finds it again: restored into the form and offered with
+     "Submit it" / "Discard", never dropped silently. */
+  function initDraft(form, panel, openReject, boxes) {
+    var regionsInput = form.querySelector("input[name=regions]");
+    var key = "cxr-draft:" + form.dataset.draftKey;
+    var store;
+    try { store = window.sessionStorage; } catch (err) { return null; }
+    if (!store) return null;
+
+    function read() {
+      try { return JSON.parse(store.getItem(key) || "null"); } catch (err) { return null; }
+    }
+    function current(verdict) {
+      var previous = read();
+      return {
+        verdict: verdict || (previous && previous.verdict) || null,
+        reasons: Array.prototype.map.call(form.querySelectorAll("input[name=reasons]:checked"), function (b) { return b.value; }),
+        diagnosis: form.querySelector("select[name=diagnosis]").value,
+        comment: form.querySelector("textarea[name=comment]").value,
+        regions: regionsInput ? regionsInput.value : "",
+      };
+    }
+    function meaningful(d) {
+      return d && (d.verdict || d.reasons.length || d.diagnosis || d.comment.trim() || d.regions);
+    }
+    function save(verdict) {
+      var d = current(verdict);
+      if (meaningful(d)) store.setItem(key, JSON.stringify(d));
+      else store.removeItem(key);
+    }
+    function clear() { store.removeItem(key); }
+
+    if (form.dataset.saved) {
+      clear();
+    } else {
+      var draft = read();
+      if (meaningful(draft) && !form.dataset.formError) restore(draft);
+    }
+    form.addEventListener("change", function () { save(); });
+    form.addEventListener("input", function () { save(); });
+
+    function restore(d) {
+      form.querySelectorAll("input[name=reasons]").forEach(function (b) { b.checked = d.reasons.indexOf(b.value) >= 0; });
+      form.querySelector("select[name=diagnosis]").value = d.diagnosis || "";
+      form.querySelector("textarea[name=comment]").value = d.comment || "";
+      if (d.diagnosis || d.comment) document.getElementById("extras").open = true;
+      if (d.regions && boxes) {
+        try { boxes.load(JSON.parse(d.regions)); } catch (err) { boxes.load([]); }
+      }
+      if (d.verdict === "reject" || d.reasons.length || d.regions) openReject();
+      var banner = document.getElementById("draft-banner");
+      var text = document.getElementById("draft-text");
+      var what = d.verdict === "approve" ? "An approval" : d.verdict === "reject" ? "A reject" : "A verdict";
+      text.textContent = what + " you were writing here was not saved yet (the session or the form had expired); it is restored below.";
+      banner.hidden = false;
+      document.getElementById("draft-submit").hidden = !d.verdict;
+      document.getElementById("draft-submit").addEventListener("click", function () {
+        var button = d.verdict === "approve" ? document.getElementById("approve-btn") : document.getElementById("reject-submit");
+        if (d.verdict === "reject") openReject();
+        button.click();  // through the buttons' own handlers (an approval drops ticked reasons)
+      });
+      document.getElementById("draft-discard").addEventListener("click", function () {
+        clear();
+        form.reset();
+        form.querySelectorAll("input[name=reasons]").forEach(function (b) { b.checked = false; });
+        if (boxes) boxes.load([]);
+        banner.hidden = true;
+      });
+    }
+    return { save: save, clear: clear };
   }
 
   /* ------------------------------------------------------------------ upload page */
@@ -291,6 +415,12 @@
       }, 0);
     });
   }
+
+  // A page restored from the back/forward cache after logout must not show a film: ask the server again
+  // (every authenticated reply is no-store, so this only matters for browsers that cache regardless).
+  window.addEventListener("pageshow", function (e) {
+    if (e.persisted) window.location.reload();
+  });
 
   document.addEventListener("DOMContentLoaded", function () {
     initCase();

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,49 @@ def test_development_generates_and_keeps_a_secret(tmp_path: Path) -> None:
     second = Settings(data_dir=tmp_path).prepared().secret_key
     assert first and first == second and len(first) >= 32
     assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0  # readable by the owner only
+
+
+def test_dataset_dirs_default_to_both_shared_folders(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CXR_DATASET_DIRS", raising=False)
+    monkeypatch.delenv("CXR_DATASET_DIR", raising=False)
+    shared = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    assert Settings().resolved_dataset_dirs == {"cxr": shared / "cxr", "cxr-adult": shared / "cxr-adult"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{a}:{b}",  # os.pathsep-separated
+        " {a} : {b} :",  # blanks around and a trailing separator are ignored
+        '["{a}", "{b}"]',  # a JSON list
+    ],
+)
+def test_dataset_dirs_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str) -> None:
+    a, b = tmp_path / "cxr", tmp_path / "more" / "cxr-adult"
+    monkeypatch.setenv("CXR_DATASET_DIRS", text.replace(":", os.pathsep).format(a=a, b=b))
+    monkeypatch.setenv("CXR_DATASET_DIR", str(tmp_path / "ignored"))
+    assert Settings().resolved_dataset_dirs == {"cxr": a, "cxr-adult": b}
+
+
+def test_dataset_dir_is_a_one_folder_alias(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("CXR_DATASET_DIRS", raising=False)
+    monkeypatch.setenv("CXR_DATASET_DIR", str(tmp_path / "mine"))
+    assert Settings().resolved_dataset_dirs == {"mine": tmp_path / "mine"}
+    monkeypatch.setenv("CXR_DATASET_DIRS", "  ")  # blank: unset, the alias counts
+    assert Settings().resolved_dataset_dirs == {"mine": tmp_path / "mine"}
+    assert Settings(dataset_dirs=[tmp_path / "x"]).resolved_dataset_dirs == {"x": tmp_path / "x"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('["a", 3]', "must be a list of folder paths"),
+        ("[a, b]", "looks like a JSON list but is not one"),
+        ("[]", "at least one folder"),
+        ("one/cxr:two/cxr", "cxr names two folders"),
+    ],
+)
+def test_bad_dataset_dirs_are_a_clear_error(monkeypatch: pytest.MonkeyPatch, text: str, message: str) -> None:
+    monkeypatch.setenv("CXR_DATASET_DIRS", text.replace(":", os.pathsep))
+    with pytest.raises(ValidationError, match=message):
+        Settings()

@@ -251,6 +251,7 @@ def test_upload_through_the_form_opens_the_case(env: Env, reviewer: TestClient, 
     assert "CAM</strong>" in r.text
     assert "blue = little evidence" in r.text and "red = strongest evidence for this class" in r.text
     assert "pediatric (Kermany)" in r.text and "COVID-19 films are adult" in r.text
+    assert "one hospital (NIH ChestX-ray14" in r.text and "arrows, letters, crops" in r.text
     for c in CLASSES:
         assert f'value="{result.probabilities[c]:.4f}"' in r.text  # one probability bar per class
 
@@ -400,7 +401,7 @@ def test_boxes_posted_with_the_form_are_stored_and_bad_ones_shown_back(
 ) -> None:
     model_id = focus_model(reviewer, case)
     boxes = [{"kind": "wrong_evidence", "box": [0.05, 0.05, 0.3, 0.2]}]
-    r = post_verdict(reviewer, case, model_id, verdict="reject", regions=json.dumps(boxes))
+    r = post_verdict(reviewer, case, model_id, verdict="reject", reasons=["text_or_marker"], regions=json.dumps(boxes))
     assert r.status_code == 303
     with env.session() as s:
         latest = s.scalars(select(Verdict).where(Verdict.prediction_id == case).order_by(Verdict.id.desc())).first()
@@ -412,7 +413,7 @@ def test_boxes_posted_with_the_form_are_stored_and_bad_ones_shown_back(
         ("{not json", "could not be read"),
         (json.dumps([{"kind": "wrong_evidence", "box": [0.5, 0.1, 0.2, 0.3]}]), "0 ≤ x0 < x1 ≤ 1"),
     ):
-        r = post_verdict(reviewer, case, model_id, verdict="reject", regions=bad)
+        r = post_verdict(reviewer, case, model_id, verdict="reject", reasons=["text_or_marker"], regions=bad)
         assert r.status_code == 422 and r.template.name == "case.html" and message in r.context["form_error"]
         assert r.context["form"]["regions"] == bad  # kept, so the page's script can draw them again
     r = post_verdict(reviewer, case, model_id, verdict="approve", regions=json.dumps(boxes))

@@ -21,11 +21,11 @@ def test_two_process_cpu_ddp_job(cxr_data_dir: Path, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "var", train_nproc=2, train_max_steps=2, train_device="cpu")
     params = TrainingParams(architecture="cnnx", scenario="s1", epochs=1, batch_size=2)
     out, events, config_file = tmp_path / "out", tmp_path / "events.jsonl", tmp_path / "train-config.json"
-    config = job_train_config(params, settings, dataset_dir=data, out=out)
+    config = job_train_config(params, settings, dataset_dirs=[data], out=out)
     assert (config.arch, config.scenario, config.epochs, config.batch_size) == ("cnnx", "s1", 1, 2)
     assert (config.max_steps_per_epoch, config.device, config.input_mode) == (2, "cpu", "full")  # the worker's cap
     cropped = job_train_config(
-        params.model_copy(update={"input_mode": "lung-crop"}), settings, dataset_dir=data, out=out
+        params.model_copy(update={"input_mode": "lung-crop"}), settings, dataset_dirs=[data], out=out
     )
     assert cropped.input_mode == "lung-crop"
     config_file.write_text(config.to_json())

@@ -21,9 +21,12 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import DatabaseError
 
 from app.models import AuditEntry, MLModel, TrainingJob, utcnow
-from app.services import training
+from app.services import training, training_report
 from app.services.training_data import export_reviewed_uploads
+from ml import CLASSES
+from ml.confound import confound_figures
 from ml.data import read_manifest
+from ml.metrics import classification_report
 from tests.app.conftest import Env, start_env
 from tests.support.checkpoints import write_untrained_cnnx
 from tests.support.postgres import PostgresCluster
@@ -105,6 +108,7 @@ def test_reviewers_get_403_on_every_training_endpoint(env: Env) -> None:
         ("GET", f"/api/v1/training-jobs/{job['id']}/report", None),
         ("GET", f"/api/v1/training-jobs/{job['id']}/charts/curves.png", None),
         ("GET", "/api/v1/architectures", None),
+        ("GET", "/api/v1/training-datasets", None),
         ("GET", "/api/v1/audit-log", None),
         ("POST", "/api/v1/models/1/activate", None),
     ):
@@ -122,7 +126,8 @@ def test_queued_job_contract_cancel_and_audit(env: Env) -> None:
     assert job["status"] == "queued" and job["progress"] == 0.0 and job["model_id"] is None and job["error"] is None
     assert job["params"] == {**GOOD, "learning_rate": 3e-4, "seed": 0, "pretrained": False,
                              "include_reviewed": False, "max_steps_per_epoch": None,
-                             "input_mode": "full", "explanation_weight": 0.0}  # fmt: skip
+                             "input_mode": "full", "explanation_weight": 0.0,
+                             "datasets": [env.settings.dataset_dir.name]}  # fmt: skip
     with env.session() as s:
         active = s.scalar(select(MLModel).where(MLModel.active.is_(True)))
     assert job["parent_model_id"] == active.id  # the version it would replace
@@ -294,7 +299,7 @@ def test_reviewed_uploads_export_leaves_out_held_out_films(env: Env, tiny_datase
     out = tmp_path / "reviewed"
     with env.session() as s:
         info = export_reviewed_uploads(
-            session=s, store=env.app.state.ctx.store, dataset_dir=tiny_dataset, out_dir=out, cache_dir=tmp_path / "c"
+            session=s, store=env.app.state.ctx.store, dataset_dirs=[tiny_dataset], out_dir=out, cache_dir=tmp_path / "c"
         )
     assert info["reviewed"] == 2 and info["added"] == 1 and info["excluded_holdout"] == 1
     exported = read_csv(out / "manifest.csv")
@@ -317,14 +322,14 @@ def test_reviewed_uploads_export_carries_the_boxes_of_the_verdicts_that_count(
     second = {"kind": "wrong_evidence", "box": [0.7, 0.0, 1.0, 0.15]}
     finding = {"kind": "finding", "box": [0.2, 0.3, 0.45, 0.6]}
     for who, regions in (("reviewer", [first]), ("reviewer", [second]), ("admin", [finding, second])):
-        body = {"model_id": case["results"][0]["model_id"], "verdict": "reject", "diagnosis": "normal",
-                "regions": regions}  # fmt: skip
+        body = {"model_id": case["results"][0]["model_id"], "verdict": "reject", "reasons": ["text_or_marker"],
+                "diagnosis": "normal", "regions": regions}  # fmt: skip
         r = env.client.post(f"/api/v1/predictions/{case['id']}/verdicts", headers=env.auth(who), json=body)
         assert r.status_code == 201, r.text
     out = tmp_path / "reviewed"
     with env.session() as s:
         info = export_reviewed_uploads(
-            session=s, store=env.app.state.ctx.store, dataset_dir=tiny_dataset, out_dir=out, cache_dir=tmp_path / "c"
+            session=s, store=env.app.state.ctx.store, dataset_dirs=[tiny_dataset], out_dir=out, cache_dir=tmp_path / "c"
         )
     # the reviewer's first box was superseded by their second verdict; the admin's repeat of it counts once
     assert info["regions"] == {"films": 1, "wrong_evidence": 1, "finding": 1}
@@ -414,3 +419,48 @@ def test_training_form_refuses_bad_values_queues_good_ones_and_needs_csrf(env: E
 
 def get_status(env: Env, job_id: int) -> str:
     return env.client.get(f"/api/v1/training-jobs/{job_id}", headers=env.auth("admin")).json()["status"]
+
+
+def shortcut_report(labels: list[str], predicted: list[str], sources: list[str], ages: list[str]) -> dict[str, Any]:
+    """An ml.evaluate-shaped report of hand-made predictions (4-class figures over the 4-class rows)."""
+    full = [(CLASSES.index(t), CLASSES.index(p)) for t, p in zip(labels, predicted, strict=True) if t in CLASSES]
+    report = classification_report([t for t, _ in full], [p for _, p in full])
+    return {**report, "by_source": {}, **confound_figures(labels, predicted, sources=sources, age_groups=ages)}
+
+
+def test_job_page_shows_the_shortcut_check_of_both_models(env: Env) -> None:
+    # 2 Kermany children (normal, bacterial), 3 NIH adults (normal, 2 pneumonia), 2 Hannover COVID-19 adults
+    labels = ["normal", "bacterial", "normal", "pneumonia", "pneumonia", "covid19", "covid19"]
+    sources = ["kermany", "kermany", "nih", "nih", "nih", "hannover", "hannover"]
+    ages = ["child", "child", "adult", "adult", "adult", "adult", "adult"]
+    # the active model calls every adult film COVID-19; the new one one NIH pneumonia film, and misses a COVID-19 one
+    active = shortcut_report(labels, ["normal", "bacterial", *["covid19"] * 5], sources, ages)
+    new = shortcut_report(labels, ["normal", "viral", "normal", "viral", "covid19", "covid19", "normal"], sources, ages)
+    assert training_report.summary(new)["confound"]["by_age_group"]["adult"] == {
+        "non_covid": 3, "non_covid_called_covid19_share": 1 / 3, "covid19": 2, "covid19_sensitivity": 0.5,
+    }  # fmt: skip
+    report = {"split": "test", "model": {"id": 1, "name": "cnnx-s2", "version": 9, "report": new},
+              "active": {"id": 2, "name": "resnet18-s2", "version": 1, "report": active}, "history": [],
+              "dataset": {}, "charts": []}  # fmt: skip
+    with env.session() as s:
+        job = TrainingJob(params=GOOD, epochs=1, status="succeeded", report=report, finished_at=utcnow())
+        before = {**report, "model": {**report["model"], "report": {"per_class": {}}}, "active": None}
+        old = TrainingJob(params=GOOD, epochs=1, status="succeeded", finished_at=utcnow(), report=before)
+        s.add_all([job, old])
+        s.commit()
+        job_id, old_id = job.id, old.id
+    page = env.client.get(f"/admin/training/{job_id}", headers=env.auth("admin"))
+    assert page.status_code == 200
+    html = " ".join(page.text.split())
+    # three-group matrix: new [[2,0,0],[0,2,1],[1,0,1]] beside the active [[1,0,1],[0,1,2],[0,0,2]]
+    row = html[html.index('<th scope="row">non-COVID pneumonia</th>') :].split("</tr>")[0]
+    assert [c.split("<")[0] for c in row.split('<td class="num">')[1:]] == ["0", "2", "1", "0", "1", "2"]
+    rates = "COVID-19 sensitivity <strong>50.0 %</strong>, specificity <strong>80.0 %</strong> (new)"
+    assert f"{rates}; 100.0 % and 40.0 % (active)" in html
+    # confound rows: adults' non-COVID films called COVID-19, new 1 of 3, active 3 of 3
+    adult = html[html.index("Age: adult") :]
+    cells = [c.split("<")[0].strip() for c in adult.split('<td class="num')[1:7]]
+    assert [c.split(">", 1)[1] for c in cells] == ["3", "33.3 %", "50.0 %", "3", "100.0 %", "100.0 %"]
+    assert "Source: nih" in html and "Age: child" in html and 'id="by-age-group"' in html
+    old_page = env.client.get(f"/admin/training/{old_id}", headers=env.auth("admin"))
+    assert old_page.status_code == 200 and 'id="confound-missing"' in old_page.text

@@ -13,6 +13,7 @@ real films (CNN-X, scenario s1, steps per epoch capped by CXR_TRAIN_MAX_STEPS):
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -63,11 +64,23 @@ class WorkerProcess:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
 
 
+ADULT_PLAN = {
+    ("train", "normal", "nih"): 2, ("train", "covid19", "cxnet"): 2, ("val", "normal", "nih"): 1,
+    ("val", "covid19", "cxnet"): 1, ("test", "normal", "nih"): 1, ("test", "covid19", "cxnet"): 1,
+    ("test", "pneumonia", "nih"): 1,  # not a class of scenario s1: left out of its training and test
+}  # fmt: skip
+"""A second dataset folder of real adult films (cxr-adult), so that a job trains on two."""
+
+
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, cxr_data_dir: Path) -> Iterator[Env]:
-    tiny = write_tiny_manifest(cxr_data_dir, tmp_path_factory.mktemp("tiny-cxr"))
+def env(tmp_path_factory: pytest.TempPathFactory, cxr_data_dir: Path, cxr_adult_data_dir: Path) -> Iterator[Env]:
+    root = tmp_path_factory.mktemp("datasets")
+    folders = [write_tiny_manifest(cxr_data_dir, root / "tiny-cxr"),
+               write_tiny_manifest(cxr_adult_data_dir, root / "tiny-adult", ADULT_PLAN)]  # fmt: skip
     with ExitStack() as stack:
-        yield start_env(stack, tmp_path_factory.mktemp("data"), dataset_dir=tiny, worker_stale_seconds=STALE_SECONDS)
+        yield start_env(
+            stack, tmp_path_factory.mktemp("data"), dataset_dirs=folders, worker_stale_seconds=STALE_SECONDS
+        )
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +89,7 @@ def worker(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worke
         **os.environ,
         "CXR_ENV": "development",
         "CXR_DATA_DIR": str(env.settings.data_dir),
-        "CXR_DATASET_DIR": str(env.settings.dataset_dir),
+        "CXR_DATASET_DIRS": json.dumps([str(d) for d in env.settings.resolved_dataset_dirs.values()]),
         "CXR_TRAIN_MAX_STEPS": str(MAX_STEPS),
         "CXR_TRAIN_THREADS": "1",
         "CXR_WORKER_POLL_SECONDS": "0.3",
@@ -150,7 +163,7 @@ def review(env: Env, film: Path, diagnosis: str) -> None:
 
 
 def tiny_film(env: Env, split: str, label: str) -> Path:
-    with (Path(env.settings.dataset_dir) / "manifest.csv").open(newline="") as fh:
+    with (env.settings.resolved_dataset_dirs["tiny-cxr"] / "manifest.csv").open(newline="") as fh:
         return Path(next(r["path"] for r in csv.DictReader(fh) if r["split"] == split and r["label"] == label))
 
 
@@ -168,10 +181,18 @@ def test_job_succeeds_is_promoted_used_and_rolled_back(env: Env, worker: WorkerP
     assert job["progress"] == 1.0 and job["epoch"] == SHORT["epochs"] and job["steps_per_epoch"] == MAX_STEPS
     history = job["metrics"]["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3] and all(h["val_accuracy"] is not None for h in history)
-    assert job["metrics"]["test"]["n"] == 6  # s1 on the tiny test split: 3 normal + 3 COVID-19
+    assert job["metrics"]["test"]["n"] == 6 + 2  # s1 on both test splits: 3 + 1 normal, 3 + 1 COVID-19
     reviewed = job["dataset"]["reviewed_uploads"]
     assert (reviewed["reviewed"], reviewed["added"], reviewed["excluded_holdout"]) == (2, 1, 1)
-    assert job["metrics"]["train_images"] == 12 + 1  # the tiny set's s1 training films + the upload
+    assert job["metrics"]["train_images"] == 12 + 4 + 1  # both folders' s1 training films + the upload
+    # both dataset folders (by default every configured one), recorded and handed to the trainer
+    folders = env.settings.resolved_dataset_dirs
+    assert job["params"]["datasets"] == ["tiny-cxr", "tiny-adult"]
+    assert [(m["name"], m["data_dir"]) for m in job["dataset"]["manifests"]] == [
+        (name, str(folder.resolve())) for name, folder in folders.items()
+    ]
+    config = json.loads((env.settings.training_dir / f"job-{job['id']}" / "train-config.json").read_text())
+    assert config["data_dirs"] == [str(folder.resolve()) for folder in folders.values()]
 
     models = {m["id"]: m for m in env.client.get("/api/v1/models", headers=env.auth("reviewer")).json()}
     new, parent = models[job["model_id"]], models[job["parent_model_id"]]
@@ -180,7 +201,7 @@ def test_job_succeeds_is_promoted_used_and_rolled_back(env: Env, worker: WorkerP
     assert new["data_manifest_sha256"] == job["dataset"]["manifest_sha256"]
     assert new["hparams"]["epochs"] == 3 and new["hparams"]["max_steps_per_epoch"] == MAX_STEPS
     assert new["hparams"]["training_job_id"] == job["id"] and new["hparams"]["reviewed_uploads_added"] == 1
-    assert set(new["metrics"]) == {"val", "test"} and new["metrics"]["test"]["n"] == 6
+    assert set(new["metrics"]) == {"val", "test"} and new["metrics"]["test"]["n"] == 8
     assert new["hparams"]["input_mode"] == "lung-crop"
     headline = job["metrics"]["test"]["lung_focus"]
     assert headline["threshold"] == 0.5 and 0.0 <= headline["median"] <= 1.0
@@ -189,12 +210,21 @@ def test_job_succeeds_is_promoted_used_and_rolled_back(env: Env, worker: WorkerP
     report = env.client.get(job["report_url"], headers=env.auth("admin")).json()
     assert report["model"]["id"] == new["id"] and report["active"]["id"] == parent["id"]
     assert report["model"]["report"]["accuracy"] == job["metrics"]["test"]["accuracy"]
-    assert set(report["model"]["report"]["by_source"]) == {"kermany", "hannover"}
+    assert set(report["model"]["report"]["by_source"]) == {"kermany", "hannover", "nih", "cxnet"}
     assert report["active"]["report"]["n"] == report["model"]["report"]["n"]  # the same films
+    # the shortcut check: children's and adults' films, both models on the same films
+    for side in ("model", "active"):
+        confound = report[side]["report"]["confound"]
+        assert set(confound["by_age_group"]) == {"child", "adult"} and confound["by_source"]["nih"]["non_covid"] == 1
+        assert report[side]["report"]["three_group"]["n"] == 8
+    assert job["metrics"]["test"]["confound"]["by_age_group"]["child"]["non_covid"] == 3
+    page = env.client.get(f"/admin/training/{job['id']}", headers=env.auth("admin"))
+    assert page.status_code == 200 and 'id="confound"' in page.text and "Source: nih" in page.text
+    assert "datasets tiny-cxr + tiny-adult" in " ".join(page.text.split())
     assert report["model"]["report"]["per_class"]["covid19"]["sensitivity_ci95"] is not None
     # lung focus of both models on the same films; the new one saw lung crops, the active one whole films
     new_focus, active_focus = report["model"]["report"]["lung_focus"], report["active"]["report"]["lung_focus"]
-    assert new_focus["overall"]["n"] == active_focus["overall"]["n"] == 6
+    assert new_focus["overall"]["n"] == active_focus["overall"]["n"] == 8
     assert report["model"]["report"]["input_mode"] == "lung-crop"
     assert report["active"]["report"]["input_mode"] == "full"
     assert new_focus["overall"]["median_lung_area"] > active_focus["overall"]["median_lung_area"]

@@ -73,8 +73,8 @@ def test_flagged_case_shows_warning_outline_and_toggle(
         assert page.is_visible("#lung-outline-main") and page.is_checked("#outline-toggle")
 
         # Another class: the outline stays registered and the caption gives that class's lung focus.
-        page.keyboard.press("2")
-        second = page.locator(".class-thumb").nth(1)
+        page.keyboard.press("2")  # the fixed key of bacterial pneumonia
+        second = page.locator(".class-thumb[data-cls=bacterial]")
         assert page.get_attribute("#overlay-main", "src") == second.get_attribute("data-src")
         assert page.inner_text("#overlay-focus") == second.get_attribute("data-focus")
         check_outline_layer(page)

@@ -54,11 +54,12 @@ def test_reject_with_boxes_drawn_on_the_heat_map(
     page.wait_for_url(re.compile(r"/cases/\d+$"), timeout=120_000)
     case = int(re.search(r"/cases/(\d+)", page.url).group(1))
 
-    # Before rejecting, a drag on the heat map draws nothing.
+    # Before rejecting, a drag on the heat map draws nothing and the box tools are not shown.
     drag(page, (0.1, 0.1, 0.3, 0.3))
-    assert page.locator("#region-layer .region-box").count() == 0
+    assert page.locator("#region-layer .region-box").count() == 0 and not page.is_visible("#region-tools")
 
     page.click("#reject-btn")
+    assert page.is_visible("#region-tools")
     page.click("label.chip:has(input[value=text_or_marker])")
     wrong, finding = (0.05, 0.04, 0.3, 0.2), (0.55, 0.35, 0.85, 0.7)
     drag(page, wrong)  # "wrong evidence" is the preselected kind
@@ -66,9 +67,10 @@ def test_reject_with_boxes_drawn_on_the_heat_map(
     drag(page, finding)
     drag(page, (0.4, 0.8, 0.5, 0.9))
     assert page.locator("#region-layer .region-box").count() == 3
-    page.click("#region-list li:nth-child(3) button")  # drawn by mistake: removed again
+    assert "2 finding" in page.inner_text("#region-count")
+    page.click("#region-layer .region-box:nth-child(3) .region-remove")  # drawn by mistake: removed again
     assert page.locator("#region-layer .region-box").count() == 2
-    assert page.inner_text("#region-list").count("remove") == 2
+    assert page.inner_text("#region-count") == "· 1 wrong evidence, 1 finding"
     page.evaluate("() => document.getElementById('overlay-main').scrollIntoView({block: 'start'})")
     shots.take(page, "regions-01-drawn")
     sent = json.loads(page.input_value("#regions-input"))

@@ -86,6 +86,21 @@ def test_comparison_json_and_markdown_match_the_evaluations(first_run: Path) -> 
         focus = report["lung_focus"]["overall"]
         assert result["lung_focus"] == focus
         assert cells[8:] == [f"{100 * focus[k]:.1f}" for k in ("median", "flagged_share", "right_for_right_reasons")]
+        three = report["three_group"]
+        assert result["three_group"]["covid19_sensitivity"] == three["covid19_sensitivity"]
+        assert result["confound"] == report["confound"]
+
+
+def test_comparison_markdown_has_the_confound_check(first_run: Path) -> None:
+    comparison = json.loads((first_run / "comparison.json").read_text())
+    md = (first_run / "comparison.md").read_text().splitlines()
+    assert "## Confound check (every film, partial labels included)" in md
+    for result in comparison["results"]:
+        kermany = result["confound"]["by_source"]["kermany"]  # the small dataset's children, all non-COVID
+        share = kermany["non_covid_called_covid19_share"]
+        assert f"| {result['arch']} | source kermany | 9 | {100 * share:.1f} | 0 | – |  |" in md
+        rows = [line for line in md if line.startswith(f"| {result['arch']} | ")]
+        assert [line.split("|")[2].strip() for line in rows if "| age " in line] == ["age adult", "age child"]
 
 
 def test_sensitivity_chart_is_a_png(first_run: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from ml import CLASSES
 from ml.checkpoints import read_meta
-from ml.cli import default_dataset_dirs, main
+from ml.cli import CLIError, default_dataset_dirs, main
 from ml.data import Record, manifest_sha256
 from ml.evaluate import evaluate_checkpoint, format_table
 from ml.train import TrainConfig, train
@@ -125,3 +125,11 @@ def test_default_data_folders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert default_dataset_dirs() == [str(tmp_path / "one")]
     monkeypatch.setenv("CXR_DATASET_DIRS", os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")]))
     assert default_dataset_dirs() == [str(tmp_path / "a"), str(tmp_path / "b")]
+
+
+def test_default_data_folders_as_a_json_list(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CXR_DATASET_DIRS", json.dumps([str(tmp_path / "a"), str(tmp_path / "b")]))
+    assert default_dataset_dirs() == [str(tmp_path / "a"), str(tmp_path / "b")]
+    monkeypatch.setenv("CXR_DATASET_DIRS", "[not json")
+    with pytest.raises(CLIError, match="CXR_DATASET_DIRS looks like a JSON list"):
+        default_dataset_dirs()

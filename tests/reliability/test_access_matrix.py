@@ -141,6 +141,10 @@ def deactivate_form(_f: Fixture) -> dict[str, Any]:
     return {"data": {"active": "false"}}
 
 
+def role_form(_f: Fixture) -> dict[str, Any]:
+    return {"data": {"role": "admin"}}
+
+
 @dataclass(frozen=True)
 class Entry:
     statuses: dict[str, int]
@@ -172,6 +176,7 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/api/v1/training-jobs/{job_id}/report"): Entry(api_admin(409)),  # queued: no report yet
     ("GET", "/api/v1/training-jobs/{job_id}/charts/{name}.png"): Entry(api_admin(404)),  # queued: no charts
     ("GET", "/api/v1/architectures"): Entry(api_admin()),
+    ("GET", "/api/v1/training-datasets"): Entry(api_admin()),
     ("GET", "/api/v1/audit-log"): Entry(api_admin()),
     # ------------------------------------------------------------------ schema and Swagger UI
     ("GET", "/openapi.json"): Entry(api_user()),
@@ -190,6 +195,7 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/cases/{prediction_id}"): Entry(page_user()),
     ("GET", "/cases/{prediction_id}/compare"): Entry(page_user()),
     ("POST", "/cases/{prediction_id}/verdicts"): Entry(page_user(303), verdict_form),
+    ("GET", "/cases/{prediction_id}/verdicts"): Entry(page_user(303)),  # → the case page
     ("GET", "/legend/colorbar.png"): Entry(page_user()),
     ("GET", "/worklist"): Entry(page_user()),
     ("GET", "/export"): Entry(page_user()),
@@ -198,6 +204,7 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/admin/users"): Entry(page_admin()),
     ("POST", "/admin/users"): Entry(page_admin(201), user_form),
     ("POST", "/admin/users/{username}/active"): Entry(page_admin(303), deactivate_form),
+    ("POST", "/admin/users/{username}/role"): Entry(page_admin(303), role_form),
     ("GET", "/admin/training"): Entry(page_admin()),
     ("POST", "/admin/training"): Entry(page_admin(303), job_form),
     ("GET", "/admin/training/{job_id}"): Entry(page_admin()),

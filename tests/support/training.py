@@ -21,7 +21,7 @@ TINY_PLAN: dict[tuple[str, str, str], int] = {
     ("test", "covid19", "hannover"): 3,
     ("test", "bacterial", "kermany"): 1,
 }
-COLUMNS = ("path", "label", "source", "patient_id", "view", "split")
+COLUMNS = ("path", "label", "source", "patient_id", "view", "split", "age", "age_group")
 
 
 def write_tiny_manifest(source_dir: Path, out_dir: Path, plan: dict[tuple[str, str, str], int] | None = None) -> Path:
@@ -33,7 +33,7 @@ def write_tiny_manifest(source_dir: Path, out_dir: Path, plan: dict[tuple[str, s
             key = (row["split"], row["label"], row["source"])
             if plan.get(key, 0) > 0:
                 plan[key] -= 1
-                rows.append({**{c: row[c] for c in COLUMNS}, "path": str((source_dir / row["path"]).resolve())})
+                rows.append({**{c: row.get(c, "") for c in COLUMNS}, "path": str((source_dir / row["path"]).resolve())})
     missing = {k: v for k, v in plan.items() if v > 0}
     assert not missing, f"the dataset lacks films for {missing}"
     out_dir.mkdir(parents=True, exist_ok=True)
