@@ -94,6 +94,8 @@ class Progress:
                 "val_sensitivity": {c: (val.get("per_class") or {}).get(c, {}).get("sensitivity") for c in CLASSES},
                 "best": bool(event.get("best")),
             }
+            if event.get("train_evidence_outside") is not None:  # explanation loss on: its epoch mean
+                row["train_evidence_outside"] = event["train_evidence_outside"]
             self.epochs.append(row)
             self.set(epoch=event["epoch"], metrics={**self.metrics(), "history": list(self.epochs)})
         elif kind == "end":

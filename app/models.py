@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -241,6 +242,9 @@ class Verdict(Base):
     reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
     comment: Mapped[str] = mapped_column(Text, default="")
     diagnosis: Mapped[str | None] = mapped_column(String(16))
+    regions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
+    """Boxes the reviewer drew on the film: [{"kind": "wrong_evidence" | "finding", "box": [x0, y0, x1, y1]}],
+    fractions of the film's width (x) and height (y); [] for none (and for verdicts stored before boxes)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     reviewer: Mapped[User] = relationship(lazy="joined")

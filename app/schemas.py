@@ -17,6 +17,7 @@ from pydantic import (
     ValidationError,
     ValidatorFunctionWrapHandler,
     WrapValidator,
+    model_validator,
 )
 
 from app.db import MAX_ROW_ID
@@ -25,6 +26,8 @@ from app.services.accounts import MIN_PASSWORD_LENGTH, USERNAME_RE
 ClassName = Literal["normal", "bacterial", "viral", "covid19"]
 ReasonTag = Literal["outside_lungs", "text_or_marker", "device_or_line", "image_border", "other"]
 VerdictValue = Literal["approve", "reject"]
+RegionKind = Literal["wrong_evidence", "finding"]
+MAX_REGIONS = 20
 
 
 class Health(BaseModel):
@@ -190,6 +193,30 @@ _VERDICT_RULES: dict[str, Any] = {
 }
 
 
+class Region(BaseModel):
+    """A box the reviewer drew on the film."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: RegionKind = Field(
+        description="wrong_evidence: the model looked there and should not (text, a device, outside the lungs); "
+        "finding: where the finding really is"
+    )
+    box: list[float] = Field(
+        min_length=4,
+        max_length=4,
+        description="[x0, y0, x1, y1] as fractions of the film's width (x) and height (y): 0 ≤ x0 < x1 ≤ 1, "
+        "0 ≤ y0 < y1 ≤ 1",
+    )
+
+    @model_validator(mode="after")
+    def _inside_the_film(self) -> Region:
+        x0, y0, x1, y1 = self.box
+        if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+            raise ValueError(f"box must have 0 ≤ x0 < x1 ≤ 1 and 0 ≤ y0 < y1 ≤ 1, got {self.box}")
+        return self
+
+
 class VerdictIn(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra=_VERDICT_RULES)
 
@@ -203,6 +230,12 @@ class VerdictIn(BaseModel):
         json_schema_extra={"pattern": "^[^\\x00]*$"},  # stated here, refused with its own message by the service
     )
     diagnosis: ClassName | None = None
+    regions: list[Region] = Field(
+        default_factory=list,
+        max_length=MAX_REGIONS,
+        description="boxes drawn on the film; wrong_evidence boxes only with a rejection. Retraining with "
+        "reviewed uploads uses them in the explanation loss (forbidden / allowed regions)",
+    )
 
 
 class VerdictOut(BaseModel):
@@ -216,6 +249,7 @@ class VerdictOut(BaseModel):
     reasons: list[str]
     comment: str
     diagnosis: ClassName | None
+    regions: list[Region] = Field(description="boxes the reviewer drew on the film ([] for none)")
     created_at: datetime
     is_latest: bool = Field(description="the latest verdict of this reviewer on this (prediction, model)")
 
@@ -348,6 +382,8 @@ class VerdictForm(BaseModel):
     reasons: list[str] = Field(default_factory=list)
     comment: str = ""
     diagnosis: str = ""
+    regions: str = ""
+    """The boxes drawn on the case page, as the JSON the API takes (set by static/js/review.js)."""
 
 
 # ------------------------------------------------------------------------------- training

@@ -310,6 +310,8 @@ class JobRun:
                     cache_dir=self.settings.training_dir / "cache",
                     tick=self.beat,
                 )
+            # reviewers' boxes shape training only through the explanation loss (λ > 0)
+            reviewed["regions"]["used"] = self.params.train_options()["explanation_weight"] > 0
             info["reviewed_uploads"] = reviewed
             if reviewed["added"]:
                 extra.append(out)

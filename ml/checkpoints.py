@@ -28,6 +28,7 @@ import torch
 from ml import CLASSES
 from ml.architectures import CXRNet
 from ml.lung_crop import DEFAULT_INPUT_MODE, DEFAULT_MARGIN
+from ml.network import build_network
 from ml.registry import ArchSpec, get_arch
 
 FORMAT_VERSION = 1
@@ -54,6 +55,9 @@ class TrainingDataMeta:
     train_counts: dict[str, int] = field(default_factory=dict)
     val_counts: dict[str, int] = field(default_factory=dict)
     skipped_unreadable: int = 0
+    reviewer_regions: dict[str, int] = field(default_factory=dict)
+    """Training films with reviewers' boxes and the boxes of each kind the run read (`films`,
+    `wrong_evidence`, `finding`; `ml.explanation.region_counts`); {} in checkpoints from before boxes."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -75,6 +79,7 @@ class TrainingDataMeta:
             train_counts={str(k): int(v) for k, v in (d.pop("train_counts", None) or {}).items()},
             val_counts={str(k): int(v) for k, v in (d.pop("val_counts", None) or {}).items()},
             skipped_unreadable=int(d.pop("skipped_unreadable", 0) or 0),
+            reviewer_regions={str(k): int(v) for k, v in (d.pop("reviewer_regions", None) or {}).items()},
             extra=d,
         )
 
@@ -88,6 +93,7 @@ class TrainingDataMeta:
             "train_counts": dict(self.train_counts),
             "val_counts": dict(self.val_counts),
             "skipped_unreadable": self.skipped_unreadable,
+            "reviewer_regions": dict(self.reviewer_regions),
         }
 
 
@@ -111,6 +117,11 @@ class CheckpointMeta:
     """lung-crop models: the segmenter that made the training crops."""
     scenario: str | None = None
     pretrained: bool = False
+    dilate_last_stage: bool = False
+    """ResNets: the last stage runs with stride 1 and dilation 2 (2x finer maps, `ml.network`); the network
+    is rebuilt so by `load_model`."""
+    init_checkpoint_sha256: str | None = None
+    """The checkpoint whose weights the run started from (`init_checkpoint`), when it did not start fresh."""
     name: str | None = None
     """The name it is registered under (the retraining worker's `<architecture>-<scenario>`)."""
     train_config: dict[str, Any] = field(default_factory=dict)
@@ -180,7 +191,7 @@ class CheckpointMeta:
         return out
 
 
-_OMIT_WHEN_UNSET = {"name", "data", "training_job", "optimizer", "history", "best_val"}
+_OMIT_WHEN_UNSET = {"name", "data", "training_job", "optimizer", "history", "best_val", "init_checkpoint_sha256"}
 
 
 def base_meta(spec: ArchSpec, *, input_size: int, scenario_classes: tuple[str, ...]) -> CheckpointMeta:
@@ -341,13 +352,14 @@ def read_lungseg_checkpoint(path: str | os.PathLike[str]) -> tuple[LungSegMeta, 
 
 
 def load_model(path: str | os.PathLike[str]) -> tuple[CXRNet, CheckpointMeta]:
-    """Rebuild the network named in the checkpoint (no pretrained download) and load its weights."""
+    """Rebuild the network named in the checkpoint (no pretrained download; its last stage dilated when
+    the checkpoint says `dilate_last_stage`, see `ml.network`) and load its weights."""
     meta, state = read_checkpoint(path)
     try:
         spec = get_arch(meta.arch)
-    except KeyError as exc:
-        raise CheckpointError(str(exc)) from exc
-    model = spec.build(pretrained=False)
+        model = build_network(spec, dilated=meta.dilate_last_stage)
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
         model.load_state_dict(state)
@@ -362,3 +374,19 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def load_init_weights(model: torch.nn.Module, path: str | os.PathLike[str], *, arch: str) -> CheckpointMeta:
+    """Load a checkpoint's weights into a freshly built `arch` network (fine-tuning, `init_checkpoint`).
+
+    The checkpoint must be of the same architecture; a normal and a dilated-last-stage ResNet share every
+    weight's shape, so either loads into either. Returns the checkpoint's meta. CheckpointError otherwise.
+    """
+    meta, state = read_checkpoint(path)
+    if meta.arch != arch:
+        raise CheckpointError(f"init checkpoint {path} is a {meta.arch} network; this run trains {arch}")
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as exc:
+        raise CheckpointError(f"init checkpoint {path}: weights do not fit architecture {arch}: {exc}") from exc
+    return meta

@@ -303,7 +303,39 @@ class TrainConfig:
         maximum=1,
     )
     lungseg_checkpoint: str | None = option(
-        None, help="lung-crop: lung segmentation checkpoint (none: the bundled ml/bundled/lungseg.pt)", expose="local"
+        None,
+        help="lung-crop and explanation loss: lung segmentation checkpoint (none: the bundled ml/bundled/lungseg.pt)",
+        expose="local",
+    )
+    explanation_weight: float = option(
+        0.0,
+        help="weight λ of the explanation loss: the share of the true class's positive CAM evidence outside "
+        "the film's allowed region (lungs plus margin; reviewers' boxes), added to the classification loss "
+        "(0: off; see ml.explanation)",
+        label="explanation loss weight (λ)",
+        expose="public",
+        minimum=0,
+        maximum=100,
+    )
+    explanation_margin: float = option(
+        0.04,
+        help="explanation loss: the lung mask is dilated by this fraction of the input side, so hila and lung "
+        "borders count as allowed",
+        expose="cli",
+        minimum=0,
+        maximum=0.5,
+    )
+    dilate_last_stage: bool = option(
+        False,
+        help="ResNets: last stage with stride 1 and dilation 2, so the CAMs are 2x finer (14x14 at 224 px); "
+        "a normal checkpoint's weights fit (see ml.network)",
+        expose="cli",
+    )
+    init_checkpoint: str | None = option(
+        None,
+        help="start from this checkpoint's weights (same architecture) instead of a fresh network, e.g. to "
+        "fine-tune a trained model with the explanation loss",
+        expose="local",
     )
 
     # ------------------------------------------------------------------------ checks
@@ -324,6 +356,20 @@ class TrainConfig:
             raise ValueError("no dataset folder given")
         if self.lr_schedule == "onecycle" and self.warmup_epochs:
             raise ValueError("lr schedule 'onecycle' has its own warm-up: leave warmup epochs at 0")
+        if self.dilate_last_stage:
+            from ml.network import check_dilatable
+
+            check_dilatable(spec)
+        if self.init_checkpoint is not None:
+            if self.pretrained:
+                raise ValueError("init checkpoint and ImageNet weights both give the starting weights: choose one")
+            if not Path(self.init_checkpoint).is_file():
+                raise ValueError(f"init checkpoint {self.init_checkpoint} is not a file")
+            from ml.checkpoints import read_meta
+
+            found = read_meta(self.init_checkpoint).arch
+            if found != spec.name:
+                raise ValueError(f"init checkpoint {self.init_checkpoint} is a {found}; this run trains {spec.name}")
 
     # ----------------------------------------------------------------- conversions
     def hparams(self) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """Manifest datasets, the paper's three scenarios, and a decoded-image cache.
 
 A dataset is a folder with `manifest.csv` (columns `path,label,source,patient_id,view,split`, paths
-relative to the folder; optional `age` and `age_group`). Splits are taken from the manifest as they
-are — never reshuffled — and a patient found in two splits is an error, so no validation or test film
-can leak into training. `read_manifests` reads several folders at once; there a patient must also
-have one split across all of them.
+relative to the folder; optional `age`, `age_group` and `regions`, reviewers' boxes as JSON, see
+`Region`). Splits are taken from the manifest as they are — never reshuffled — and a patient found in
+two splits is an error, so no validation or test film can leak into training. `read_manifests` reads
+several folders at once; there a patient must also have one split across all of them.
 
 Labels are the four CLASSES or a *partial* label (`PARTIAL_LABELS`): `pneumonia` is non-COVID
 pneumonia of unknown organism, i.e. "bacterial or viral". A record's `label_index` (the training
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import os
 import random
@@ -23,12 +24,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 
 from ml import CLASSES
 from ml.lung_crop import DEFAULT_INPUT_MODE, DEFAULT_MARGIN, Box, check_input_mode, crop, lung_box
@@ -40,7 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("path", "label", "source", "patient_id", "view", "split")
-OPTIONAL_COLUMNS = ("age", "age_group")
+OPTIONAL_COLUMNS = ("age", "age_group", "regions")
+REGION_KINDS = ("wrong_evidence", "finding")
 
 PARTIAL_LABELS: dict[str, tuple[str, ...]] = {"pneumonia": ("bacterial", "viral")}
 """Partial label → the classes it may be (the film is one of them; which one is unknown)."""
@@ -50,6 +53,42 @@ LABELS: tuple[str, ...] = (*CLASSES, *PARTIAL_LABELS)
 
 class ManifestError(ValueError):
     """The manifest is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class Region:
+    """A reviewer's box on a film: `wrong_evidence` (the model looked there and should not: text, a device,
+    outside the lungs) or `finding` (where the finding really is). `box` is (x0, y0, x1, y1) as fractions of
+    the film's width (x) and height (y), 0 ≤ x0 < x1 ≤ 1 and 0 ≤ y0 < y1 ≤ 1."""
+
+    kind: str
+    box: tuple[float, float, float, float]
+
+    def __post_init__(self) -> None:
+        if self.kind not in REGION_KINDS:
+            raise ValueError(f"region kind must be one of {', '.join(REGION_KINDS)}, got {self.kind!r}")
+        x0, y0, x1, y1 = self.box
+        if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+            raise ValueError(f"region box must have 0 ≤ x0 < x1 ≤ 1 and 0 ≤ y0 < y1 ≤ 1, got {list(self.box)}")
+
+    def as_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, "box": list(self.box)}
+
+
+def parse_regions(text: str) -> tuple[Region, ...]:
+    """The `regions` manifest cell: blank, or a JSON list of {"kind", "box": [x0, y0, x1, y1]}. ValueError if not."""
+    if not text.strip():
+        return ()
+    items = json.loads(text)
+    if not isinstance(items, list) or not all(isinstance(i, dict) and set(i) == {"kind", "box"} for i in items):
+        raise ValueError('regions must be a JSON list of {"kind", "box"} objects')
+    out = []
+    for item in items:
+        box = item["box"]
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)):
+            raise ValueError(f"a region box must be four numbers [x0, y0, x1, y1], got {box!r}")
+        out.append(Region(str(item["kind"]), (float(box[0]), float(box[1]), float(box[2]), float(box[3]))))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -63,6 +102,8 @@ class Record:
     age: int | None = None
     age_group: str = ""
     """`child`, `adult` or "" (blank or no such column)."""
+    regions: tuple[Region, ...] = ()
+    """Reviewers' boxes on this film (reviewed uploads), used by the explanation loss (`ml.explanation`)."""
 
     @property
     def label_index(self) -> int:
@@ -158,6 +199,10 @@ def read_manifest(data_dir: str | os.PathLike[str]) -> list[Record]:
             age_text = (row.get("age") or "").strip()
             if age_text and not (age_text.isdigit() and int(age_text) < 150):
                 raise ManifestError(f"{path}:{line}: age must be whole years (0-149) or blank, got {age_text!r}")
+            try:
+                regions = parse_regions(row.get("regions") or "")
+            except ValueError as exc:
+                raise ManifestError(f"{path}:{line}: {exc}") from None
             records.append(
                 Record(
                     path=root / row["path"].strip(),
@@ -168,6 +213,7 @@ def read_manifest(data_dir: str | os.PathLike[str]) -> list[Record]:
                     split=split,
                     age=int(age_text) if age_text else None,
                     age_group=(row.get("age_group") or "").strip(),
+                    regions=regions,
                 )
             )
     check_patient_disjoint(records, where=str(path))
@@ -382,19 +428,33 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(m).resize((size, size), Image.Resampling.BILINEAR)) >= 128
 
 
-class XrayDataset(Dataset[tuple[torch.Tensor, int]]):
-    """Decoded films as 1×S×S uint8 tensors with target indices (`Record.label_index`); `augment` runs per sample."""
+class XrayDataset(Dataset[tuple[Any, ...]]):
+    """Decoded films as 1×S×S uint8 tensors with target indices (`Record.label_index`): (image, target).
 
-    def __init__(self, loaded: LoadedImages, augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    With `allowed` (N×S×S bool, `ml.explanation.allowed_masks`) each item is (image, target, mask), the mask
+    1×S×S uint8 (1: allowed), and `augment` (per sample) moves image and mask by the same random affine
+    (torchvision v2: the mask as a `tv_tensors.Mask`, nearest-neighbour; intensity changes touch the image only).
+    """
+
+    def __init__(
+        self, loaded: LoadedImages, augment: Callable[..., Any] | None = None, allowed: np.ndarray | None = None
+    ):
+        if allowed is not None and allowed.shape != loaded.images.shape:
+            raise ValueError(f"allowed masks {allowed.shape} do not match the images {loaded.images.shape}")
         self.images = loaded.images
         self.labels = loaded.labels
         self.augment = augment
+        self.allowed = allowed
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
         image = torch.from_numpy(self.images[index]).unsqueeze(0)
+        label = int(self.labels[index])
+        if self.allowed is None:
+            return (self.augment(image) if self.augment is not None else image), label
+        mask = torch.from_numpy(self.allowed[index].astype(np.uint8)).unsqueeze(0)
         if self.augment is not None:
-            image = self.augment(image)
-        return image, int(self.labels[index])
+            image, mask = self.augment(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        return image.as_subclass(torch.Tensor), label, mask.as_subclass(torch.Tensor)

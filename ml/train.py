@@ -13,7 +13,9 @@ It reads one or several manifest folders (`data_dirs`, see `ml.data.read_manifes
 `ml.losses.PartialLabelLoss`: class-weighted cross-entropy, with `pneumonia` rows (bacterial or viral,
 organism unknown) trained on −log(p_bacterial + p_viral) and weighted as their own group.
 Scenarios that use a subset of the classes (s1) mask the other logits out, so those classes get
-probability 0 everywhere, in training and at inference.
+probability 0 everywhere, in training and at inference. With `explanation_weight` λ > 0 the loss adds
+λ · the share of the true class's CAM evidence outside the film's allowed region (`ml.explanation`);
+`dilate_last_stage` and `init_checkpoint` choose the network and its starting weights (`ml.network`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ml import CLASSES
 from ml.architectures import CXRNet
-from ml.checkpoints import CheckpointMeta, TrainingDataMeta, base_meta, read_checkpoint, save_checkpoint
+from ml.checkpoints import (
+    CheckpointMeta,
+    TrainingDataMeta,
+    base_meta,
+    file_sha256,
+    load_init_weights,
+    read_checkpoint,
+    save_checkpoint,
+)
 from ml.config import TrainConfig
 from ml.data import (
     LoadedImages,
@@ -52,11 +62,14 @@ from ml.data import (
     read_manifests,
     select,
 )
+from ml.explanation import ExplainedObjective, ExplanationLoss, FeaturesAndLogits, allowed_masks, region_counts
 from ml.losses import PartialLabelLoss, class_weights
 from ml.lungseg import LungSegmenter
 from ml.metrics import classification_report
 from ml.model_io import class_mask, predict_logits
+from ml.network import build_network
 from ml.registry import ArchSpec, get_arch
+from ml.schedules import lr_factor
 from ml.transforms import apply_intensity, normalize_batch, train_augmentation
 
 log = logging.getLogger(__name__)
@@ -89,31 +102,6 @@ def validate_epoch(
     report = classification_report(labels[full].tolist(), logits[full].argmax(1).tolist())
     report["loss"] = float(criterion(logits, labels).item()) if len(labels) else None
     return report
-
-
-def _lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    total = config.epochs * steps_per_epoch
-    warm = config.warmup_epochs * steps_per_epoch
-    if warm and step < warm:
-        return (step + 1) / warm
-    if config.lr_schedule == "cosine":
-        progress = (step - warm) / max(1, total - warm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    if config.lr_schedule == "onecycle":
-        return onecycle_factor(step, total)
-    return 1.0
-
-
-def onecycle_factor(step: int, total: int, pct_start: float = 0.3, div: float = 25.0, final_div: float = 1e4) -> float:
-    """torch's OneCycleLR (two cosine phases, its defaults) as a factor of the peak lr at `step` of
-    `total`: from 1/div up to 1 over the first pct_start of the steps, then down to 1/(div·final_div)."""
-    peak = pct_start * total - 1
-    if step <= peak:
-        begin, end, first, last = 0.0, peak, 1 / div, 1.0
-    else:
-        begin, end, first, last = peak, total - 1.0, 1.0, 1 / (div * final_div)
-    pct = min(1.0, (step - begin) / (end - begin)) if end > begin else 1.0
-    return last + (first - last) / 2.0 * (math.cos(math.pi * pct) + 1.0)
 
 
 def _better(new: dict[str, Any], best: dict[str, Any] | None) -> bool:
@@ -165,7 +153,9 @@ class TrainingData:
     train: LoadedImages
     val: LoadedImages
     lungseg_sha256: str | None = None
-    """The lung segmenter's checkpoint hash when the films are lung crops."""
+    """The lung segmenter's checkpoint hash when the films are lung crops or have lung masks."""
+    allowed: np.ndarray | None = None
+    """N×S×S bool allowed regions of the training films (explanation loss only)."""
 
     @property
     def skipped(self) -> list[tuple[str, str]]:
@@ -181,7 +171,8 @@ def load_training_data(config: TrainConfig, scenario: Scenario, input_size: int)
     val_records = select(records, scenario, "val", seed=config.seed)
     if not train_records:
         raise ValueError(f"no training images for scenario {scenario.name} in {', '.join(config.data_dirs)}")
-    segmenter = LungSegmenter.from_checkpoint(config.lungseg_checkpoint) if config.input_mode == "lung-crop" else None
+    needs_masks = config.input_mode == "lung-crop" or config.explanation_weight > 0
+    segmenter = LungSegmenter.from_checkpoint(config.lungseg_checkpoint) if needs_masks else None
     lung_inputs: dict[str, Any] = (
         {"input_mode": config.input_mode, "segmenter": segmenter, "crop_margin": config.crop_margin}
         if segmenter is not None
@@ -191,15 +182,17 @@ def load_training_data(config: TrainConfig, scenario: Scenario, input_size: int)
     val_data = load_images(val_records, input_size, **lung_inputs)
     train_data.images = apply_intensity(train_data.images, config.intensity)
     val_data.images = apply_intensity(val_data.images, config.intensity)
-    return TrainingData(train_data, val_data, segmenter.checkpoint_sha256 if segmenter is not None else None)
+    allowed = allowed_masks(train_data, config.explanation_margin) if config.explanation_weight > 0 else None
+    return TrainingData(train_data, val_data, segmenter.checkpoint_sha256 if segmenter else None, allowed)
 
 
 def make_loader(
-    config: TrainConfig, data: LoadedImages, runtime: Runtime, generator: torch.Generator
-) -> tuple[DataLoader[tuple[torch.Tensor, int]], DistributedSampler[tuple[torch.Tensor, int]] | None, int]:
-    """The training loader, its DDP sampler (None alone) and the steps per epoch (capped)."""
-    dataset = XrayDataset(data, train_augmentation() if config.augment else None)
-    sampler: DistributedSampler[tuple[torch.Tensor, int]] | None = (
+    config: TrainConfig, data: TrainingData, runtime: Runtime, generator: torch.Generator
+) -> tuple[DataLoader[tuple[Any, ...]], DistributedSampler[tuple[Any, ...]] | None, int]:
+    """The training loader (with allowed masks for the explanation loss), its DDP sampler (None alone) and the
+    steps per epoch (capped)."""
+    dataset = XrayDataset(data.train, train_augmentation() if config.augment else None, data.allowed)
+    sampler: DistributedSampler[tuple[Any, ...]] | None = (
         DistributedSampler(dataset, num_replicas=runtime.world, rank=runtime.rank, shuffle=True, seed=config.seed)
         if runtime.distributed
         else None
@@ -235,6 +228,8 @@ def checkpoint_meta(
     """What every checkpoint of the run says about itself, the whole config as run included."""
     return replace(
         base_meta(spec, input_size=input_size, scenario_classes=scenario.classes),
+        dilate_last_stage=config.dilate_last_stage,
+        init_checkpoint_sha256=file_sha256(config.init_checkpoint) if config.init_checkpoint else None,
         intensity=config.intensity,
         input_mode=config.input_mode,
         crop_margin=config.crop_margin,
@@ -249,6 +244,7 @@ def checkpoint_meta(
             train_counts=class_counts(data.train.records),
             val_counts=class_counts(data.val.records),
             skipped_unreadable=len(data.skipped),
+            reviewer_regions=region_counts(data.train.records),
         ),
         world_size=world,
     )
@@ -294,7 +290,7 @@ def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
-    loader: DataLoader[tuple[torch.Tensor, int]],
+    loader: DataLoader[tuple[Any, ...]],
     *,
     epoch: int,
     config: TrainConfig,
@@ -304,8 +300,11 @@ def train_one_epoch(
     emit: Callable[[dict[str, Any]], None],
     memory_format: torch.memory_format = torch.contiguous_format,
     show_bar: bool = False,
+    objective: ExplainedObjective | None = None,
 ) -> float:
-    """One epoch of `clock.steps_per_epoch` steps; emits a `step` event after each. Mean training loss."""
+    """One epoch of `clock.steps_per_epoch` steps; emits a `step` event after each. Mean training loss.
+
+    With an `objective` (the explanation loss; `model` is then a `FeaturesAndLogits`) batches carry allowed masks."""
     model.train()
     steps = clock.steps_per_epoch
     running, seen = 0.0, 0
@@ -314,15 +313,18 @@ def train_one_epoch(
         from tqdm import tqdm
 
         bar = tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", unit="step", leave=True)
-    for step, (images, labels) in enumerate(loader):
+    for step, (images, labels, *masks) in enumerate(loader):
         if step >= steps:
             break
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * _lr_factor(config, (epoch - 1) * steps + step, steps)
+            group["lr"] = config.lr * lr_factor(config, (epoch - 1) * steps + step, steps)
         x = normalize_batch(images, spec.mean, spec.std).to(device, non_blocking=True)
         x = x.contiguous(memory_format=memory_format)
         y = labels.to(device)
-        loss = criterion(model(x), y)
+        if objective is None:
+            loss = criterion(model(x), y)
+        else:
+            loss = objective(model, x, y, masks[0].to(device, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -385,7 +387,10 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
     if skipped and is_main:
         print(f"warning: skipped {len(skipped)} unreadable image(s); first: {skipped[0][0]} ({skipped[0][1]})")
 
-    model: nn.Module = spec.build(pretrained=config.pretrained).to(device)
+    model: nn.Module = build_network(spec, pretrained=config.pretrained, dilated=config.dilate_last_stage)
+    if config.init_checkpoint is not None:
+        load_init_weights(model, config.init_checkpoint, arch=spec.name)
+    model = model.to(device)
     # channels-last convolutions are ~20% faster on CPU (oneDNN) and on tensor-core GPUs
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -396,7 +401,12 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
     eval_criterion = PartialLabelLoss(scenario.classes, weights.cpu())
     make_optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     optimizer = make_optimizer(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    loader, sampler, steps_per_epoch = make_loader(config, data.train, runtime, generator)
+    loader, sampler, steps_per_epoch = make_loader(config, data, runtime, generator)
+    objective = None
+    if config.explanation_weight > 0:
+        explanation = ExplanationLoss(scenario.classes).to(device)
+        objective = ExplainedObjective(core, spec, criterion, explanation, config.explanation_weight)
+        model = FeaturesAndLogits(core)
 
     start_epoch, history, best = 1, list[dict[str, Any]](), None
     if config.resume and (out_dir / "last.pt").is_file():
@@ -424,26 +434,30 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
         seed_epoch(config, epoch, generator, runtime.rank, sampler)
         train_loss = train_one_epoch(
             model, criterion, optimizer, loader, epoch=epoch, config=config, spec=spec, device=device, clock=clock,
-            emit=emit, memory_format=memory_format, show_bar=is_main and callback is None,
+            emit=emit, memory_format=memory_format, show_bar=is_main and callback is None, objective=objective,
         )  # fmt: skip
+        outside = objective.take_mean_share() if objective is not None else None
         if runtime.distributed:
             dist.barrier()
         if is_main:
             val = validate_epoch(core, data.val, spec.mean, spec.std, mask, eval_criterion, device)
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_accuracy":
                             val["accuracy"], "val_macro_sensitivity": val["macro_sensitivity"]})  # fmt: skip
+            history[-1] |= {"train_evidence_outside": outside} if outside is not None else {}
             improved = _better(val, best)
             if improved:
                 best = {**val, "epoch": epoch}
             save_epoch(out_dir, core, optimizer, meta, epoch=epoch, val=val, history=history, best=best,
                        improved=improved, half=config.half_checkpoint)  # fmt: skip
             print(
-                f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val['loss']:.4f}, "
+                f"epoch {epoch}: train loss {train_loss:.4f}{'' if outside is None else f' (outside {outside:.3f})'}, "
+                f"val loss {val['loss']:.4f}, "
                 f"val accuracy {val['accuracy']:.3f}, val macro sensitivity {val['macro_sensitivity']:.3f}"
                 + (" (best)" if improved else ""),
                 flush=True,
             )
-            emit({"type": "epoch", "epoch": epoch, "train_loss": train_loss, "val": val, "best": improved})
+            emit({"type": "epoch", "epoch": epoch, "train_loss": train_loss, "val": val, "best": improved,
+                  "train_evidence_outside": outside})  # fmt: skip
         model.train()
         if runtime.distributed:
             dist.barrier()

@@ -103,6 +103,7 @@ def verdict_out(verdict: Verdict, latest_ids: set[int]) -> schemas.VerdictOut:
         reasons=list(verdict.reasons),
         comment=verdict.comment,
         diagnosis=verdict.diagnosis,  # type: ignore[arg-type]
+        regions=[schemas.Region.model_validate(r) for r in verdict.regions or []],
         created_at=verdict.created_at,
         is_latest=verdict.id in latest_ids,
     )
@@ -215,6 +216,7 @@ def create_verdict(
         reasons=body.reasons,
         comment=body.comment,
         diagnosis=body.diagnosis,
+        regions=[r.model_dump() for r in body.regions],
     )
     return verdict_out(verdict, {verdict.id})
 
@@ -441,6 +443,7 @@ def verdict_submit(
             reasons=form.reasons,
             comment=form.comment,
             diagnosis=form.diagnosis or None,
+            regions=reviews.regions_from_form(form.regions),
         )
     except ServiceError as exc:
         return again(exc.status_code, str(exc))

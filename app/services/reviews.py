@@ -7,6 +7,12 @@ lung focus is flagged (most heat-map evidence outside the lungs, see app.service
 then everything else, each group in priority order. One worklist item is one (prediction, model)
 result; "reviewed" means it has at least one verdict from anyone.
 
+A verdict may carry boxes (`regions`) the reviewer drew on the film: "wrong_evidence" (where the model
+looked and should not: text, a device, outside the lungs; a rejection's reason made exact) and
+"finding" (where the finding really is). Boxes are fractions of the film, `[x0, y0, x1, y1]` with
+0 ≤ x0 < x1 ≤ 1 and 0 ≤ y0 < y1 ≤ 1; retraining with reviewed uploads turns them into forbidden and
+allowed regions of the explanation loss (`app.services.training_data`, `ml.explanation`).
+
 Export rows carry what makes a verdict reproducible: the image sha256 (content address of the
 original bytes), the model id/name/version, architecture, checkpoint sha256 and CAM method, plus
 the probabilities and the lung focus (score, and flagged at the threshold given) the reviewer saw.
@@ -31,8 +37,10 @@ from app.services import lung_focus
 from app.services.errors import InvalidInputError
 from app.services.predictions import get_result
 from ml import CLASSES
+from ml.data import REGION_KINDS, Region
 from ml.lung_focus import LungFocus
 
+MAX_REGIONS = 20
 REJECT_NEEDS_REASON = (
     "a reject needs at least one reason: tick what is wrong with the region (or 'other' with a comment)"
 )
@@ -60,10 +68,12 @@ def add_verdict(
     reasons: Iterable[str] = (),
     comment: str = "",
     diagnosis: str | None = None,
+    regions: Iterable[Any] = (),
 ) -> Verdict:
     """Append a verdict on one (prediction, model) result and commit. Earlier verdicts stay untouched.
 
-    Raises NotFoundError (no such prediction/result) or InvalidInputError (bad verdict/reason/diagnosis).
+    Raises NotFoundError (no such prediction/result) or InvalidInputError (bad verdict/reason/diagnosis,
+    or a region that is not a {"kind", "box"} of `check_regions`).
     """
     if verdict not in VERDICTS:
         raise InvalidInputError(f"verdict must be one of {', '.join(VERDICTS)}")
@@ -79,6 +89,7 @@ def add_verdict(
         raise InvalidInputError(f"diagnosis must be one of {', '.join(CLASSES)}")
     if "\x00" in (comment or ""):  # PostgreSQL text cannot hold it; refuse rather than alter a clinical note
         raise InvalidInputError("the comment contains a NUL character (\\x00); remove it and send again")
+    boxes = check_regions(regions, verdict=verdict)
     result = get_result(session=session, prediction_id=prediction_id, model_id=model_id)
     row = Verdict(
         result_id=result.id,
@@ -89,6 +100,7 @@ def add_verdict(
         reasons=reason_list,
         comment=(comment or "").strip(),
         diagnosis=diagnosis or None,
+        regions=boxes,
     )
     session.add(row)
     session.flush()
@@ -98,6 +110,50 @@ def add_verdict(
     enqueue_amended_sr(session=session, verdict=row)
     session.commit()
     return row
+
+
+def check_regions(regions: Iterable[Any], *, verdict: str) -> list[dict[str, Any]]:
+    """Reviewer boxes as stored: [{"kind", "box": [x0, y0, x1, y1]}]. InvalidInputError for anything else:
+    an unknown kind, a box that is not four numbers with 0 ≤ x0 < x1 ≤ 1 and 0 ≤ y0 < y1 ≤ 1, more than
+    MAX_REGIONS boxes, or "wrong_evidence" on an approval (approving says the evidence is right)."""
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(regions):
+        kind = item.get("kind") if isinstance(item, dict) else None
+        box = item.get("box") if isinstance(item, dict) else None
+        if kind not in REGION_KINDS:
+            raise InvalidInputError(f"region {i + 1}: kind must be one of {', '.join(REGION_KINDS)}")
+        if not (
+            isinstance(box, list | tuple)
+            and len(box) == 4
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
+        ):
+            raise InvalidInputError(
+                f"region {i + 1}: box must be four numbers [x0, y0, x1, y1] (fractions of the film)"
+            )
+        try:
+            region = Region(kind, (float(box[0]), float(box[1]), float(box[2]), float(box[3])))
+        except ValueError as exc:
+            raise InvalidInputError(f"region {i + 1}: {exc}") from None
+        if kind == "wrong_evidence" and verdict == "approve":
+            raise InvalidInputError(f"region {i + 1}: 'wrong evidence' boxes go with a rejection, not an approval")
+        out.append(region.as_dict())
+    if len(out) > MAX_REGIONS:
+        raise InvalidInputError(f"at most {MAX_REGIONS} regions per verdict, got {len(out)}")
+    return out
+
+
+def regions_from_form(text: str) -> list[Any]:
+    """The case page's `regions` field (the JSON list the page's script writes; blank: none), unchecked;
+    InvalidInputError when it is not a JSON list."""
+    if not text.strip():
+        return []
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, list):
+        raise InvalidInputError("the drawn regions could not be read; draw them again")
+    return value
 
 
 def verdict_history(*, session: Session, prediction_id: int) -> list[Verdict]:
@@ -223,6 +279,7 @@ EXPORT_FIELDS = (
     "reasons",
     "comment",
     "diagnosis",
+    "regions",
     "is_latest",
     "prediction_id",
     "image_sha256",
@@ -262,6 +319,7 @@ def export_rows(*, session: Session, threshold: float) -> list[dict[str, Any]]:
                 "reasons": list(v.reasons),
                 "comment": v.comment,
                 "diagnosis": v.diagnosis,
+                "regions": list(v.regions or []),
                 "is_latest": v.id in latest,
                 "prediction_id": p.id,
                 "image_sha256": p.image.sha256,
@@ -299,6 +357,7 @@ def export_csv(*, session: Session, threshold: float) -> str:
     for row in export_rows(session=session, threshold=threshold):
         out = dict(row)
         out["reasons"] = ";".join(row["reasons"])
+        out["regions"] = json.dumps(row["regions"]) if row["regions"] else ""
         out["is_latest"] = "true" if row["is_latest"] else "false"
         if row["lung_focus_flagged"] is not None:
             out["lung_focus_flagged"] = "true" if row["lung_focus_flagged"] else "false"

@@ -6,6 +6,11 @@ folder whose rows are all in the `train` split (paths point at the stored decode
 `ml train --extra-train-dir` adds them to the training set only; the dataset's own splits are
 never touched or reshuffled.
 
+Reviewers' boxes go with them: the manifest's `regions` column holds, per film, the boxes of the verdicts
+that count (the latest per result and reviewer, any model), as JSON. Training with the explanation loss
+turns "wrong evidence" boxes into forbidden and "finding" boxes into allowed regions for that film
+(`ml.explanation`); the counts are returned with the export and shown in the job's report.
+
 An upload is excluded when its original bytes (sha256) or its decoded pixels equal an image of the
 validation or test split of any of the job's dataset folders: retraining on a held-out film would
 make the new version's test figures meaningless. The exclusions are counted and recorded with the job.
@@ -28,6 +33,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.models import Image, Prediction, Verdict
 from app.services.errors import InvalidInputError
+from app.services.reviews import latest_verdict_ids
 from app.services.storage import FileStore, sha256_bytes
 from ml import CLASSES
 from ml.data import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, manifest_sha256, read_manifest, read_manifests, scenario_labels
@@ -92,6 +98,19 @@ def reviewed_uploads(*, session: Session) -> dict[str, str]:
     return latest
 
 
+def reviewed_regions(*, session: Session) -> dict[str, list[dict[str, Any]]]:
+    """image sha256 → the reviewers' boxes on it, from the verdicts that count (latest per result and
+    reviewer; see `reviews.latest_verdict_ids`), without repeats, oldest verdict first."""
+    verdicts = list(session.scalars(select(Verdict).order_by(Verdict.id)))
+    counting = latest_verdict_ids(verdicts)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for v in verdicts:
+        if v.id in counting and v.regions:
+            boxes = out.setdefault(v.result.prediction.image.sha256, [])
+            boxes += [r for r in v.regions if r not in boxes]
+    return out
+
+
 def holdout_hashes(
     dataset_dir: Path, *, cache_dir: Path, tick: Callable[[], None] = lambda: None
 ) -> dict[str, set[str]]:
@@ -152,9 +171,12 @@ def export_reviewed_uploads(
 ) -> dict[str, Any]:
     """Write `out_dir/manifest.csv` (train split only) of the reviewed uploads that are not held-out
     images of any of `dataset_dirs`. Returns counts: `reviewed`, `added`, `excluded_holdout`,
-    `missing_files`, and the manifest's sha256 (None when nothing was added and no folder was written)."""
+    `missing_files`, `regions` (of the added films: how many carry boxes, and the boxes of each kind), and
+    the manifest's sha256 (None when nothing was added and no folder was written)."""
     labels = reviewed_uploads(session=session)
+    boxes = reviewed_regions(session=session)
     info: dict[str, Any] = {"reviewed": len(labels), "added": 0, "excluded_holdout": 0, "missing_files": 0}
+    info["regions"] = {"films": 0, "wrong_evidence": 0, "finding": 0}
     if not labels:
         info["manifest_sha256"] = None
         return info
@@ -178,15 +200,19 @@ def export_reviewed_uploads(
                 "patient_id": f"upload-{sha[:16]}",  # no patient identity is stored; one film, one 'patient'
                 "view": "",
                 "split": "train",
+                "regions": json.dumps(boxes[sha]) if boxes.get(sha) else "",
             }
         )
+        for region in boxes.get(sha, []):
+            info["regions"][region["kind"]] += 1
+        info["regions"]["films"] += bool(boxes.get(sha))
     info["added"] = len(rows)
     if not rows:
         info["manifest_sha256"] = None
         return info
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=REQUIRED_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=[*REQUIRED_COLUMNS, "regions"])
         writer.writeheader()
         writer.writerows(rows)
     info["manifest_sha256"] = manifest_sha256(out_dir)

@@ -3,7 +3,8 @@
    - case page: switch heat-map class (fixed keys: 1 normal, 2 bacterial, 3 viral, 4 COVID-19), view mode (H heat map / F plain film / S side by side)
      without reloading; L (or the checkbox) shows/hides the lung outline over the heat maps (shown on
      every page load); A = approve, R = reject (first R opens the reasons, second R submits),
-     N = next waiting case after a save;
+     N = next waiting case after a save; while the reject panel is open, dragging on the heat map
+     draws a box ("wrong evidence" or "finding"), sent with the verdict as JSON in `regions`;
    - upload page: refuse a file over the size limit before sending it; show progress on submit.
    Loaded in <head> without `defer` only to mark <html class="js"> before the first paint; the rest
    waits for DOMContentLoaded. External file only: the Content-Security-Policy forbids inline script. */
@@ -109,14 +110,18 @@
     var rejectSubmit = document.getElementById("reject-submit");
     var form = document.getElementById("verdict-form");
 
+    var boxes = initRegions(overlay);
+
     function openReject() {
       panel.classList.add("is-open");
       section.classList.add("rejecting");
+      if (viewer.dataset.view === "film") setView("overlay");
+      if (boxes) boxes.drawing(true);
       var first = panel.querySelector("input");
       if (first) first.focus({ preventScroll: true });
     }
     if (rejectBtn && panel) {
-      if (panel.querySelector("input:checked")) openReject();
+      if (panel.querySelector("input:checked") || (boxes && boxes.count())) openReject();
       rejectBtn.addEventListener("click", function (e) {
         if (!panel.classList.contains("is-open")) {
           e.preventDefault();
@@ -126,11 +131,11 @@
     }
     if (approveBtn && panel) {
       approveBtn.addEventListener("click", function () {
-        // Reasons describe a rejection: do not send ticked ones with an approval.
-        panel.querySelectorAll("input[name=reasons]").forEach(function (box) { box.disabled = true; });
+        // Reasons and boxes describe a rejection: do not send them with an approval.
+        panel.querySelectorAll("input[name=reasons], input[name=regions]").forEach(function (box) { box.disabled = true; });
       });
     }
-    var drafts = form ? initDraft(form, panel, openReject) : null;
+    var drafts = form ? initDraft(form, panel, openReject, boxes) : null;
     var rejectError = document.getElementById("reject-client-error");
 
     function rejectProblem() {
@@ -186,18 +191,138 @@
       } else if (key === "escape" && panel && panel.classList.contains("is-open")) {
         panel.classList.remove("is-open");
         section.classList.remove("rejecting");
+        if (boxes) boxes.drawing(false);
         rejectBtn.focus();
       }
     });
   }
 
+  /* ------------------------------------------------------------------ reviewer boxes */
+  var KIND_LABELS = { wrong_evidence: "Wrong evidence", finding: "Finding" };
+  var MIN_SIDE = 0.01;  // a click without a drag draws nothing
+
+  function initRegions(image) {
+    var layer = document.getElementById("region-layer");
+    var input = document.getElementById("regions-input");
+    var tools = document.getElementById("region-tools");
+    var count = document.getElementById("region-count");
+    if (!layer || !input || !tools || !image) return null;
+    var kindButtons = Array.prototype.slice.call(document.querySelectorAll("[data-region-kind]"));
+    var kind = "wrong_evidence";
+    var regions = [];
+    try {
+      var stored = JSON.parse(input.value || "[]");
+      if (Array.isArray(stored)) regions = stored;
+    } catch (err) { regions = []; }
+
+    // The heat map is drawn with object-fit: contain: the picture is the part of the <img> box that
+    // keeps the film's aspect. Boxes are fractions of that picture (= of the film).
+    function picture() {
+      var box = image.getBoundingClientRect();
+      var nw = image.naturalWidth || box.width, nh = image.naturalHeight || box.height;
+      var scale = Math.min(box.width / nw, box.height / nh);
+      var w = nw * scale, h = nh * scale;
+      return { left: box.left + (box.width - w) / 2, top: box.top + (box.height - h) / 2, width: w, height: h };
+    }
+    function clamp(v) { return Math.min(1, Math.max(0, v)); }
+    function at(e) {
+      var p = picture();
+      return [clamp((e.clientX - p.left) / p.width), clamp((e.clientY - p.top) / p.height)];
+    }
+    function place(el, b) {
+      var p = picture(), l = layer.getBoundingClientRect();
+      el.style.left = (p.left - l.left + b[0] * p.width) + "px";
+      el.style.top = (p.top - l.top + b[1] * p.height) + "px";
+      el.style.width = ((b[2] - b[0]) * p.width) + "px";
+      el.style.height = ((b[3] - b[1]) * p.height) + "px";
+    }
+    function render() {
+      var value = regions.length ? JSON.stringify(regions) : "";
+      if (value !== input.value) {
+        input.value = value;
+        input.dispatchEvent(new Event("change", { bubbles: true }));  // the verdict draft keeps the boxes too
+      }
+      layer.querySelectorAll(".region-box").forEach(function (el) { el.remove(); });
+      var kinds = { wrong_evidence: 0, finding: 0 };
+      regions.forEach(function (r, i) {
+        kinds[r.kind] = (kinds[r.kind] || 0) + 1;
+        var el = document.createElement("div");
+        el.className = "region-box kind-" + r.kind;
+        el.title = KIND_LABELS[r.kind];
+        el.textContent = String(i + 1);
+        var remove = document.createElement("button");
+        remove.type = "button";
+        remove.className = "region-remove";
+        remove.textContent = "\u00d7";
+        remove.setAttribute("aria-label", "Remove box " + (i + 1));
+        remove.addEventListener("pointerdown", function (e) { e.stopPropagation(); });  // not the start of a new box
+        remove.addEventListener("click", function () { regions.splice(i, 1); render(); });
+        el.appendChild(remove);
+        place(el, r.box);
+        layer.appendChild(el);
+      });
+      if (count) {
+        var parts = [];
+        if (kinds.wrong_evidence) parts.push(kinds.wrong_evidence + " wrong evidence");
+        if (kinds.finding) parts.push(kinds.finding + " finding");
+        count.textContent = parts.length ? "\u00b7 " + parts.join(", ") : "";
+      }
+    }
+
+    kindButtons.forEach(function (b) {
+      b.addEventListener("click", function () {
+        kind = b.dataset.regionKind;
+        kindButtons.forEach(function (o) { o.setAttribute("aria-pressed", String(o === b)); });
+      });
+    });
+
+    var start = null, draft = null;
+    layer.addEventListener("pointerdown", function (e) {
+      if (!layer.classList.contains("is-drawing") || e.button !== 0) return;
+      e.preventDefault();
+      start = at(e);
+      draft = document.createElement("div");
+      draft.className = "region-box is-draft kind-" + kind;
+      place(draft, [start[0], start[1], start[0], start[1]]);
+      layer.appendChild(draft);
+      layer.setPointerCapture(e.pointerId);
+    });
+    function spanTo(e) {
+      var end = at(e);
+      return [Math.min(start[0], end[0]), Math.min(start[1], end[1]), Math.max(start[0], end[0]), Math.max(start[1], end[1])];
+    }
+    layer.addEventListener("pointermove", function (e) { if (start) place(draft, spanTo(e)); });
+    layer.addEventListener("pointerup", function (e) {
+      if (!start) return;
+      var b = spanTo(e).map(function (v) { return Math.round(v * 10000) / 10000; });
+      start = null;
+      draft.remove();
+      if (b[2] - b[0] >= MIN_SIDE && b[3] - b[1] >= MIN_SIDE) regions.push({ kind: kind, box: b });
+      render();
+    });
+    // the picture moves with the window and the view mode (heat map / side by side): keep boxes on it
+    if (window.ResizeObserver) new ResizeObserver(function () { render(); }).observe(image);
+    else window.addEventListener("resize", render);
+    if (image.complete) render(); else image.addEventListener("load", render);
+
+    return {
+      drawing: function (on) {
+        layer.classList.toggle("is-drawing", on);
+        tools.hidden = !on;
+      },
+      count: function () { return regions.length; },
+      load: function (list) { regions = Array.isArray(list) ? list : []; render(); },
+    };
+  }
+
   /* ---------------------------------------------------- verdict drafts (nothing lost) */
-  /* The verdict being written (choice, reasons, diagnosis, comment) is kept in sessionStorage under the
+  /* The verdict being written (choice, reasons, boxes, diagnosis, comment) is kept in sessionStorage under the
      form's data-draft-key on every change and on submit. It is removed only when the page comes back
      with data-saved (the server stored it). So a session that expired (submit → login → this page) or
      a stale form ("Form expired" → back) finds it again: restored into the form and offered with
      "Submit it" / "Discard", never dropped silently. */
-  function initDraft(form, panel, openReject) {
+  function initDraft(form, panel, openReject, boxes) {
+    var regionsInput = form.querySelector("input[name=regions]");
     var key = "cxr-draft:" + form.dataset.draftKey;
     var store;
     try { store = window.sessionStorage; } catch (err) { return null; }
@@ -213,10 +338,11 @@
         reasons: Array.prototype.map.call(form.querySelectorAll("input[name=reasons]:checked"), function (b) { return b.value; }),
         diagnosis: form.querySelector("select[name=diagnosis]").value,
         comment: form.querySelector("textarea[name=comment]").value,
+        regions: regionsInput ? regionsInput.value : "",
       };
     }
     function meaningful(d) {
-      return d && (d.verdict || d.reasons.length || d.diagnosis || d.comment.trim());
+      return d && (d.verdict || d.reasons.length || d.diagnosis || d.comment.trim() || d.regions);
     }
     function save(verdict) {
       var d = current(verdict);
@@ -239,7 +365,10 @@
       form.querySelector("select[name=diagnosis]").value = d.diagnosis || "";
       form.querySelector("textarea[name=comment]").value = d.comment || "";
       if (d.diagnosis || d.comment) document.getElementById("extras").open = true;
-      if (d.verdict === "reject" || d.reasons.length) openReject();
+      if (d.regions && boxes) {
+        try { boxes.load(JSON.parse(d.regions)); } catch (err) { boxes.load([]); }
+      }
+      if (d.verdict === "reject" || d.reasons.length || d.regions) openReject();
       var banner = document.getElementById("draft-banner");
       var text = document.getElementById("draft-text");
       var what = d.verdict === "approve" ? "An approval" : d.verdict === "reject" ? "A reject" : "A verdict";
@@ -255,6 +384,7 @@
         clear();
         form.reset();
         form.querySelectorAll("input[name=reasons]").forEach(function (b) { b.checked = false; });
+        if (boxes) boxes.load([]);
         banner.hidden = true;
       });
     }

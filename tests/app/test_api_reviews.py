@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 
 import pytest
 from sqlalchemy import text
@@ -156,3 +157,49 @@ def test_worklist_filters_and_priority_order(env: Env, cases: dict, films: dict[
     assert same_class and all(i["predicted_class"] == cls for i in same_class)
     none = env.client.get("/api/v1/predictions", headers=env.auth("reviewer"), params={"model_id": 999}).json()
     assert none["items"] == [] and none["total"] == 0
+
+
+# ------------------------------------------------------------------------------- reviewer boxes
+WRONG = {"kind": "wrong_evidence", "box": [0.02, 0.03, 0.25, 0.15]}
+FINDING = {"kind": "finding", "box": [0.55, 0.4, 0.8, 0.7]}
+
+
+def test_a_rejection_stores_its_boxes_returns_and_exports_them(env: Env, cases: dict) -> None:
+    v = post_verdict(env, cases["cohen"], verdict="reject", reasons=["text_or_marker"], regions=[WRONG, FINDING])
+    assert v["regions"] == [WRONG, FINDING]
+    detail = env.client.get(f"/api/v1/predictions/{cases['cohen']['id']}", headers=env.auth("reviewer")).json()
+    assert next(x for x in detail["verdicts"] if x["id"] == v["id"])["regions"] == [WRONG, FINDING]
+    assert post_verdict(env, cases["cohen"], verdict="approve")["regions"] == []  # none unless drawn
+    assert post_verdict(env, cases["cohen"], verdict="approve", regions=[FINDING])["regions"] == [FINDING]
+
+    exported = env.client.get("/api/v1/verdicts?format=json", headers=env.auth("reviewer")).json()["verdicts"]
+    rows = {r["verdict_id"]: r for r in exported}
+    assert rows[v["id"]]["regions"] == [WRONG, FINDING]
+    as_csv = env.client.get("/api/v1/verdicts?format=csv", headers=env.auth("reviewer")).text
+    csv_rows = {int(r["verdict_id"]): r for r in csv.DictReader(io.StringIO(as_csv))}
+    assert json.loads(csv_rows[v["id"]]["regions"]) == [WRONG, FINDING]
+    assert csv_rows[v["id"] + 1]["regions"] == ""
+
+
+@pytest.mark.parametrize(
+    ("regions", "verdict", "fragment"),
+    [
+        ([{"kind": "lesion", "box": [0.1, 0.1, 0.2, 0.2]}], "reject", "kind"),
+        ([{"kind": "finding", "box": [0.3, 0.1, 0.2, 0.2]}], "reject", "0 ≤ x0 < x1 ≤ 1"),
+        ([{"kind": "finding", "box": [0.1, 0.1, 0.2, 1.5]}], "reject", "0 ≤ y0 < y1 ≤ 1"),
+        ([{"kind": "finding", "box": [-0.1, 0.1, 0.2, 0.2]}], "reject", "0 ≤ x0 < x1 ≤ 1"),
+        ([{"kind": "finding", "box": [0.1, 0.1, 0.2]}], "reject", "box"),
+        ([{"kind": "finding", "box": [0.1, 0.1, 0.2, 0.2], "note": "x"}], "reject", "note"),
+        ([FINDING] * 21, "reject", "regions"),
+        ([WRONG], "approve", "go with a rejection"),
+    ],
+)
+def test_bad_boxes_are_422_and_store_nothing(env: Env, cases: dict, regions: list, verdict: str, fragment: str) -> None:
+    case = cases["kermany"]
+    before = len(env.client.get(f"/api/v1/predictions/{case['id']}", headers=env.auth("reviewer")).json()["verdicts"])
+    body = {"model_id": case["results"][0]["model_id"], "verdict": verdict, "regions": regions}
+    r = env.client.post(f"/api/v1/predictions/{case['id']}/verdicts", headers=env.auth("reviewer"), json=body)
+    assert r.status_code == 422, r.text
+    assert fragment in json.dumps(r.json()["detail"], ensure_ascii=False)
+    after = env.client.get(f"/api/v1/predictions/{case['id']}", headers=env.auth("reviewer")).json()["verdicts"]
+    assert len(after) == before

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -393,6 +394,31 @@ def test_verdict_posted_through_the_form_is_stored_and_history_kept(env: Env, re
     waiting = reviewer.get("/worklist").context["worklist"].items  # after a save: a link to the next one
     expected = f"/cases/{waiting[0].prediction.id}?model={waiting[0].model.id}" if waiting else None
     assert page.context["next_case"] == expected
+
+
+def test_boxes_posted_with_the_form_are_stored_and_bad_ones_shown_back(
+    env: Env, reviewer: TestClient, case: int
+) -> None:
+    model_id = focus_model(reviewer, case)
+    boxes = [{"kind": "wrong_evidence", "box": [0.05, 0.05, 0.3, 0.2]}]
+    r = post_verdict(reviewer, case, model_id, verdict="reject", reasons=["text_or_marker"], regions=json.dumps(boxes))
+    assert r.status_code == 303
+    with env.session() as s:
+        latest = s.scalars(select(Verdict).where(Verdict.prediction_id == case).order_by(Verdict.id.desc())).first()
+    assert latest is not None and latest.regions == boxes
+    page = reviewer.get(r.headers["location"])
+    assert "1 wrong evidence" in page.text
+    before = env.count(Verdict)
+    for bad, message in (
+        ("{not json", "could not be read"),
+        (json.dumps([{"kind": "wrong_evidence", "box": [0.5, 0.1, 0.2, 0.3]}]), "0 ≤ x0 < x1 ≤ 1"),
+    ):
+        r = post_verdict(reviewer, case, model_id, verdict="reject", reasons=["text_or_marker"], regions=bad)
+        assert r.status_code == 422 and r.template.name == "case.html" and message in r.context["form_error"]
+        assert r.context["form"]["regions"] == bad  # kept, so the page's script can draw them again
+    r = post_verdict(reviewer, case, model_id, verdict="approve", regions=json.dumps(boxes))
+    assert r.status_code == 422 and "go with a rejection" in r.context["form_error"]
+    assert env.count(Verdict) == before
 
 
 def test_verdicts_of_two_reviewers_both_count(env: Env, films: dict[str, Film]) -> None:

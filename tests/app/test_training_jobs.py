@@ -6,6 +6,7 @@ Real training runs are in test_training_worker.py."""
 from __future__ import annotations
 
 import csv
+import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from app.services import training, training_report
 from app.services.training_data import export_reviewed_uploads
 from ml import CLASSES
 from ml.confound import confound_figures
+from ml.data import read_manifest
 from ml.metrics import classification_report
 from tests.app.conftest import Env, start_env
 from tests.support.checkpoints import write_untrained_cnnx
@@ -124,7 +126,8 @@ def test_queued_job_contract_cancel_and_audit(env: Env) -> None:
     assert job["status"] == "queued" and job["progress"] == 0.0 and job["model_id"] is None and job["error"] is None
     assert job["params"] == {**GOOD, "learning_rate": 3e-4, "seed": 0, "pretrained": False,
                              "include_reviewed": False, "max_steps_per_epoch": None,
-                             "input_mode": "full", "datasets": [env.settings.dataset_dir.name]}  # fmt: skip
+                             "input_mode": "full", "explanation_weight": 0.0,
+                             "datasets": [env.settings.dataset_dir.name]}  # fmt: skip
     with env.session() as s:
         active = s.scalar(select(MLModel).where(MLModel.active.is_(True)))
     assert job["parent_model_id"] == active.id  # the version it would replace
@@ -307,6 +310,33 @@ def test_reviewed_uploads_export_leaves_out_held_out_films(env: Env, tiny_datase
     train_sha = next(sha for sha, d in diagnosed.items() if d == "viral")
     assert train_sha in row["path"]
     assert info["manifest_sha256"] is not None
+
+
+def test_reviewed_uploads_export_carries_the_boxes_of_the_verdicts_that_count(
+    env: Env, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    rows = read_csv(tiny_dataset / "manifest.csv")
+    film = Path([r["path"] for r in rows if r["split"] == "train" and r["label"] == "normal"][-1])
+    case = env.upload(film.read_bytes()).json()
+    first = {"kind": "wrong_evidence", "box": [0.0, 0.0, 0.2, 0.1]}
+    second = {"kind": "wrong_evidence", "box": [0.7, 0.0, 1.0, 0.15]}
+    finding = {"kind": "finding", "box": [0.2, 0.3, 0.45, 0.6]}
+    for who, regions in (("reviewer", [first]), ("reviewer", [second]), ("admin", [finding, second])):
+        body = {"model_id": case["results"][0]["model_id"], "verdict": "reject", "reasons": ["text_or_marker"],
+                "diagnosis": "normal", "regions": regions}  # fmt: skip
+        r = env.client.post(f"/api/v1/predictions/{case['id']}/verdicts", headers=env.auth(who), json=body)
+        assert r.status_code == 201, r.text
+    out = tmp_path / "reviewed"
+    with env.session() as s:
+        info = export_reviewed_uploads(
+            session=s, store=env.app.state.ctx.store, dataset_dirs=[tiny_dataset], out_dir=out, cache_dir=tmp_path / "c"
+        )
+    # the reviewer's first box was superseded by their second verdict; the admin's repeat of it counts once
+    assert info["regions"] == {"films": 1, "wrong_evidence": 1, "finding": 1}
+    (row,) = [r for r in read_csv(out / "manifest.csv") if r["regions"]]
+    assert case["image_sha256"] in row["path"] and json.loads(row["regions"]) == [second, finding]
+    (record,) = [r for r in read_manifest(out) if r.regions]
+    assert [g.kind for g in record.regions] == ["wrong_evidence", "finding"]
 
 
 def test_training_page_shows_the_form_jobs_and_versions(env: Env) -> None:

@@ -252,6 +252,69 @@ def test_job_succeeds_is_promoted_used_and_rolled_back(env: Env, worker: WorkerP
     assert [t for t in trail if t in expected] == expected
 
 
+WRONG_BOX = {"kind": "wrong_evidence", "box": [0.02, 0.03, 0.3, 0.2]}
+
+
+def test_a_job_on_reviewed_films_uses_the_reviewers_boxes(env: Env, worker: WorkerProcess, tmp_path: Path) -> None:
+    """A rejection with a "wrong evidence" box on a reviewed upload: the retraining job exports the box with
+    the film, trains with the explanation loss on it, and says so; the loss on that film depends on the box."""
+    import dataclasses
+
+    import torch
+
+    from app.models import MLModel
+    from ml.checkpoints import load_model, read_meta
+    from ml.data import Region, load_images, read_manifest
+    from ml.explanation import ExplanationLoss, FeaturesAndLogits, allowed_masks, class_maps
+    from ml.lungseg import LungSegmenter
+    from ml.registry import get_arch
+    from ml.transforms import normalize_batch
+
+    case = env.upload(tiny_film(env, "train", "normal").read_bytes()).json()
+    body = {"model_id": case["results"][0]["model_id"], "verdict": "reject", "reasons": ["text_or_marker"],
+            "diagnosis": "normal", "regions": [WRONG_BOX]}  # fmt: skip
+    r = env.client.post(f"/api/v1/predictions/{case['id']}/verdicts", headers=env.auth("reviewer"), json=body)
+    assert r.status_code == 201 and r.json()["regions"] == [WRONG_BOX]
+    job_body = {**SHORT, "epochs": 1, "include_reviewed": True, "explanation_weight": 1.0}
+    r = env.client.post("/api/v1/training-jobs", headers=env.auth("admin"), json=job_body)
+    assert r.status_code == 202, r.text
+    job, _ = wait_for(env, worker, r.json()["id"], final)
+    assert job["status"] == "succeeded", f"{job['error']}\n{worker.tail()}"
+
+    # the report counts the films and boxes, and says they entered the loss
+    regions = job["dataset"]["reviewed_uploads"]["regions"]
+    assert regions == {"films": 1, "wrong_evidence": 1, "finding": 0, "used": True}
+    report = env.client.get(job["report_url"], headers=env.auth("admin")).json()
+    assert report["dataset"]["reviewed_uploads"]["regions"] == regions
+    page = env.client.get(f"/admin/training/{job['id']}", headers=env.auth("admin"))
+    assert "1 reviewed film with boxes (1 wrong evidence, 0 finding): used in the explanation loss" in page.text
+    # the trainer read the box (its checkpoint says so) and trained with the explanation loss
+    with env.session() as s:
+        path = s.get(MLModel, job["model_id"]).checkpoint_path
+    meta = read_meta(path)
+    assert meta.data is not None and meta.data.reviewer_regions == {"films": 1, "wrong_evidence": 1, "finding": 0}
+    assert meta.train_config["explanation_weight"] == 1.0
+    assert "train_evidence_outside" in job["metrics"]["history"][0]
+
+    # the exported manifest holds the box with the film; the loss on that film changes when the box does
+    records = read_manifest(env.settings.training_dir / f"job-{job['id']}" / "reviewed")
+    (boxed,) = [rec for rec in records if rec.regions]
+    assert boxed.regions == (Region("wrong_evidence", tuple(WRONG_BOX["box"])),)
+    model, _ = load_model(path)
+    spec = get_arch("cnnx")
+    moved = dataclasses.replace(boxed, regions=(Region("wrong_evidence", (0.2, 0.2, 0.8, 0.8)),))
+    shares = []
+    for record in (boxed, moved):
+        loaded = load_images([record], spec.input_size, segmenter=LungSegmenter.from_checkpoint(), cache_dir=tmp_path)
+        allowed = torch.from_numpy(allowed_masks(loaded, 0.04)[:, None])
+        x = normalize_batch(torch.from_numpy(loaded.images).unsqueeze(1), spec.mean, spec.std)
+        with torch.no_grad():
+            features, logits = FeaturesAndLogits(model)(x)
+            maps = class_maps(model, spec, features, logits)
+            shares.append(float(ExplanationLoss(("normal", "covid19"))(maps, allowed, torch.tensor([0]))))
+    assert abs(shares[0] - shares[1]) > 1e-3, shares
+
+
 def test_stopped_worker_requeues_its_job_and_cancel_stops_training(env: Env, worker: WorkerProcess) -> None:
     job_id = env.client.post("/api/v1/training-jobs", headers=env.auth("admin"), json=LONG).json()["id"]
     wait_for(env, worker, job_id, training)
