@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request, status
+from fastapi import APIRouter, Depends, Form, Request, status
 from fastapi.responses import Response
 
 from app import schemas, security
@@ -21,6 +21,7 @@ from app.deps import (
     CurrentUser,
     OptionalUser,
     PageCsrf,
+    PageRefused,
     PageUser,
     SessionDep,
     SettingsDep,
@@ -30,7 +31,7 @@ from app.deps import (
     set_session_cookie,
 )
 from app.models import User
-from app.routes.templating import error_page, render, safe_next, see_other
+from app.routes.templating import render, safe_next, see_other
 from app.services import accounts
 from app.services.errors import ServiceError, ThrottledError
 
@@ -231,18 +232,26 @@ def user_create(
     )
 
 
+def _managed_user(username: str, session: SessionDep, admin: AdminPage) -> User:
+    """The account named in the path, for an admin's change; an unknown name is the 404 page."""
+    target = accounts.get_user_by_name(session=session, username=username)
+    if target is None:
+        raise PageRefused(status.HTTP_404_NOT_FOUND, "No such user", f"user {username!r} not found", user=admin)
+    return target
+
+
+ManagedUser = Annotated[User, Depends(_managed_user)]
+
+
 @pages.post("/admin/users/{username}/active", response_model=None)
 def user_set_active(
     request: Request,
-    username: str,
     session: SessionDep,
     admin: AdminPage,
     _csrf: PageCsrf,
+    target: ManagedUser,
     form: Annotated[schemas.ActiveForm, Form()],
 ) -> Response:
-    target = accounts.get_user_by_name(session=session, username=username)
-    if target is None:
-        return error_page(request, admin, 404, "No such user", f"user {username!r} not found")
     enable = form.active == "true"
     if target.id == admin.id and not enable:
         return _users_page(request, session, admin, status_code=422, error="You cannot deactivate your own account.")
@@ -253,15 +262,12 @@ def user_set_active(
 @pages.post("/admin/users/{username}/role", response_model=None)
 def user_set_role(
     request: Request,
-    username: str,
     session: SessionDep,
     admin: AdminPage,
     _csrf: PageCsrf,
+    target: ManagedUser,
     form: Annotated[schemas.RoleForm, Form()],
 ) -> Response:
-    target = accounts.get_user_by_name(session=session, username=username)
-    if target is None:
-        return error_page(request, admin, 404, "No such user", f"user {username!r} not found")
     if target.id == admin.id:
         return _users_page(request, session, admin, status_code=422, error="You cannot change your own role.")
     try:
