@@ -189,6 +189,10 @@ _VERDICT_RULES: dict[str, Any] = {
             },
             "then": {"properties": {"comment": {"pattern": "\\S"}}, "required": ["comment"]},
         },
+        {  # an approval marks no wrong evidence: its boxes, if any, are findings
+            "if": {"properties": {"verdict": {"const": "approve"}}, "required": ["verdict"]},
+            "then": {"properties": {"regions": {"items": {"properties": {"kind": {"const": "finding"}}}}}},
+        },
     ]
 }
 
