@@ -8,6 +8,7 @@ Nothing reads the environment at import time: `create_app(settings=None)` and th
 from __future__ import annotations
 
 import math
+import os
 import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -67,6 +68,21 @@ class Settings(BaseSettings):
     threads instead, and a CPU shared with other work is not oversubscribed (on the 2-core dev box
     a resnet18 forward took ~2.5 s with torch's default threads under load, ~0.15 s with 1).
     None leaves torch's default."""
+    inference_workers: int | None = Field(default=None, ge=1)
+    """Threads of the process's one inference executor (`app.services.executor`), each running whole
+    micro-batches with `torch_threads` intra-op threads. None: the usable cores (the process's CPU
+    affinity) divided by `torch_threads`, so workers × threads = cores and no load oversubscribes
+    the CPU."""
+    inference_batch_size: int = Field(default=8, ge=1)
+    """Most films one micro-batch runs (segmenter per film, then one forward pass per model)."""
+    inference_batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+    """How long a worker waits for more films when its batch is not full. 0: it takes what is queued
+    (under load the queue fills while the workers are busy, so batches form by themselves, and a
+    lone request never waits); above 0, fuller batches when requests arrive spread out, at up to
+    this much added latency."""
+    inference_queue_films: int = Field(default=64, ge=1)
+    """Films the executor queue holds (a `models=all` film counts once); an upload that does not fit
+    is answered 503 with Retry-After, before anything is stored."""
     preload_models: bool = True
     """Load the active model's weights at start (the first prediction is then as fast as the rest)."""
 
@@ -180,6 +196,13 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def resolved_inference_workers(self) -> int:
+        """`inference_workers`, else the usable cores / `torch_threads` (at least 1)."""
+        if self.inference_workers is not None:
+            return self.inference_workers
+        return max(1, usable_cores() // (self.torch_threads or 1))
+
+    @property
     def production(self) -> bool:
         return self.env == "production"
 
@@ -237,6 +260,14 @@ class Settings(BaseSettings):
         data_dir.mkdir(parents=True, exist_ok=True)
         prepared = self.model_copy(update={"data_dir": data_dir})
         return prepared.model_copy(update={"secret_key": resolve_secret_key(prepared)})
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. under `taskset`), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def dataset_name(folder: Path) -> str:

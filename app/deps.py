@@ -36,6 +36,7 @@ from app import security
 from app.config import Settings
 from app.models import User, WebSession
 from app.services import accounts
+from app.services.executor import InferenceExecutor
 from app.services.model_registry import ModelManager
 from app.services.storage import DataDirLock, FileStore
 
@@ -58,11 +59,14 @@ class AppContext:
     session_factory: sessionmaker[Session]
     store: FileStore
     models: ModelManager
+    executor: InferenceExecutor
+    """The process's one inference executor: every upload's films run through it."""
     data_lock: DataDirLock | None = None
     """Held (shared) while the app runs; see app.services.storage.DataDirLock."""
 
     def close(self) -> None:
-        """Dispose of the engine's connections and release the data dir."""
+        """Stop the executor, dispose of the engine's connections and release the data dir."""
+        self.executor.close()
         self.engine.dispose()
         if self.data_lock is not None:
             self.data_lock.release()
@@ -90,10 +94,15 @@ def get_model_manager(request: Request) -> ModelManager:
     return get_context(request).models
 
 
+def get_executor(request: Request) -> InferenceExecutor:
+    return get_context(request).executor
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 StoreDep = Annotated[FileStore, Depends(get_store)]
 ModelManagerDep = Annotated[ModelManager, Depends(get_model_manager)]
+ExecutorDep = Annotated[InferenceExecutor, Depends(get_executor)]
 
 
 # ------------------------------------------------------------------------------ authentication

@@ -32,7 +32,8 @@ from app.config import Settings, SettingsError
 from app.db import make_engine, make_session_factory, upgrade_database
 from app.deps import CSRF_COOKIE, AppContext, PageRefused, pending_csrf_cookie
 from app.services import accounts, model_registry, predictions
-from app.services.errors import ServiceError, ThrottledError
+from app.services.errors import OverloadedError, ServiceError, ThrottledError
+from app.services.executor import InferenceExecutor
 from app.services.model_registry import ModelManager
 from app.services.predictions import too_large_message
 from app.services.storage import DataDirLock, FileStore
@@ -130,7 +131,7 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ThrottledError) else None
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, ThrottledError | OverloadedError) else None
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(ImageDecodeError)
@@ -238,6 +239,7 @@ def build_context(settings: Settings, *, announce: Any = None) -> AppContext:
         session_factory=session_factory,
         store=store,
         models=ModelManager(lungseg_checkpoint=lungseg),
+        executor=InferenceExecutor.from_settings(settings),
         data_lock=data_lock,
     )
 

@@ -5,8 +5,8 @@ once, in one place, for every `/api/` operation (whatever router declared it):
 
 - every error the middleware, the framework and the services can answer is documented with the
   `{"detail": ...}` model: 400 (a body that cannot be parsed), 401, 403, 404, 405 (the `Allow`
-  header lists the path's methods), 409, 413 (the body limit), 415, 422, and 429 where logins are
-  throttled;
+  header lists the path's methods), 409, 413 (the body limit), 415, 422, 429 where logins are
+  throttled, and 503 where the inference queue can be full (both with their Retry-After header);
 - the upload's accepted content and limits (PNG, JPEG or DICOM; CXR_MAX_UPLOAD_BYTES; CXR_MAX_PIXELS)
   are in its request body schema;
 - links between operations where ids flow (a created prediction → its detail and verdicts;
@@ -38,6 +38,13 @@ ERROR_DESCRIPTIONS = {
     422: "well-formed, but a value is out of range or unknown",
 }
 THROTTLED = {429: "too many failed logins; retry after the Retry-After header's seconds"}
+OVERLOADED = {
+    503: "the inference queue is full (nothing was stored: send the same request again after the Retry-After "
+    "header's seconds), or a model's checkpoint is unavailable"
+}
+RETRY_AFTER_HEADER = {
+    "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer", "minimum": 1}}
+}
 ERROR_SCHEMA = {
     "title": "ErrorOut",
     "type": "object",
@@ -87,11 +94,16 @@ def apply_contract(schema: dict[str, Any], settings: Settings) -> dict[str, Any]
             if method not in ("get", "post", "put", "patch", "delete"):
                 continue
             responses = operation.setdefault("responses", {})
-            errors = {**ERROR_DESCRIPTIONS, **(THROTTLED if "429" in responses else {})}
+            errors = {
+                **ERROR_DESCRIPTIONS,
+                **(THROTTLED if "429" in responses else {}),
+                **(OVERLOADED if "503" in responses else {}),
+            }
             for code, description in errors.items():
                 responses[str(code)] = {
                     "description": description,
                     "content": {"application/json": {"schema": error_ref}},
+                    **({"headers": RETRY_AFTER_HEADER} if code in THROTTLED or code in OVERLOADED else {}),
                 }
             _describe_upload(operation, settings, components)
     _add_links(paths)

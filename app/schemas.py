@@ -45,6 +45,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 ERRORS = error_responses(401, 403, 404, 413, 415, 422)
 """The error replies of the review API (see app.routes.__init__ for what each status means)."""
+PREDICTION_ERRORS = {**ERRORS, **error_responses(503)}
+"""An upload's: also 503 with Retry-After when the inference queue is full (nothing is stored)."""
 
 
 # ------------------------------------------------------------------------------- accounts

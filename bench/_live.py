@@ -123,7 +123,7 @@ class Uploader:
             self.count += 1
         return elapsed
 
-    def run(self, clients: int, total: int) -> tuple[list[float], float]:
+    def run(self, clients: int, total: int, models: str | None = None) -> tuple[list[float], float]:
         """`total` requests spread over `clients` threads; returns latencies and the wall time."""
         latencies: list[float] = []
         errors: list[BaseException] = []
@@ -136,7 +136,7 @@ class Uploader:
                 with self.client() as http:
                     start.wait()
                     for _ in range(n):
-                        elapsed = self.post(http)
+                        elapsed = self.post(http, models=models)
                         with lock:
                             latencies.append(elapsed)
             except BaseException as exc:

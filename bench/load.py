@@ -1,20 +1,23 @@
-"""Prediction service under load: throughput and latency at 1, 4 and 16 clients, memory over 1,000
-predictions, and the time to compare every loaded model on one image.
+"""Prediction service under load, next to its in-process limit; memory over 1,000 predictions; the same
+with `models=all`.
 
 Starts `cxr-review serve --no-worker` (live uvicorn, the web process only) on a free local port with
 a temporary data dir, the bundled default model active and, in CXR_MODELS_DIR, one untrained
 checkpoint per other registered architecture (weights do not change the cost of a forward pass, and
-nothing is downloaded). Then, all against POST /api/v1/predictions with a 512-px Kermany JPEG made
-unique per request (bytes after the JPEG end marker, so no upload is deduplicated):
+nothing is downloaded). Every upload is a 512-px Kermany JPEG made unique per request (bytes after
+the JPEG end marker, so no upload is deduplicated). In one run it prints:
 
-  1. warm-up, then the server's RSS (VmRSS of its process, /proc/<pid>/status);
-  2. 1, 4 and 16 concurrent clients: requests/s and p50/p95/p99 latency, default model only;
-  3. more predictions until 1,000 since the warm-up, then RSS again: growth must stay within 10 %;
-  4. `models=all` on one image (every registered model): cold (loads the weights) and warm.
+  1. the in-process limit: films/s when an `InferenceExecutor` sized as the server's (workers x torch
+     threads = the usable cores) is fed the decoded film directly, at each batch size; the best one
+     is the limit (measured in this process before the server starts, so nothing competes);
+  2. 1, 4, 8, 16 and 32 concurrent clients: requests/s, p50/p95/p99 latency, throughput/limit;
+  3. the server's RSS after a warm-up and after 1,000 more predictions (growth must stay within 10 %);
+  4. all of it again with `models=all` (every registered model on each film; fewer requests, and the
+     RSS over --all-total predictions).
 
-The CPU may be shared (e.g. with a training run): the load average before and after is printed so the
-figures can be read in context. Usage:
-    python bench/load.py [--requests 1:60,4:120,16:320] [--total 1000] [--archs all|none|a,b]
+The CPU may be shared (e.g. with a training run): the load average before and after is printed, and
+`taskset -c 0 python bench/load.py` pins the whole run (server included) to one core. Usage:
+    python bench/load.py [--requests 1:40,4:80,8:120,16:160,32:200] [--total 1000] [--archs all|none|a,b]
 """
 
 from __future__ import annotations
@@ -22,10 +25,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from _live import Uploader, default_image, live_server, percentile  # bench/ is the script's directory
@@ -72,15 +74,108 @@ def write_untrained_checkpoints(models_dir: Path, archs: list[str]) -> None:
         save_checkpoint(models_dir / f"{name}-untrained.pt", spec.builder(False), meta)
 
 
+def in_process_limit(
+    data: bytes, archs: list[str] | None, models_dir: Path, batch_sizes: list[int], films: int
+) -> dict[int, float]:
+    """Films/s through an executor sized like the server's, fed the decoded film directly, per batch
+    size. `archs=None`: the bundled model alone; else it plus the untrained checkpoints of `archs`."""
+    import torch
+
+    from app.config import Settings
+    from app.services.executor import InferenceExecutor
+    from ml.imageio import decode_image
+    from ml.inference import Predictor
+    from ml.lungseg import LungSegmenter
+
+    torch.set_num_threads(1)
+    gray = decode_image(data, max_pixels=40_000_000).gray
+    segmenter = LungSegmenter.from_checkpoint()
+    predictors = [Predictor.from_checkpoint(segmenter=segmenter)]
+    for arch in archs or []:
+        predictors.append(Predictor.from_checkpoint(models_dir / f"{arch}-untrained.pt", segmenter=segmenter))
+    workers = Settings(torch_threads=1).resolved_inference_workers
+    limits = {}
+    for size in batch_sizes:
+        executor = InferenceExecutor(workers=workers, max_batch=size, max_queue=max(films, size), torch_threads=1)
+        try:
+            for f in executor.submit([gray] * (workers * size), predictors, segmenter):
+                f.result()  # warm-up
+            t0 = time.perf_counter()
+            for f in executor.submit([gray] * films, predictors, segmenter):
+                f.result()
+            limits[size] = films / (time.perf_counter() - t0)
+        finally:
+            executor.close()
+    return limits
+
+
+@dataclass
+class Section:
+    label: str
+    limits: dict[int, float]
+    rows: list[tuple[int, list[float], float]] = field(default_factory=list)
+    rss_before: float = 0.0
+    rss_after: float = 0.0
+    done: int = 0
+
+    @property
+    def limit(self) -> float:
+        return max(self.limits.values())
+
+    def report(self) -> bool:
+        best = max(self.limits, key=lambda k: self.limits[k])
+        sizes = ", ".join(f"batch {k}: {v:.2f}" for k, v in self.limits.items())
+        print(f"\n{self.label}: in-process limit {self.limit:.2f} films/s (best batch size {best}; {sizes})")
+        print(f"{'clients':>7} {'requests':>8} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'/limit':>7}")
+        for clients, latencies, wall in self.rows:
+            ms = [v * 1000 for v in latencies]
+            rate = len(ms) / wall
+            print(
+                f"{clients:>7} {len(ms):>8} {rate:>7.2f} {percentile(ms, 0.5):>8.0f} {percentile(ms, 0.95):>8.0f} "
+                f"{percentile(ms, 0.99):>8.0f} {rate / self.limit:>6.0%}"
+            )
+        growth = (self.rss_after - self.rss_before) / self.rss_before
+        ok = growth <= RSS_GROWTH_LIMIT
+        print(
+            f"server RSS {self.rss_before:.0f} MiB after the warm-up, {self.rss_after:.0f} MiB after {self.done} more "
+            f"predictions: {growth * 100:+.1f} % (limit +{RSS_GROWTH_LIMIT * 100:.0f} %) -> {'PASS' if ok else 'FAIL'}"
+        )
+        return ok
+
+
+def load_section(
+    uploader: Uploader, pid: int, section: Section, phases: list[tuple[int, int]], total: int, models: str | None
+) -> None:
+    with uploader.client() as http:
+        for _ in range(5):
+            uploader.post(http, models=models)
+    section.rss_before = rss_mib(pid)
+    counted_from = uploader.count
+    for clients, n in phases:
+        latencies, wall = uploader.run(clients, n, models=models)
+        section.rows.append((clients, latencies, wall))
+        print(f"  {section.label}: {clients:>2} clients, {n} requests in {wall:.0f} s", flush=True)
+    remaining = total - (uploader.count - counted_from)
+    if remaining > 0:
+        uploader.run(8, remaining, models=models)
+    section.done = uploader.count - counted_from
+    section.rss_after = rss_mib(pid)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", default="1:60,4:120,16:320", help="clients:requests per phase")
+    parser.add_argument("--requests", default="1:40,4:80,8:120,16:160,32:200", help="clients:requests per phase")
+    parser.add_argument("--all-requests", default="1:4,4:8,8:16,16:32,32:64", help="the same, models=all")
     parser.add_argument("--total", type=int, default=1000, help="predictions between the two RSS readings")
-    parser.add_argument("--archs", default="all", help="extra untrained models for compare-all: all, none or a,b")
-    parser.add_argument("--compare-runs", type=int, default=3, help="warm compare-all repetitions")
+    parser.add_argument("--all-total", type=int, default=150, help="the same, models=all")
+    parser.add_argument("--batch-sizes", default="1,2,4,8", help="in-process limit: batch sizes tried")
+    parser.add_argument("--limit-films", type=int, default=48, help="in-process limit: films per batch size")
+    parser.add_argument("--archs", default="all", help="extra untrained models for models=all: all, none or a,b")
     parser.add_argument("--image", type=Path, default=None)
     args = parser.parse_args()
-    phases = [tuple(int(x) for x in p.split(":")) for p in args.requests.split(",")]
+    phases = [(int(c), int(n)) for c, n in (p.split(":") for p in args.requests.split(","))]
+    all_phases = [(int(c), int(n)) for c, n in (p.split(":") for p in args.all_requests.split(","))]
+    sizes = [int(x) for x in args.batch_sizes.split(",")]
 
     from ml.registry import get_arch, list_archs
 
@@ -97,71 +192,43 @@ def main() -> int:
         t0 = time.perf_counter()
         write_untrained_checkpoints(models_dir, archs)
         print(f"wrote {len(archs)} untrained checkpoints in {time.perf_counter() - t0:.0f} s", flush=True)
+        one = Section("default model", in_process_limit(data, None, models_dir, sizes, args.limit_films))
+        print(f"in-process limit, default model: {one.limit:.2f} films/s", flush=True)
+        every = Section(
+            f"models=all ({len(archs) + 1} models)",
+            in_process_limit(data, archs, models_dir, sizes[:2], max(4, args.limit_films // 8)),
+        )
+        print(f"in-process limit, models=all: {every.limit:.2f} films/s", flush=True)
         env = {**os.environ, "CXR_DATA_DIR": tmp, "CXR_MODELS_DIR": str(models_dir), "CXR_TORCH_THREADS": "1"}
         with live_server(
             env, Path(tmp) / "server.log", extra_args=["--no-worker"], start_timeout_s=START_TIMEOUT_S
         ) as server:
             uploader = Uploader(server.base_url, server.token, data, image.name)
             rss_idle = rss_mib(server.process.pid)
-            with uploader.client() as http:
-                for _ in range(10):
-                    uploader.post(http)
-            rss_before = rss_mib(server.process.pid)
-            counted_from = uploader.count
-
-            rows = []
-            for clients, n in phases:
-                latencies, wall = uploader.run(clients, n)
-                rows.append((clients, latencies, wall))
-                print(f"  {clients:>2} clients: {n} requests in {wall:.0f} s", flush=True)
-            remaining = args.total - (uploader.count - counted_from)
-            if remaining > 0:
-                uploader.run(8, remaining)
-            done = uploader.count - counted_from
-            rss_after = rss_mib(server.process.pid)
-
-            with uploader.client() as http:
-                n_models = len(http.get("/api/v1/models").json())
-                cold = uploader.post(http, models="all")
-                warm = [uploader.post(http, models="all") for _ in range(args.compare_runs)]
-            rss_all = rss_mib(server.process.pid)
+            load_section(uploader, server.process.pid, one, phases, args.total, None)
+            load_section(uploader, server.process.pid, every, all_phases, args.all_total, "all")
     load_after = os.getloadavg()
 
     from PIL import Image
 
+    from app.config import Settings
+
     with Image.open(image) as img:
         size = img.size
     print()
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; usable cores {len(os.sched_getaffinity(0))}")
     print(
         f"load average (1/5/15 min) before {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f}, "
         f"after {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f}"
     )
+    workers = Settings(torch_threads=1).resolved_inference_workers
     print(
         f"image: {image.name} {size[0]}x{size[1]} JPEG, {len(data) / 1024:.0f} KiB; default model: bundled "
-        f"{bundled_arch}; CXR_TORCH_THREADS=1; server: cxr-review serve --no-worker (one uvicorn process)"
+        f"{bundled_arch}; server: cxr-review serve --no-worker (one uvicorn process), {workers} inference "
+        f"worker(s) x CXR_TORCH_THREADS=1; idle RSS after start {rss_idle:.0f} MiB"
     )
-    print()
-    print(f"{'clients':>7} {'requests':>8} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
-    for clients, latencies, wall in rows:
-        ms = [v * 1000 for v in latencies]
-        print(
-            f"{clients:>7} {len(ms):>8} {len(ms) / wall:>7.2f} {percentile(ms, 0.5):>8.0f} "
-            f"{percentile(ms, 0.95):>8.0f} {percentile(ms, 0.99):>8.0f} {statistics.fmean(ms):>8.0f}"
-        )
-    growth = (rss_after - rss_before) / rss_before
-    verdict = "PASS" if growth <= RSS_GROWTH_LIMIT else "FAIL"
-    print()
-    print(
-        f"server RSS: {rss_idle:.0f} MiB idle after start, {rss_before:.0f} MiB after 10 warm-up predictions, "
-        f"{rss_after:.0f} MiB after {done} more predictions: {growth * 100:+.1f} % "
-        f"(limit +{RSS_GROWTH_LIMIT * 100:.0f} %) -> {verdict}"
-    )
-    print(
-        f"compare all {n_models} models on one image (models=all): cold {cold:.1f} s (loads the weights), "
-        f"warm median {statistics.median(warm):.1f} s over {len(warm)}; RSS with all models loaded {rss_all:.0f} MiB"
-    )
-    return 0 if verdict == "PASS" else 1
+    ok = [section.report() for section in (one, every)]
+    return 0 if all(ok) else 1
 
 
 if __name__ == "__main__":

@@ -111,7 +111,8 @@ def ingest(*, ctx: Any, data: bytes, origin: str, sop_instance_uid: str | None =
             return _finish(session, row, "rejected", reason)
         try:
             prediction = _existing_prediction(session, uid, data) or create_prediction(
-                session=session, settings=ctx.settings, store=ctx.store, manager=ctx.models, data=data,
+                session=session, settings=ctx.settings, store=ctx.store, manager=ctx.models,
+                executor=ctx.executor, data=data,
                 filename=_filename(uid), models=ctx.settings.pacs_models, user=None,
             )  # fmt: skip
         except (ImageDecodeError, PayloadTooLargeError) as exc:

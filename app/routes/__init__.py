@@ -15,7 +15,8 @@ pages); request and response models are in `app.schemas`.
 
 API errors are JSON `{"detail": ...}`: 401 unauthenticated, 403 wrong role/CSRF, 404 unknown id,
 409 conflicting state, 413 file too large, 415 not PNG/JPEG/DICOM, 422 undecodable file, unknown
-model id or invalid body, 429 too many failed logins, 503 a model's checkpoint is unavailable.
+model id or invalid body, 429 too many failed logins, 503 a model's checkpoint is unavailable or (uploads)
+the inference queue is full: Retry-After says when to send the same request again, nothing was stored.
 Every API endpoint except /health needs a user (Bearer token, or the session cookie plus
 X-CSRF-Token for unsafe methods).
 """

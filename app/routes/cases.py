@@ -22,12 +22,13 @@ from sqlalchemy.orm import Session
 
 from app import schemas
 from app.config import Settings
-from app.deps import CurrentUser, ModelManagerDep, PageCsrf, PageUser, SessionDep, SettingsDep, StoreDep
+from app.deps import CurrentUser, ExecutorDep, ModelManagerDep, PageCsrf, PageUser, SessionDep, SettingsDep, StoreDep
 from app.models import MLModel, Prediction, User, Verdict
 from app.routes.models import metrics_summary
 from app.routes.templating import error_page, render, see_other
 from app.services import model_registry, predictions, reviews
 from app.services.errors import ServiceError
+from app.services.executor import InferenceExecutor
 from app.services.model_registry import ModelManager
 from app.services.storage import FileStore
 from ml.cam.overlay import colorbar_png
@@ -117,6 +118,7 @@ def _predict_upload(
     settings: Settings,
     store: FileStore,
     manager: ModelManager,
+    executor: InferenceExecutor,
 ) -> Prediction:
     """The upload of the API and of the page: read at most one byte over the limit (the service refuses
     a larger file with 413), then `predictions.create_prediction`."""
@@ -126,6 +128,7 @@ def _predict_upload(
         settings=settings,
         store=store,
         manager=manager,
+        executor=executor,
         data=data,
         filename=file.filename,
         models=models,
@@ -135,7 +138,10 @@ def _predict_upload(
 
 # ------------------------------------------------------------------------------------- API
 @api.post(
-    "/predictions", status_code=status.HTTP_201_CREATED, response_model=schemas.PredictionOut, responses=schemas.ERRORS
+    "/predictions",
+    status_code=status.HTTP_201_CREATED,
+    response_model=schemas.PredictionOut,
+    responses=schemas.PREDICTION_ERRORS,
 )
 def create_prediction(
     file: Annotated[UploadFile, File(description="PNG, JPEG or DICOM chest X-ray")],
@@ -143,12 +149,15 @@ def create_prediction(
     settings: SettingsDep,
     store: StoreDep,
     manager: ModelManagerDep,
+    executor: ExecutorDep,
     user: CurrentUser,
     models: Annotated[
         str | None, Form(description="comma-separated model ids, or 'all'; default: the active model")
     ] = None,
 ) -> schemas.PredictionOut:
-    prediction = _predict_upload(file, models, user, session, settings, store, manager)
+    """Upload a film: the requested models' results, stored (201 means every file and row is durable).
+    503 with Retry-After when the inference queue is full; nothing is stored then."""
+    prediction = _predict_upload(file, models, user, session, settings, store, manager, executor)
     return prediction_out(prediction, threshold=settings.lung_focus_threshold)
 
 
@@ -268,6 +277,7 @@ def upload_submit(
     settings: SettingsDep,
     store: StoreDep,
     manager: ModelManagerDep,
+    executor: ExecutorDep,
     user: PageUser,
     _csrf: PageCsrf,
     file: Annotated[UploadFile | None, File()] = None,
@@ -279,7 +289,7 @@ def upload_submit(
     if file is None or not file.filename:
         return again(status.HTTP_422_UNPROCESSABLE_CONTENT, "Choose a PNG, JPEG or DICOM file first.")
     try:
-        prediction = _predict_upload(file, models or None, user, session, settings, store, manager)
+        prediction = _predict_upload(file, models or None, user, session, settings, store, manager, executor)
     except ServiceError as exc:
         return again(exc.status_code, str(exc))
     except ImageDecodeError as exc:

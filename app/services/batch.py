@@ -1,7 +1,9 @@
 """`cxr-review predict`: the prediction pipeline over files and folders of PNG/JPEG/DICOM films.
 
-The same steps as an upload (decode with the same limits, then `ml.inference.analyze_film`: lung mask
-once per film, each requested model with that mask, lung focus), with the models resolved from the
+The same steps as an upload (decode with the same limits, then the same inference executor as the web
+service, `app.services.executor`: micro-batches through `ml.inference.analyze_films`, lung mask once
+per film, each requested model with that mask, lung focus; the next films are decoded while earlier
+ones run, and the queue bounds how many are in memory), with the models resolved from the
 registry as the API's `models` field is, but nothing is stored in the database: the output is a CSV
 with one row per film and model (probabilities, predicted class, CAM method, lung focus, model
 version, checkpoint and image sha256). A file that cannot be read gets a row with status `error` and
@@ -15,7 +17,9 @@ import csv
 import os
 import sys
 import tempfile
+from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,13 +112,33 @@ def run(
         from tqdm import tqdm
 
         iterator = tqdm(files, desc="predict", unit="film", file=sys.stderr)
-    for path in iterator:
-        film_rows = _film_rows(path, settings, manager, targets, overlays, dicom_sr)
+    from app.services.executor import InferenceExecutor
+
+    executor = InferenceExecutor.from_settings(settings)
+    predictors = [manager.get(model) for model in targets]
+    in_flight: deque[_Pending] = deque()
+    window = executor.max_queue  # films decoded ahead of their results
+
+    def finish(pending: _Pending) -> None:
+        film_rows = pending.rows(settings, targets, overlays, dicom_sr)
         if film_rows[0]["status"] == "error":
-            summary.unreadable[str(path)] = film_rows[0]["error"]
+            summary.unreadable[pending.file] = film_rows[0]["error"]
         else:
             summary.films += 1
-        rows += film_rows
+        rows.extend(film_rows)
+
+    try:
+        for path in iterator:
+            pending = _read(path, settings)
+            if pending.decoded is not None:
+                (pending.future,) = executor.submit([pending.decoded.gray], predictors, manager.segmenter(), wait=True)
+            in_flight.append(pending)
+            while len(in_flight) > window or (in_flight and in_flight[0].done):
+                finish(in_flight.popleft())
+        while in_flight:
+            finish(in_flight.popleft())
+    finally:
+        executor.close()
     _write_csv(csv_path, rows)
     summary.rows = len(rows)
     counts = f"{summary.films} film(s) read, {len(summary.unreadable)} unreadable"
@@ -124,11 +148,30 @@ def run(
     return 1 if summary.unreadable else 0
 
 
-def _film_rows(
-    path: Path, settings: Settings, manager: Any, targets: list[Any], overlays: Path | None, dicom_sr: Path | None
-) -> list[dict[str, Any]]:
+@dataclass
+class _Pending:
+    """A film read and decoded (or not: `base` then holds its error row), and its result to come."""
+
+    file: str
+    base: dict[str, Any]
+    data: bytes = b""
+    decoded: Any = None
+    future: Future[Any] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.future is None or self.future.done()
+
+    def rows(
+        self, settings: Settings, targets: list[Any], overlays: Path | None, dicom_sr: Path | None
+    ) -> list[dict[str, Any]]:
+        if self.future is None:
+            return [self.base]
+        return _film_rows(self, self.future.result(), settings, targets, overlays, dicom_sr)
+
+
+def _read(path: Path, settings: Settings) -> _Pending:
     from ml.imageio import ImageDecodeError, decode_image
-    from ml.inference import analyze_film
 
     base: dict[str, Any] = {"file": str(path)}
     try:
@@ -139,13 +182,23 @@ def _film_rows(
             )
         decoded = decode_image(data, max_pixels=settings.max_pixels)
     except (OSError, ImageDecodeError) as exc:
-        return [{**base, "status": "error", "error": str(exc)}]
+        return _Pending(str(path), {**base, "status": "error", "error": str(exc)})
     base.update(
         image_sha256=sha256_bytes(data), format=decoded.format, width=decoded.width, height=decoded.height,
         warnings=";".join(decoded.meta.get("decoder_warnings", [])),
     )  # fmt: skip
-    segmenter = manager.segmenter()
-    film = analyze_film(decoded.gray, [manager.get(model) for model in targets], segmenter)
+    return _Pending(str(path), base, data, decoded)
+
+
+def _film_rows(
+    pending: _Pending,
+    film: Any,
+    settings: Settings,
+    targets: list[Any],
+    overlays: Path | None,
+    dicom_sr: Path | None,
+) -> list[dict[str, Any]]:
+    path, base, data, decoded = Path(pending.file), pending.base, pending.data, pending.decoded
     rows = []
     for model, out in zip(targets, film.predictions, strict=True):
         score = out.predicted_lung_focus

@@ -41,3 +41,13 @@ class ModelUnavailableError(ServiceError):
     """A registered model whose checkpoint is missing or no longer matches its recorded sha256."""
 
     status_code = 503
+
+
+class OverloadedError(ServiceError):
+    """The inference queue is full: nothing was written; `retry_after` seconds is the estimated wait."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

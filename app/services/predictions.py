@@ -1,9 +1,12 @@
 """Uploads → stored predictions (one result per model) and the images/overlays that show them.
 
 `create_prediction` is the one write path: decode (limits checked before pixels are decoded) → the
-per-film pipeline `ml.inference.analyze_film` (lungs segmented once, each requested model run with that
-mask, each result's lung focus scored) → write files atomically → insert rows → commit; this module
-only stores and serves what the pipeline returns. If anything fails after
+process's inference executor (`app.services.executor`: a bounded queue, micro-batches through the
+per-film pipeline `ml.inference.analyze_films`: lungs segmented once, each requested model run with
+that mask, each result's lung focus scored; a full queue is a 503 before anything is written) → write
+files atomically → one group sync → insert rows → commit; this module only stores and serves what
+the pipeline returns. The decoded film's PNG is not written on upload: `FileStore.film_png` derives
+it from the kept original on first read, as overlays are rendered on first read. If anything fails after
 files were written, the files this call created are removed unless a committed row references
 them. Blocking (numpy/torch) work: call from sync (`def`) routes or a worker, never `async def`.
 """
@@ -24,12 +27,12 @@ from app.db import is_row_id
 from app.models import Image, MLModel, Prediction, PredictionResult, User
 from app.services import lung_focus
 from app.services.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
+from app.services.executor import InferenceExecutor
 from app.services.model_registry import ModelManager, resolve_models
 from app.services.storage import FileStore, is_sha256
 from ml import CLASSES
 from ml.cam.overlay import outline_png, overlay_png
 from ml.imageio import decode_image
-from ml.inference import analyze_film
 from ml.lung_crop import Box
 from ml.lung_focus import LungFocus
 
@@ -70,31 +73,34 @@ def create_prediction(
     settings: Settings,
     store: FileStore,
     manager: ModelManager,
+    executor: InferenceExecutor,
     data: bytes,
     filename: str | None,
     models: str | None,
     user: User | None,
 ) -> Prediction:
-    """Decode `data`, segment its lungs, run the requested models (see `resolve_models`) with that mask,
-    score each result's lung focus, store everything (mask included), commit.
+    """Decode `data`, then through the executor's queue: segment its lungs, run the requested models
+    (see `resolve_models`) with that mask, score each result's lung focus; then store everything
+    (mask included), make the files durable in one group sync, commit.
 
     Raises ml.imageio errors (415/422/413), PayloadTooLargeError, InvalidInputError (unknown model id),
-    ModelUnavailableError. Nothing is left behind on failure.
+    ModelUnavailableError, OverloadedError (the queue is full: 503). Nothing is left behind on failure.
     """
     if len(data) > settings.max_upload_bytes:
         raise PayloadTooLargeError(too_large_message(settings.max_upload_bytes))
     targets = resolve_models(session=session, spec=models)
     decoded = decode_image(data, max_pixels=settings.max_pixels)
     segmenter = manager.segmenter()
-    film = analyze_film(decoded.gray, [manager.get(model) for model in targets], segmenter)
+    (film,) = executor.run([decoded.gray], [manager.get(model) for model in targets], segmenter)
     assert film.lung_mask is not None
     outputs = list(zip(targets, film.predictions, strict=True))
 
     batch = store.batch()
     try:
-        image_sha = store.put_image(batch, original=data, gray=decoded.gray)
+        image_sha = store.put_image(batch, original=data)
         cam_shas = [store.put_cam(batch, out.cam_raw) for _model, out in outputs]
         mask_sha = store.put_mask(batch, film.lung_mask)
+        batch.sync()  # every file of this result is on disk before a row names it
         image = _get_or_create_image(
             session, image_sha, decoded.format, decoded.width, decoded.height, len(data), decoded.meta
         )
@@ -261,7 +267,7 @@ def film_png(*, session: Session, store: FileStore, image_sha256: str) -> bytes:
     if not is_sha256(image_sha256) or session.scalar(select(Image.id).where(Image.sha256 == image_sha256)) is None:
         raise NotFoundError("image not found")
     try:
-        return store.gray_path(image_sha256).read_bytes()
+        return store.film_png(image_sha256)
     except FileNotFoundError:
         raise NotFoundError("image file missing from the data directory") from None
 

@@ -186,7 +186,9 @@ def export_reviewed_uploads(
         if i % 25 == 0:
             tick()
         film = store.gray_path(sha)
-        if not film.is_file():
+        try:
+            store.film_png(sha)  # derived from the original on first use
+        except (FileNotFoundError, ImageDecodeError):
             info["missing_files"] += 1
             continue
         if sha in holdout["bytes"] or pixel_sha256(store.read_gray(sha)) in holdout["pixels"]:

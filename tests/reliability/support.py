@@ -177,9 +177,10 @@ def audit(engine: Engine, data_dir: Path) -> list[str]:
     """Every inconsistency between rows and files; [] when the store is whole.
 
     Rows: every verdict belongs to an existing result of its own prediction and model; every
-    prediction has an image and at least one result. Files: every image row has its original and its
-    decoded film, every result its CAM file and its lung mask; every file under images/, cams/ and
-    masks/ is named by a row (no orphans) and no temp file is left. SQLite: integrity_check and
+    prediction has an image and at least one result. Files: every image row has its original (its
+    decoded film's PNG may be there too: it is derived on first read), every result its CAM file and
+    its lung mask; every file under images/, cams/ and masks/ is named by a row (no orphans) and no
+    temp file is left. SQLite: integrity_check and
     foreign_key_check are clean.
     """
     problems: list[str] = []
@@ -212,9 +213,10 @@ def audit(engine: Engine, data_dir: Path) -> list[str]:
                 text("SELECT lung_mask_sha256 FROM prediction_results WHERE lung_mask_sha256 IS NOT NULL")
             ).scalars()
         )
-    expected = set()
+    expected, allowed = set(), set()
     for sha in image_shas:
-        expected |= {data_dir / "images" / sha[:2] / sha, data_dir / "images" / sha[:2] / f"{sha}.png"}
+        expected.add(data_dir / "images" / sha[:2] / sha)
+        allowed.add(data_dir / "images" / sha[:2] / f"{sha}.png")
     for sha in cam_shas:
         expected.add(data_dir / "cams" / sha[:2] / f"{sha}.npy")
     for sha in mask_shas:
@@ -223,7 +225,7 @@ def audit(engine: Engine, data_dir: Path) -> list[str]:
     missing = sorted(expected - present)
     if missing:
         problems.append(f"files named by rows but missing: {[str(p) for p in missing[:5]]} ({len(missing)})")
-    orphans = sorted(present - expected)
+    orphans = sorted(present - expected - allowed)
     if orphans:
         problems.append(f"files no row names (orphans or temp files): {[p.name for p in orphans[:5]]} ({len(orphans)})")
     bad_names = [p for p in present if not is_sha256(p.name.split(".", 1)[0])]

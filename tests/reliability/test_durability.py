@@ -304,8 +304,10 @@ def test_leftovers_of_a_cut_upload_are_removed_at_start_and_committed_files_kept
             "/api/v1/predictions", headers=made["reader"].headers, files={"file": ("a.png", film_png(seed=7))}
         )
         assert r.status_code == 201, r.text
+        assert len(content_files(data_dir)) == 3  # original, CAM, lung mask: the 201 needs no more
+        assert client.get(r.json()["image_url"], headers=made["reader"].headers).status_code == 200
     committed = content_files(data_dir)
-    assert len(committed) == 4  # original, decoded film, CAM, lung mask
+    assert len(committed) == 4  # and the decoded film, derived from the original on first read
 
     # Another live process serves the data dir: its uploads may be mid-way, so nothing is touched.
     leftovers = plant_leftovers(data_dir)
