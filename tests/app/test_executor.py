@@ -142,9 +142,7 @@ def test_uploads_under_concurrent_load_give_the_sequential_results(
             np.testing.assert_allclose(m, maps[0], rtol=1e-4, atol=1e-5)
 
 
-def test_the_film_png_is_derived_on_first_read_and_matches_the_decoded_upload(
-    env: Env, films: dict[str, Film]
-) -> None:
+def test_the_film_png_is_derived_on_first_read_and_matches_the_decoded_upload(env: Env, films: dict[str, Film]) -> None:
     data = films["kermany"].data
     r = env.upload(data)
     assert r.status_code == 201, r.text
@@ -160,6 +158,6 @@ def test_the_film_png_is_derived_on_first_read_and_matches_the_decoded_upload(
 
 
 def test_openapi_documents_the_uploads_503_with_retry_after(env: Env) -> None:
-    responses = env.client.get("/openapi.json").json()["paths"]["/api/v1/predictions"]["post"]["responses"]
+    responses = env.app.openapi()["paths"]["/api/v1/predictions"]["post"]["responses"]
     assert "queue is full" in responses["503"]["description"]
     assert responses["503"]["headers"]["Retry-After"]["schema"]["type"] == "integer"
