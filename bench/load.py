@@ -9,7 +9,9 @@ the JPEG end marker, so no upload is deduplicated). In one run it prints:
 
   1. the in-process limit: films/s when an `InferenceExecutor` sized as the server's (workers x torch
      threads = the usable cores) is fed the decoded film directly, at each batch size; the best one
-     is the limit (measured in this process before the server starts, so nothing competes);
+     is the limit (measured in this process while the server is idle, before and, for the default
+     model, after the load: their mean is the limit, so a CPU shared with other work is compared
+     like with like);
   2. 1, 4, 8, 16 and 32 concurrent clients: requests/s, p50/p95/p99 latency, throughput/limit;
   3. the server's RSS after a warm-up and after 1,000 more predictions (growth must stay within 10 %);
   4. all of it again with `models=all` (every registered model on each film; fewer requests, and the
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -88,13 +91,17 @@ def in_process_limit(
     from ml.lungseg import LungSegmenter
 
     torch.set_num_threads(1)
-    gray = decode_image(data, max_pixels=40_000_000).gray
+    decodes = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        gray = decode_image(data, max_pixels=40_000_000).gray
+        decodes.append(time.perf_counter() - t0)
     segmenter = LungSegmenter.from_checkpoint()
     predictors = [Predictor.from_checkpoint(segmenter=segmenter)]
     for arch in archs or []:
         predictors.append(Predictor.from_checkpoint(models_dir / f"{arch}-untrained.pt", segmenter=segmenter))
     workers = Settings(torch_threads=1).resolved_inference_workers
-    limits = {}
+    limits = {0: 1 / statistics.median(decodes)}  # key 0: decodes/s (what a request adds before the queue)
     for size in batch_sizes:
         executor = InferenceExecutor(workers=workers, max_batch=size, max_queue=max(films, size), torch_threads=1)
         try:
@@ -119,12 +126,16 @@ class Section:
     done: int = 0
 
     @property
+    def batches(self) -> dict[int, float]:
+        return {k: v for k, v in self.limits.items() if k > 0}
+
+    @property
     def limit(self) -> float:
-        return max(self.limits.values())
+        return max(self.batches.values())
 
     def report(self) -> bool:
-        best = max(self.limits, key=lambda k: self.limits[k])
-        sizes = ", ".join(f"batch {k}: {v:.2f}" for k, v in self.limits.items())
+        best = max(self.batches, key=lambda k: self.batches[k])
+        sizes = ", ".join(f"batch {k}: {v:.2f}" for k, v in self.batches.items())
         print(f"\n{self.label}: in-process limit {self.limit:.2f} films/s (best batch size {best}; {sizes})")
         print(f"{'clients':>7} {'requests':>8} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'/limit':>7}")
         for clients, latencies, wall in self.rows:
@@ -133,6 +144,27 @@ class Section:
             print(
                 f"{clients:>7} {len(ms):>8} {rate:>7.2f} {percentile(ms, 0.5):>8.0f} {percentile(ms, 0.95):>8.0f} "
                 f"{percentile(ms, 0.99):>8.0f} {rate / self.limit:>6.0%}"
+            )
+        rates = {clients: len(lat) / wall for clients, lat, wall in self.rows}
+        p50 = {clients: percentile([v * 1000 for v in lat], 0.5) for clients, lat, wall in self.rows}
+        p99 = {clients: percentile([v * 1000 for v in lat], 0.99) for clients, lat, wall in self.rows}
+        film_ms = 1000 / self.limits[0] + 1000 / self.batches[min(self.batches)]  # decode + mask + forward
+        if 1 in rates:
+            print(
+                f"targets: 1-client p50 {p50[1]:.0f} ms vs 1.3 x (decode + mask + forward = {film_ms:.0f} ms) = "
+                f"{1.3 * film_ms:.0f} ms -> {'PASS' if p50[1] <= 1.3 * film_ms else 'FAIL'}"
+            )
+            for c in (8, 16):
+                if c in rates:
+                    good = rates[c] >= 0.7 * self.limit and rates[c] >= rates[1]
+                    print(
+                        f"         {c} clients {rates[c] / self.limit:.0%} of the limit (>= 70 %) and "
+                        f"{rates[c] / rates[1]:.2f} x the 1-client rate (>= 1) -> {'PASS' if good else 'FAIL'}"
+                    )
+        if 16 in p99:
+            print(
+                f"         16 clients p99 {p99[16]:.0f} ms = {p99[16] / p50[16]:.2f} x p50 (<= 3) -> "
+                f"{'PASS' if p99[16] <= 3 * p50[16] else 'FAIL'}"
             )
         growth = (self.rss_after - self.rss_before) / self.rss_before
         ok = growth <= RSS_GROWTH_LIMIT
@@ -207,6 +239,10 @@ def main() -> int:
             rss_idle = rss_mib(server.process.pid)
             load_section(uploader, server.process.pid, one, phases, args.total, None)
             load_section(uploader, server.process.pid, every, all_phases, args.all_total, "all")
+        # Again after the load, so the ratios compare like with like on a CPU shared with other work.
+        after = in_process_limit(data, None, models_dir, sizes, args.limit_films)
+        one.limits = {k: (v + after[k]) / 2 for k, v in one.limits.items()}
+        print(f"in-process limit, default model, after the load: {max(after.values()):.2f} films/s", flush=True)
     load_after = os.getloadavg()
 
     from PIL import Image
