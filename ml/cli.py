@@ -371,6 +371,7 @@ def cmd_contact_sheet(args: argparse.Namespace) -> int:
             args.data or default_dataset_dirs(),
             split=args.split,
             per_class=args.per_class,
+            columns=max(1, 10 // len(args.checkpoint)),
             lung_threshold=args.lung_threshold,
         )
     except (ValueError, CheckpointError) as exc:
