@@ -86,7 +86,11 @@ def live_server(
             if server.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"server did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.3)
-        yield LiveServer(base, token, server, log)
+        try:
+            yield LiveServer(base, token, server, log)
+        except BaseException:
+            print(f"server log (last 3,000 characters):\n{log.read_text()[-3000:]}", file=sys.stderr)
+            raise
     finally:
         server.terminate()
         try:

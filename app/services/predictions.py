@@ -89,6 +89,9 @@ def create_prediction(
     if len(data) > settings.max_upload_bytes:
         raise PayloadTooLargeError(too_large_message(settings.max_upload_bytes))
     targets = resolve_models(session=session, spec=models)
+    # End the read transaction: the connection goes back to the pool while the film waits in the
+    # executor's queue (minutes for models=all under load), so waiting uploads never exhaust the pool.
+    session.commit()
     decoded = decode_image(data, max_pixels=settings.max_pixels)
     segmenter = manager.segmenter()
     (film,) = executor.run([decoded.gray], [manager.get(model) for model in targets], segmenter)

@@ -104,6 +104,29 @@ def test_a_full_queue_answers_503_with_retry_after_and_nothing_is_written(
     assert r.status_code == 201, r.text
 
 
+def test_an_upload_waiting_in_the_queue_holds_no_database_connection(
+    small_queue: Env, films: dict[str, Film], grays: list[np.ndarray], predictor: Predictor
+) -> None:
+    """Uploads queued behind a long backlog (models=all under load) must not exhaust the pool."""
+    env = small_queue
+    ctx = env.app.state.ctx
+    blocker = BlockingSegmenter(ctx.models.segmenter())
+    busy = ctx.executor.submit(grays[:1], [predictor], blocker)
+    while ctx.executor.queued:
+        threading.Event().wait(0.01)
+    reply: list[Any] = []
+    upload = threading.Thread(target=lambda: reply.append(env.upload(films["cohen"].data)))
+    upload.start()
+    try:
+        while not ctx.executor.queued:  # the upload's film is in the queue
+            threading.Event().wait(0.01)
+        assert ctx.engine.pool.checkedout() == 0
+    finally:
+        blocker.release.set()
+        upload.join(timeout=300)
+    assert busy[0].result(timeout=300).predictions and reply[0].status_code == 201, reply
+
+
 def test_uploads_under_concurrent_load_give_the_sequential_results(
     make_env: EnvFactory, films: dict[str, Film], grays: list[np.ndarray]
 ) -> None:
