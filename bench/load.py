@@ -242,7 +242,7 @@ def main() -> int:
         # Again after the load, so the ratios compare like with like on a CPU shared with other work.
         after = in_process_limit(data, None, models_dir, sizes, args.limit_films)
         one.limits = {k: (v + after[k]) / 2 for k, v in one.limits.items()}
-        print(f"in-process limit, default model, after the load: {max(after.values()):.2f} films/s", flush=True)
+        print(f"in-process limit, default model, after the load: {max(after[k] for k in sizes):.2f} films/s")
     load_after = os.getloadavg()
 
     from PIL import Image
