@@ -27,6 +27,8 @@ ClassName = Literal["normal", "bacterial", "viral", "covid19"]
 ReasonTag = Literal["outside_lungs", "text_or_marker", "device_or_line", "image_border", "other"]
 VerdictValue = Literal["approve", "reject"]
 RegionKind = Literal["wrong_evidence", "finding"]
+Colormap = Literal["inferno", "viridis", "jet"]
+"""The heat maps' colour maps (`app.services.predictions.OVERLAY_COLORMAPS`, the default first)."""
 MAX_REGIONS = 20
 
 

@@ -3,6 +3,7 @@ browser pages (router `pages`), combined in its `router`:
 
     accounts        login, logout, own password, /me; users (admin)
     cases           upload, predictions, films and heat maps, verdicts; the case and compare pages
+    viewer          the case viewer's heat-map values and the worklist's film thumbnails
     worklist        the worklist and the verdict export
     models          model versions and their metrics; activation (promote, roll back; admin)
     admin_training  retraining jobs, their reports, the audit log (admin)
@@ -22,13 +23,14 @@ X-CSRF-Token for unsafe methods).
 
 from fastapi import APIRouter
 
-from app.routes import accounts, admin_training, cases, docs, models, worklist
+from app.routes import accounts, admin_training, cases, docs, models, viewer, worklist
 
 ROUTERS: tuple[APIRouter, ...] = (
     docs.router,
     accounts.router,
     models.router,
     cases.router,
+    viewer.router,
     worklist.router,
     admin_training.router,
 )

@@ -4,7 +4,7 @@ API:   POST /api/v1/predictions (upload), GET /api/v1/predictions/{id} (with its
        its overlays and lung outline PNGs, GET /api/v1/images/{sha256}.png (the film),
        POST /api/v1/predictions/{id}/verdicts.
 Pages: /upload, /cases/{id} (one model's result, the verdict form, the history), /cases/{id}/compare
-       (every model side by side), /legend/colorbar.png.
+       (every model side by side), /legend/colorbar.png (?cmap= any of the overlays' colour maps).
 Torch and file work happens in sync (`def`) routes, which FastAPI runs in a thread pool.
 """
 
@@ -171,10 +171,17 @@ def get_prediction(
 
 @api.get("/predictions/{prediction_id}/overlays/{model_id}/{cls}.png", response_class=Response, responses=PNG_RESPONSES)
 def get_overlay(
-    prediction_id: int, model_id: int, cls: str, session: SessionDep, store: StoreDep, _user: CurrentUser
+    prediction_id: int,
+    model_id: int,
+    cls: str,
+    session: SessionDep,
+    store: StoreDep,
+    _user: CurrentUser,
+    cmap: schemas.Colormap = predictions.OVERLAY_COLORMAP,
 ) -> Response:
+    """The film with `cls`'s heat map blended on top, in colour map `cmap`."""
     png = predictions.render_overlay_png(
-        session=session, store=store, prediction_id=prediction_id, model_id=model_id, cls=cls
+        session=session, store=store, prediction_id=prediction_id, model_id=model_id, cls=cls, colormap=cmap
     )
     return Response(png, media_type="image/png", headers=IMAGE_CACHE_HEADERS)
 
@@ -458,13 +465,14 @@ def verdicts_address(prediction_id: int, _user: PageUser) -> Response:
 
 
 @pages.get("/legend/colorbar.png", response_model=None)
-def colorbar(_user: PageUser) -> Response:
-    return Response(_colorbar_bytes(), media_type="image/png", headers=IMAGE_CACHE_HEADERS)
+def colorbar(_user: PageUser, cmap: schemas.Colormap = predictions.OVERLAY_COLORMAP) -> Response:
+    """The legend strip of colour map `cmap`, 256×12 px: column i is the colour of value i/255."""
+    return Response(_colorbar_bytes(cmap), media_type="image/png", headers=IMAGE_CACHE_HEADERS)
 
 
-@lru_cache(maxsize=1)
-def _colorbar_bytes() -> bytes:
-    return colorbar_png(predictions.OVERLAY_COLORMAP, width=256, height=12)
+@lru_cache(maxsize=len(predictions.OVERLAY_COLORMAPS))
+def _colorbar_bytes(cmap: str) -> bytes:
+    return colorbar_png(cmap, width=256, height=12)
 
 
 router = APIRouter()

@@ -249,7 +249,7 @@ def test_upload_through_the_form_opens_the_case(env: Env, reviewer: TestClient, 
         assert png_size(img.content)[0] > 0
     # The page names the CAM method, explains the colour scale and shows the data caveat.
     assert "CAM</strong>" in r.text
-    assert "blue = little evidence" in r.text and "red = strongest evidence for this class" in r.text
+    assert "left = little evidence" in r.text and "right = strongest evidence for this class" in r.text
     assert "pediatric (Kermany)" in r.text and "COVID-19 films are adult" in r.text
     assert "one hospital (NIH ChestX-ray14" in r.text and "arrows, letters, crops" in r.text
     for c in CLASSES:

@@ -71,7 +71,7 @@ def test_review_flow(page: Any, live_server: LiveServer, films: dict[str, Film],
     widths = image_widths(page, "#overlay-main, .class-thumb img.heatmap")
     assert len(widths) == 5 and all(w > 0 for w in widths), widths
     assert "pediatric (Kermany)" in page.inner_text(".caveat")
-    assert "red = strongest evidence for this class" in page.inner_text(".legend")
+    assert "right = strongest evidence for this class" in page.inner_text(".legend")
     assert page.is_visible("img[src='/legend/colorbar.png']")
     assert image_widths(page, ".legend img")[0] > 0
     shots.take(page, "02-case")

@@ -165,6 +165,8 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/api/v1/predictions/{prediction_id}/overlays/{model_id}/{cls}.png"): Entry(api_user()),
     ("GET", "/api/v1/predictions/{prediction_id}/lung-outline/{model_id}.png"): Entry(api_user()),
     ("GET", "/api/v1/images/{image_sha256}.png"): Entry(api_user()),
+    ("GET", "/api/v1/predictions/{prediction_id}/heat-maps/{model_id}/{cls}.png"): Entry(api_user()),
+    ("GET", "/api/v1/images/{image_sha256}/thumbnail.jpg"): Entry(api_user()),
     ("POST", "/api/v1/predictions/{prediction_id}/verdicts"): Entry(api_user(201), verdict_json),
     ("GET", "/api/v1/verdicts"): Entry(api_user()),
     ("GET", "/api/v1/users"): Entry(api_admin()),
@@ -387,6 +389,7 @@ def test_path_ids_beyond_integer_range_are_not_found(site: Site) -> None:
         f"/api/v1/predictions/{big}",
         f"/api/v1/predictions/{big}/overlays/{big}/normal.png",
         f"/api/v1/predictions/{big}/lung-outline/{big}.png",
+        f"/api/v1/predictions/{big}/heat-maps/{big}/normal.png",
         f"/api/v1/training-jobs/{big}",
     ):
         r = env.client.get(url, headers=env.auth("admin"))
