@@ -21,9 +21,9 @@
   "use strict";
 
   var PRESETS = {  // film percentiles the window spans (8-bit films have no Hounsfield units)
-    lung: [0.02, 0.65],         // the darker two thirds: contrast inside the lung fields
-    mediastinum: [0.40, 0.985], // the bright half: heart, mediastinum, spine behind it
-    bone: [0.70, 0.999],        // the brightest third: ribs, clavicles, devices
+    lung: [0.005, 0.95],        // all but the brightest 5 %: contrast across the lung fields
+    mediastinum: [0.30, 0.998], // the brighter two thirds: heart, mediastinum, the spine behind it
+    bone: [0.55, 0.9995],       // the brightest part: ribs, clavicles, devices
   };
   var PRESET_ORDER = ["default", "lung", "mediastinum", "bone"];
   var CONTOUR_LEVELS = [0.25, 0.5, 0.75, 0.9];
@@ -373,6 +373,9 @@
       if (help.open) help.close(); else help.showModal();
     }
     $("vw-help-open").addEventListener("click", toggleHelp);
+    document.addEventListener("keydown", function (e) {  // behind the open help, no key acts on the case
+      if (help.open && e.key !== "Escape" && e.key !== "?") e.stopPropagation();
+    }, true);
 
     ports.forEach(function (p) {
       p.port.addEventListener("wheel", function (e) {
@@ -405,6 +408,10 @@
     });
 
     document.addEventListener("keydown", function (e) {
+      if (e.key === "Escape" && e.target.closest && e.target.closest("#vw-tools")) {
+        e.target.blur();  // out of a select or the slider: the viewer's keys work again
+        return;
+      }
       if (e.ctrlKey || e.metaKey || e.altKey || typingIn(e.target)) return;
       if (help.open && e.key !== "?") return;  // the dialog: Esc closes it
       var k = e.key, handled = true;
