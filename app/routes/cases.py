@@ -177,7 +177,7 @@ def get_overlay(
     session: SessionDep,
     store: StoreDep,
     _user: CurrentUser,
-    cmap: schemas.Colormap = predictions.OVERLAY_COLORMAP,
+    cmap: schemas.Colormap = "inferno",
 ) -> Response:
     """The film with `cls`'s heat map blended on top, in colour map `cmap`."""
     png = predictions.render_overlay_png(
@@ -465,7 +465,7 @@ def verdicts_address(prediction_id: int, _user: PageUser) -> Response:
 
 
 @pages.get("/legend/colorbar.png", response_model=None)
-def colorbar(_user: PageUser, cmap: schemas.Colormap = predictions.OVERLAY_COLORMAP) -> Response:
+def colorbar(_user: PageUser, cmap: schemas.Colormap = "inferno") -> Response:
     """The legend strip of colour map `cmap`, 256×12 px: column i is the colour of value i/255."""
     return Response(_colorbar_bytes(cmap), media_type="image/png", headers=IMAGE_CACHE_HEADERS)
 

@@ -4,12 +4,14 @@ colour map, the worklist's small film thumbnails. Real films through the real ap
 from __future__ import annotations
 
 import io
+from typing import get_args
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from app.schemas import Colormap
 from app.services import predictions, viewer
 from ml import CLASSES
 from ml.cam.overlay import colormap_lut, display_map
@@ -68,6 +70,11 @@ def test_overlays_and_the_legend_come_in_each_colour_map(env: Env, uploaded: dic
     bar = env.client.get("/legend/colorbar.png", params={"cmap": cmap}, headers=env.auth("reviewer"))
     strip = np.asarray(decode(bar.content).convert("RGB"))
     assert np.array_equal(strip[0], colormap_lut(cmap))  # column i = the colour of value i: the page's table
+
+
+def test_the_colour_maps_of_the_api_are_the_services_default_first() -> None:
+    assert get_args(Colormap) == predictions.OVERLAY_COLORMAPS
+    assert predictions.OVERLAY_COLORMAP == "inferno"  # colour-blind safe; the routes' default
 
 
 def test_an_unknown_colour_map_is_a_422_with_its_choices(env: Env, uploaded: dict) -> None:

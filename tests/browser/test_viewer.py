@@ -23,7 +23,10 @@ STATS = """(sel) => {
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
   let sum = 0, maxA = 0, sumA = 0, n = d.length / 4, probe = [];
   for (let i = 0; i < d.length; i += 4) { sum += d[i]; sumA += d[i + 3]; if (d[i + 3] > maxA) maxA = d[i + 3]; }
-  for (let k = 1; k < 10; k++) { const i = 4 * Math.floor(n * k / 10); probe.push([d[i], d[i + 1], d[i + 2], d[i + 3]]); }
+  for (let k = 1; k < 10; k++) {
+    const i = 4 * Math.floor(n * k / 10);
+    probe.push([d[i], d[i + 1], d[i + 2], d[i + 3]]);
+  }
   return {w: c.width, h: c.height, mean: sum / n, maxAlpha: maxA, meanAlpha: sumA / n, probe: probe};
 }"""
 
@@ -205,9 +208,8 @@ def test_class_keys_stay_fixed_and_switch_the_viewers_map(page: Any, live_server
     for key, cls in (("1", "normal"), ("2", "bacterial"), ("3", "viral"), ("4", "covid19")):
         page.keyboard.press(key)
         assert page.get_attribute("#overlay-main", "data-cls") == cls
-        page.wait_for_function(
-            f"() => performance.getEntriesByType('resource').some(e => e.name.endsWith('/{cls}.png') && e.name.includes('/heat-maps/'))"
-        )
+        fetched = f"e => e.name.endsWith('/heat-maps/1/{cls}.png')"
+        page.wait_for_function(f"() => performance.getEntriesByType('resource').some({fetched})")
         page.wait_for_timeout(150)
         seen[cls] = str(stats(page, HEAT)["probe"])
     assert len(set(seen.values())) == 4, seen  # each class its own map
