@@ -10,6 +10,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from app.schemas import Colormap
 from app.services import predictions, viewer
@@ -116,3 +118,37 @@ def test_the_worklist_shows_thumbnails_not_films(env: Env, uploaded: dict) -> No
     assert page.status_code == 200
     assert "/thumbnail.jpg" in page.text
     assert f"/api/v1/images/{uploaded['kermany']['image_sha256']}.png" not in page.text
+
+
+def windowed_dicom(values: np.ndarray, center: float, width: float) -> bytes:
+    """A 16-bit MONOCHROME2 DICOM of `values` with one VOI window."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("film.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "DX", *values.shape, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = center, width
+    ds.PixelData = values.astype(np.uint16).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_a_dicom_films_viewer_source_is_its_voi_rendering(env: Env) -> None:
+    """The viewer windows the film the server serves: for a DICOM, the film after its own VOI window
+    (values below the window black, above it white, a linear ramp inside), at full size."""
+    ramp = np.tile(np.linspace(0, 4095, 320).round(), (256, 1))  # 12-bit values, left to right
+    r = env.upload(windowed_dicom(ramp, center=2048, width=1024), name="ramp.dcm")
+    assert r.status_code == 201, r.text
+    body = r.json()
+    film = np.asarray(decode(get(env, body["image_url"]).content))
+    assert film.shape == ramp.shape
+    row = film[0].astype(int)
+    assert (row[ramp[0] < 1536 - 1] == 0).all() and (row[ramp[0] > 2560] == 255).all()
+    inside = row[(ramp[0] > 1600) & (ramp[0] < 2500)]
+    assert (np.diff(inside) >= 0).all() and 0 < inside.min() < inside.max() < 255
+    assert len(get(env, viewer.thumbnail_url(body["image_sha256"])).content) <= viewer.THUMBNAIL_MAX_BYTES

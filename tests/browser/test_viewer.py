@@ -264,6 +264,12 @@ def test_viewer_controls_and_verdict_fit_the_screen_on_a_flagged_case(
         shots.take(page, f"viewer-{width}x{height}-help")
         page.keyboard.press("Escape")
         page.keyboard.press("c")
+        page.keyboard.press("h")
+        page.keyboard.press("r")  # rejecting: the reasons, the box tools and the viewer's controls, all on screen
+        for selector in ("#vw-tools", "#region-tools", "#reject-submit"):
+            box = page.locator(selector).first.bounding_box()
+            assert box is not None and _inside(box, width, height), (width, height, selector, box)
+        shots.take(page, f"viewer-{width}x{height}-reject")
         context.close()
 
 
