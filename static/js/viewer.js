@@ -13,10 +13,8 @@
    VOI, applied by the server). The heat map's values are .../heat-maps/<model>/<cls>.png (8-bit grey,
    0 = no evidence, 255 = the map's maximum); colours come from the legend strip of the chosen colour map
    (/legend/colorbar.png?cmap=..., column i = value i), so page and server use one table.
-   Keys (ignored while typing): + − 0 Z arrows (zoom, pan), W / Shift+arrows (window/level), I (invert),
-   [ ] (opacity), C (contours), M (colour map), hold X (flash), P (drag tool), ? (help). The class keys
-   1–4 and A R H F S L N stay in review.js. Display preferences (colour map, opacity, contours) are kept
-   in localStorage; window, level and zoom start afresh on every case. */
+   Keys (ignored while typing; listed by ? in templates/_viewer.html); the class keys and A R H F S L N
+   stay in review.js. Colour map, opacity and contours are kept in localStorage; W/L and zoom are not. */
 (function () {
   "use strict";
 
@@ -180,6 +178,7 @@
     }
     function place() {
       clampCentre();
+      copyFilmB();
       ports.forEach(function (p) {
         var f = fitOf(p.port);
         if (!f.pw) return;
@@ -223,7 +222,7 @@
     }
 
     // --- the film through window/level
-    var ctxA = filmA.getContext("2d"), ctxB = filmB.getContext("2d"), out = null, out32 = null;
+    var ctxA = filmA.getContext("2d"), ctxB = filmB.getContext("2d"), out = null, out32 = null, filmBStale = true;
     function percentile(q) {
       for (var i = 0; i < 256; i++) if (cdf[i] >= q) return i;
       return 255;
@@ -256,7 +255,13 @@
       var src = film.v;
       for (var i = 0; i < src.length; i++) out32[i] = table[src[i]];
       ctxA.putImageData(out, 0, 0);
+      filmBStale = true;
+      copyFilmB();
+    }
+    function copyFilmB() {  // the plain-film figure's copy, only while it is shown (a 2560-px film: ~30 ms)
+      if (!filmBStale || !film || portB.offsetParent === null) return;
       ctxB.drawImage(filmA, 0, 0);
+      filmBStale = false;
     }
     var pendingFilm = false;
     function drawFilmSoon() {

@@ -102,6 +102,9 @@ def test_window_level_and_invert_change_the_rendered_film(page: Any, live_server
     assert stats(page, FILM)["mean"] < film["mean"] - 5
     page.keyboard.press("Shift+ArrowUp")  # brighter by 5
     assert int(data(page, "level")) == 163
+    page.keyboard.press("f")  # the plain-film view shows the same windowed film
+    page.wait_for_timeout(100)
+    assert stats(page, "#viewer .view-film canvas.vw-film")["probe"] == stats(page, FILM)["probe"]
     assert page.errors == []
 
 
