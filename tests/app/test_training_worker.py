@@ -196,7 +196,8 @@ def test_job_succeeds_is_promoted_used_and_rolled_back(env: Env, worker: WorkerP
 
     models = {m["id"]: m for m in env.client.get("/api/v1/models", headers=env.auth("reviewer")).json()}
     new, parent = models[job["model_id"]], models[job["parent_model_id"]]
-    assert new["name"] == "cnnx-s1" and new["version"] == 1 and new["active"] is False and parent["active"] is True
+    assert new["name"] == "cnnx-s1-lung-crop"  # its own line of versions, not a newer whole-film cnnx-s1
+    assert new["version"] == 1 and new["active"] is False and parent["active"] is True
     assert new["parent_id"] == parent["id"]
     assert new["data_manifest_sha256"] == job["dataset"]["manifest_sha256"]
     assert new["hparams"]["epochs"] == 3 and new["hparams"]["max_steps_per_epoch"] == MAX_STEPS
