@@ -17,6 +17,13 @@
     return tag === "textarea" || tag === "select" || t.isContentEditable;
   }
 
+  // When the page's first byte arrived, in performance.now()'s time: just after the server made the
+  // reading token, so the reveal time counts from (about) the token's time, never before it.
+  function pageArrived() {
+    var nav = performance.getEntriesByType ? performance.getEntriesByType("navigation")[0] : null;
+    return nav && nav.responseStart > 0 ? nav.responseStart : 0;
+  }
+
   function init() {
     var grid = document.getElementById("case-grid");
     var field = document.getElementById("ai-revealed-after");
@@ -28,7 +35,7 @@
 
     function reveal() {
       if (!hidden()) return;
-      field.value = String(Math.round(performance.now()));  // ms since this page started to load
+      field.value = String(Math.round(performance.now() - pageArrived()));
       grid.classList.add("ai-shown");
       field.dispatchEvent(new Event("change", { bubbles: true }));  // the verdict draft keeps it
       var approve = document.getElementById("approve-btn");
@@ -42,6 +49,9 @@
       if (button) button.focus({ preventScroll: true });
     }
     if (button) button.addEventListener("click", reveal);
+    // A verdict restored from a draft (review.js) was chosen with the AI shown: sending it shows it again.
+    var draftSubmit = document.getElementById("draft-submit");
+    if (draftSubmit) draftSubmit.addEventListener("click", reveal, true);
 
     // Capture phase on window: runs before review.js's handlers on document.
     window.addEventListener("keydown", function (e) {
