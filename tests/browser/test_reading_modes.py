@@ -63,6 +63,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         with make_session_factory(engine)() as s:
             accounts.create_user(session=s, username="dr.second", password="second reader 1")
             accounts.create_user(session=s, username="chief", password="chief of radiology", role="admin")
+            accounts.create_user(session=s, username="dr.third", password="third reader 1")
         engine.dispose()
         yield server
 
@@ -178,3 +179,44 @@ def test_promotion_confirms_compares_and_needs_a_reason(page: Any, live_server: 
     page.click("#activate-submit")
     page.wait_for_selector("#activated")
     assert [e for e in page.errors if "422" not in e] == []  # the 422 is the refused promotion's page
+
+
+def test_search_assign_a_second_reader_and_the_analytics_page(
+    page: Any, live_server: LiveServer, case_id: int, shots: Shots
+) -> None:
+    page.set_viewport_size(LARGE)
+    log_in(page, live_server, "/worklist", "chief", "chief of radiology")
+    page.fill("#worklist-search", str(case_id))
+    page.select_option("select[name=reviewed]", "any")
+    page.click("#worklist-filters button[type=submit]")
+    rows = page.locator("#worklist-table tbody tr")
+    assert rows.count() == 1 and f"Case {case_id}" in rows.first.inner_text()
+    rows.first.locator("select[name=reviewer]").select_option("dr.third")
+    rows.first.locator(".assign-form button").click()
+    page.wait_for_url(re.compile(r"/worklist\?"))
+    assert "assigned: dr.third" in page.locator("#worklist-table tbody tr").first.inner_text()
+    shots.take(page, "reading-08-worklist-search-assign-1440x900")
+    page.goto(f"{live_server.url}/admin/analytics")
+    card = page.locator(".analytics-card").first
+    assert "2 verdicts given" in card.inner_text() and "1 result read twice" in card.inner_text()
+    shots.take(page, "reading-09-analytics-1440x900", full_page=True)
+    page.set_viewport_size(SMALL)
+    shots.take(page, "reading-10-analytics-1280x720")
+    page.goto(f"{live_server.url}/export")
+    shots.take(page, "reading-11-export-1280x720")
+    page.context.clear_cookies()
+
+    log_in(page, live_server, "/worklist", "dr.third", "third reader 1")
+    assert page.is_visible("input[name=mine]")
+    page.check("input[name=mine]")
+    page.click("#worklist-filters button[type=submit]")
+    rows = page.locator("#worklist-table tbody tr")
+    assert rows.count() == 1 and "reviewed by others" in rows.first.inner_text()  # blind: not their verdicts
+    page.goto(f"{live_server.url}/account")
+    page.check("input[name=reading_mode][value=ai_first]")
+    page.click("#reading-mode-form button[type=submit]")
+    assert "with the AI shown" in page.inner_text("#mode-saved")
+    shots.take(page, "reading-12-account-1280x720")
+    page.goto(f"{live_server.url}/cases/{case_id}")
+    assert page.is_visible("#prediction-panel") and page.locator("#show-ai").is_hidden()  # AI first for them
+    assert page.errors == []
