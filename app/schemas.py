@@ -379,18 +379,15 @@ class WorklistQuery(BaseModel):
     offset: LenientId = None
 
 
-def _blank_is_none(value: Any) -> Any:  # a blank field of a page's form: no filter
-    return None if isinstance(value, str) and not value.strip() else value
-
-
 class ExportQuery(BaseModel):
-    """Export filters (the export page's form and GET /verdicts): UTC days, both ends included."""
+    """Export filters (the export page's form and GET /verdicts): UTC days, both ends included; a blank
+    field (the page's "any") is no filter."""
 
     format: Literal["csv", "json"] = "json"
-    since: Annotated[date | None, BeforeValidator(_blank_is_none)] = Field(None, description="first day (YYYY-MM-DD)")
-    until: Annotated[date | None, BeforeValidator(_blank_is_none)] = Field(None, description="last day (YYYY-MM-DD)")
-    reviewer: Annotated[str | None, BeforeValidator(_blank_is_none)] = Field(None, max_length=64)
-    model: Annotated[int | None, BeforeValidator(_blank_is_none)] = Field(None, ge=1, le=MAX_ROW_ID)
+    since: date | Literal[""] | None = Field(None, description="first day (YYYY-MM-DD)")
+    until: date | Literal[""] | None = Field(None, description="last day (YYYY-MM-DD)")
+    reviewer: str | None = Field(None, max_length=64)
+    model: Annotated[int, Field(ge=1, le=MAX_ROW_ID)] | Literal[""] | None = None
     latest_only: bool = Field(False, description="only the latest verdict per reviewer and result")
 
 

@@ -121,10 +121,10 @@ def export_verdicts(
     reviewed themselves; admins get all. Filters: `since`/`until` (UTC days), `reviewer`, `model`,
     `latest_only`."""
     filters = export.ExportFilter(
-        since=query.since,
-        until=query.until,
+        since=query.since or None,
+        until=query.until or None,
         reviewer=query.reviewer or None,
-        model_id=query.model,
+        model_id=query.model or None,
         latest_only=query.latest_only,
     )
     kwargs = {"session": session, "threshold": settings.lung_focus_threshold, "viewer": user, "filters": filters}
