@@ -379,13 +379,17 @@ class WorklistQuery(BaseModel):
     offset: LenientId = None
 
 
+# A day as text (YYYY-MM-DD), not the numbers pydantic's lax `date` takes as well.
+Day = Annotated[date, BeforeValidator(lambda v: date.fromisoformat(v) if isinstance(v, str) and v else v)]
+
+
 class ExportQuery(BaseModel):
     """Export filters (the export page's form and GET /verdicts): UTC days, both ends included; a blank
     field (the page's "any") is no filter."""
 
     format: Literal["csv", "json"] = "json"
-    since: date | Literal[""] | None = Field(None, description="first day (YYYY-MM-DD)")
-    until: date | Literal[""] | None = Field(None, description="last day (YYYY-MM-DD)")
+    since: Day | Literal[""] | None = Field(None, description="first day (YYYY-MM-DD)")
+    until: Day | Literal[""] | None = Field(None, description="last day (YYYY-MM-DD)")
     reviewer: str | None = Field(None, max_length=64)
     model: Annotated[int, Field(ge=1, le=MAX_ROW_ID)] | Literal[""] | None = None
     latest_only: bool = Field(False, description="only the latest verdict per reviewer and result")
