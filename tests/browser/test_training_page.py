@@ -131,7 +131,7 @@ def test_admin_trains_watches_progress_reads_report_and_promotes(serve: LiveServ
         page.fill("textarea[name=reason]", "smoke run: checking the promotion path")
     page.click("#activate-submit")
     page.wait_for_selector("#activated")
-    page.click("text=Back")
+    page.click("#activate .actions a")  # back to the job page
     page.wait_for_url(f"{serve.url}/admin/training/{job_id}")
     assert "is active" in page.inner_text("#model-active")
     page.goto(f"{serve.url}/admin/audit")
