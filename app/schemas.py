@@ -6,7 +6,7 @@ The training-job request body is `app.services.training.TrainingParams` (it vali
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -26,10 +26,13 @@ from app.services.accounts import MIN_PASSWORD_LENGTH, USERNAME_RE
 ClassName = Literal["normal", "bacterial", "viral", "covid19"]
 ReasonTag = Literal["outside_lungs", "text_or_marker", "device_or_line", "image_border", "other"]
 VerdictValue = Literal["approve", "reject"]
+ReadingMode = Literal["film_first", "ai_first"]
 RegionKind = Literal["wrong_evidence", "finding"]
 Colormap = Literal["inferno", "viridis", "jet"]
 """The heat maps' colour maps (`app.services.predictions.OVERLAY_COLORMAPS`, the default first)."""
 MAX_REGIONS = 20
+PROMOTION_REASON = "why (kept in the audit log); required when the model's test macro sensitivity is more than \
+CXR_PROMOTION_MAX_DROP (5 points) below the active model's"
 
 
 class Health(BaseModel):
@@ -242,6 +245,18 @@ class VerdictIn(BaseModel):
         description="boxes drawn on the film; wrong_evidence boxes only with a rejection. Retraining with "
         "reviewed uploads uses them in the explanation loss (forbidden / allowed regions)",
     )
+    reading_token: str | None = Field(
+        None,
+        max_length=200,
+        description="the `reading_token` of GET /predictions/{id} (or of the case page): the server then "
+        "records the reading mode and the seconds from opening the case to this verdict",
+    )
+    ai_revealed_after_ms: float | None = Field(
+        None,
+        ge=0,
+        description="film-first reading: milliseconds from opening the case to showing the AI; omit when "
+        "it was not shown (no effect without a reading_token; AI-first reading records 0)",
+    )
 
 
 class VerdictOut(BaseModel):
@@ -258,6 +273,10 @@ class VerdictOut(BaseModel):
     regions: list[Region] = Field(description="boxes the reviewer drew on the film ([] for none)")
     created_at: datetime
     is_latest: bool = Field(description="the latest verdict of this reviewer on this (prediction, model)")
+    reading_mode: ReadingMode | None = Field(None, description="how the case was read; null: not known")
+    seconds_to_verdict: float | None = Field(None, description="from opening the case to this verdict")
+    ai_revealed: bool | None = Field(None, description="whether the AI was shown before the verdict")
+    ai_revealed_after_s: float | None = Field(None, description="seconds from opening to showing the AI")
 
 
 class PredictionOut(BaseModel):
@@ -275,7 +294,13 @@ class PredictionOut(BaseModel):
 
 class PredictionDetailOut(PredictionOut):
     results: list[ResultDetailOut]  # type: ignore[assignment]  # the detail adds every class's lung focus
-    verdicts: list[VerdictOut]
+    verdicts: list[VerdictOut] = Field(
+        description="blind reading: a reviewer gets other reviewers' verdicts on a model's result only once "
+        "they have given their own on it; admins get all"
+    )
+    hidden_verdicts: int = Field(0, description="how many verdicts blind reading leaves out of `verdicts`")
+    reading_mode: ReadingMode = Field(description="the caller's reading mode (account page, or the setting)")
+    reading_token: str = Field(description="send it with a verdict to record the time from now to the verdict")
 
 
 class WorklistItemOut(BaseModel):
@@ -351,7 +376,48 @@ class WorklistQuery(BaseModel):
     reviewed: Annotated[Literal["no", "yes", "any"], _or_default("no")] = "no"
     flagged: Annotated[Literal["any", "yes", "no"], _or_default("any")] = "any"
     sort: Annotated[Literal["priority", "newest", "flagged"], _or_default("priority")] = "priority"
+    q: Annotated[str, _or_default("")] = Field("", max_length=200)  # case id, file name or sha256 prefix
+    mine: Annotated[Literal["", "assigned"], _or_default("")] = ""
     offset: LenientId = None
+
+
+# A day as text (YYYY-MM-DD), not the numbers pydantic's lax `date` takes as well.
+Day = Annotated[date, BeforeValidator(lambda v: date.fromisoformat(v) if isinstance(v, str) and v else v)]
+
+
+class ExportQuery(BaseModel):
+    """Export filters (the export page's form and GET /verdicts): UTC days, both ends included; a blank
+    field (the page's "any") is no filter."""
+
+    format: Literal["csv", "json"] = "json"
+    since: Day | Literal[""] | None = Field(None, description="first day (YYYY-MM-DD)")
+    until: Day | Literal[""] | None = Field(None, description="last day (YYYY-MM-DD)")
+    reviewer: str | None = Field(None, max_length=64)
+    model: Annotated[int, Field(ge=1, le=MAX_ROW_ID)] | Literal[""] | None = None
+    latest_only: bool = Field(False, description="only the latest verdict per reviewer and result")
+
+
+class ReadingModeForm(BaseModel):
+    reading_mode: str = Field("", description="film_first, ai_first, or '' (the service's setting)")
+
+
+class ActivateIn(BaseModel):
+    reason: str = Field("", max_length=2000, description=PROMOTION_REASON)
+
+
+class ActivateForm(BaseModel):
+    reason: str = ""
+    confirm: str = ""  # "yes" from the confirmation page; anything else shows it
+    back: str = ""
+
+
+class AssignForm(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    prediction_id: LenientId = None
+    model_id: LenientId = None
+    reviewer: str = ""
+    back: str = ""
 
 
 class LoginForm(BaseModel):
@@ -390,6 +456,9 @@ class VerdictForm(BaseModel):
     diagnosis: str = ""
     regions: str = ""
     """The boxes drawn on the case page, as the JSON the API takes (set by static/js/review.js)."""
+    reading_token: str = ""
+    ai_revealed_after_ms: str = ""
+    """Set by static/js/reading.js: 'none' while the AI is hidden, else milliseconds to showing it."""
 
 
 # ------------------------------------------------------------------------------- training

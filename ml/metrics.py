@@ -105,3 +105,40 @@ def with_class_ci(report: dict[str, Any]) -> dict[str, Any]:
     if isinstance(report.get("by_source"), dict):
         out["by_source"] = {s: with_class_ci(r) for s, r in report["by_source"].items()}
     return out
+
+
+def cohen_kappa(pairs: Sequence[tuple[bool, bool]]) -> dict[str, Any]:
+    """Cohen's κ of two readers' yes/no calls on the same items (`pairs`: (reader 1, reader 2) per item),
+    with its large-sample 95 % interval.
+
+    κ = (p_o − p_e) / (1 − p_e): p_o the observed share of agreement, p_e the agreement expected by
+    chance from each reader's own share of "yes" (p_e = p₁p₂ + (1 − p₁)(1 − p₂)). Standard error
+    SE = √(p_o(1 − p_o) / (n(1 − p_e)²)) (Cohen 1960); interval κ ± 1.96·SE, clipped to [−1, 1].
+    κ is None with no items, or when chance agreement is certain (both readers gave one answer only).
+    """
+    n = len(pairs)
+    out: dict[str, Any] = {"n": n, "observed_agreement": None, "chance_agreement": None, "kappa": None, "ci95": None}
+    if n == 0:
+        return out
+    po = sum(a == b for a, b in pairs) / n
+    p1 = sum(a for a, _ in pairs) / n
+    p2 = sum(b for _, b in pairs) / n
+    pe = p1 * p2 + (1 - p1) * (1 - p2)
+    out.update(observed_agreement=po, chance_agreement=pe)
+    if pe >= 1.0 - 1e-12:
+        return out
+    kappa = (po - pe) / (1 - pe)
+    se = math.sqrt(po * (1 - po) / (n * (1 - pe) ** 2))
+    out.update(kappa=kappa, ci95=(max(-1.0, kappa - 1.959964 * se), min(1.0, kappa + 1.959964 * se)))
+    return out
+
+
+def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:
+    """Area under the ROC curve: the chance that a random positive scores above a random negative, ties
+    counting one half (the Mann–Whitney U / (n₊n₋)). None without both a positive and a negative."""
+    pos = [s for s, p in zip(scores, positives, strict=True) if p]
+    neg = [s for s, p in zip(scores, positives, strict=True) if not p]
+    if not pos or not neg:
+        return None
+    wins = sum((sp > sn) + 0.5 * (sp == sn) for sp in pos for sn in neg)
+    return float(wins / (len(pos) * len(neg)))

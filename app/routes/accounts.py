@@ -1,7 +1,8 @@
 """Accounts: logging in and out, one's own password, who am I, and (admins) the user list.
 
 API:   GET /api/v1/me; GET/POST /api/v1/users (admin).
-Pages: /login, /logout, /account/password; /admin/users (admin: create, deactivate, reactivate).
+Pages: /login, /logout, /account (reading mode), /account/password;
+       /admin/users (admin: create, deactivate, reactivate).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from app.deps import (
 )
 from app.models import User
 from app.routes.templating import render, safe_next, see_other
-from app.services import accounts
+from app.services import accounts, reading
 from app.services.errors import ServiceError, ThrottledError
 
 api = APIRouter(prefix="/api/v1", tags=["api"])
@@ -140,6 +141,41 @@ def logout(
     response = see_other(LOGIN_PATH)
     clear_session_cookie(response, settings)
     return response
+
+
+def _account_page(request: Request, settings: Any, user: User, *, status_code: int = 200, **context: Any) -> Response:
+    return render(
+        request,
+        "account.html",
+        user=user,
+        status_code=status_code,
+        mode=reading.mode_for(user=user, settings=settings),
+        default_mode=settings.reading_mode,
+        mode_labels=reading.MODE_LABELS,
+        **{"saved": False, "error": None, **context},
+    )
+
+
+@pages.get("/account", response_model=None)
+def account_page(request: Request, settings: SettingsDep, user: PageUser) -> Response:
+    return _account_page(request, settings, user)
+
+
+@pages.post("/account/reading-mode", response_model=None)
+def reading_mode_submit(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: PageUser,
+    _csrf: PageCsrf,
+    form: Annotated[schemas.ReadingModeForm, Form()],
+) -> Response:
+    """Film first or AI first for this user's case pages ('' follows the service's setting)."""
+    try:
+        reading.set_preference(session=session, user=user, mode=form.reading_mode)
+    except ServiceError as exc:
+        return _account_page(request, settings, user, status_code=exc.status_code, error=str(exc))
+    return _account_page(request, settings, user, saved=True)
 
 
 @pages.get(PASSWORD_PATH, response_model=None)

@@ -27,7 +27,7 @@ from fastapi.templating import Jinja2Templates
 
 from app.deps import PageRefused, csrf_token, referring_page
 from app.models import CLASS_LABELS, REASON_TAGS, User
-from app.services import predictions, viewer
+from app.services import model_registry, predictions, viewer
 from ml import CLASSES
 from ml.confound import GROUP_NAMES
 from ml.lung_focus import NO_LUNG, NO_POSITIVE_MASS
@@ -108,6 +108,7 @@ def _make_templates() -> Jinja2Templates:
     templates.env.filters["pct"] = pct
     templates.env.filters["class_label"] = lambda c: CLASS_LABELS.get(c, c)
     templates.env.filters["reason_label"] = lambda r: REASON_LABELS.get(r, r)
+    templates.env.filters["describe"] = model_registry.describe
     templates.env.globals.update(TEMPLATE_GLOBALS)
     return templates
 

@@ -472,6 +472,8 @@ def test_worklist_filters_sorts_and_explains_priority(env: Env, reviewer: TestCl
         "reviewed": "no",
         "flagged": "any",
         "sort": "priority",
+        "q": "",
+        "mine": "",
     }
     assert "least-confident first" in page.context["priority_explanation"]
     assert str(escape(page.context["priority_explanation"])) in page.text
@@ -498,7 +500,7 @@ def test_worklist_filters_sorts_and_explains_priority(env: Env, reviewer: TestCl
     reviewed = next(i for i in done if i.prediction.id == pid and i.model.id == item.model.id)
     assert reviewed.latest_verdict == "approve"
 
-    lenient = reviewer.get("/worklist?cls=bogus&sort=bogus&reviewed=bogus&flagged=bogus&model=x")
+    lenient = reviewer.get("/worklist?cls=bogus&sort=bogus&reviewed=bogus&flagged=bogus&model=x&mine=bogus")
     assert lenient.status_code == 200
     assert lenient.context["filters"] == {
         "model": None,
@@ -506,6 +508,8 @@ def test_worklist_filters_sorts_and_explains_priority(env: Env, reviewer: TestCl
         "reviewed": "no",
         "flagged": "any",
         "sort": "priority",
+        "q": "",
+        "mine": "",
     }
 
 
@@ -590,15 +594,18 @@ def test_admin_switches_the_active_model(env: Env) -> None:
     active, other = models[0], models[1]
     token = page.context["csrf_token"]
     assert admin.post(f"/models/{other.id}/activate", data={}).status_code == 403
-    try:
+    try:  # unconfirmed below: the confirmation page first
         r = admin.post(f"/models/{other.id}/activate", data={"csrf_token": token})
-        assert r.status_code == 303
+        assert r.status_code == 303 and r.headers["location"].startswith(f"/models/{other.id}/activate?")
+        assert admin.get("/models").context["models"][0].id == active.id
+        r = admin.post(f"/models/{other.id}/activate", data={"csrf_token": token, "confirm": "yes", "reason": "x"})
+        assert r.status_code == 303 and "done=1" in r.headers["location"]
         assert admin.get("/models").context["models"][0].id == other.id
         with env.session() as s:  # the switch is audited with the admin's name
             (entry,) = audit.list_entries(session=s, limit=1, action_prefix="model.")
             assert (entry.actor, entry.target_id) == ("admin2", other.id)
     finally:
-        admin.post(f"/models/{active.id}/activate", data={"csrf_token": token})
+        admin.post(f"/models/{active.id}/activate", data={"csrf_token": token, "confirm": "yes", "reason": "back"})
     assert admin.get("/models").context["models"][0].id == active.id
     reviewer = login(env)
     assert (
