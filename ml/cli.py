@@ -1,4 +1,4 @@
-"""Command line of the ML core: `archs`, `train`, `evaluate`, `benchmark`.
+"""Command line of the ML core: `archs`, `train`, `evaluate`, `calibrate`, `benchmark`.
 
 `app.cli` adds the service commands (`serve`, `users`, ...) to the same parser, so `cxr-review`
 offers both; `python -m ml` offers only these and needs nothing from the web service.
@@ -266,6 +266,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except (ValueError, CheckpointError) as exc:  # e.g. a split name the manifest does not have
         raise CLIError(str(exc)) from exc
     print(format_table(report))
+    if args.figures:
+        from ml.risk_report import plot_figures
+
+        for path in plot_figures(report["error_risk"], args.figures):
+            print(f"wrote {path}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -321,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the full report as JSON here")
     p.add_argument("--predictions", default=None, help="write per-image predictions as CSV here")
     p.add_argument("--markdown", default=None, help="write the tables as Markdown here")
+    p.add_argument(
+        "--figures",
+        default=None,
+        metavar="DIR",
+        help="draw reliability.png (before/after temperature scaling) and risk_coverage.png into DIR",
+    )
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument(
         "--no-lung-focus",
@@ -343,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, skip=("arch", "out_dir", "resume"))
     p.set_defaults(handler=cmd_benchmark, command_parser=p)
     add_train_lungs_command(sub)
+    from ml.cli_risk import add_calibrate_command  # torch-free at import, like this module
+
+    add_calibrate_command(sub)
     return parser
 
 
