@@ -15,9 +15,11 @@ Cut-offs (`fit_thresholds`), all chosen on validation films only:
   (default 3 %);
 - `risk` (low_confidence): the lowest error-risk cut-off at which all warnings together mark at most
   `target_right_share` of the right validation predictions (default 20 %);
-- not_frontal_chest_xray: margins around the range of every validation film (all are frontal chest
-  films): lung area within [½ · its 0.5 % quantile, min(0.9, 1.5 · its 99.5 % quantile)], balance ≥ ½ ·
-  its 0.5 % quantile, fill ≥ ½ · its 0.5 % quantile, and ood_distance / feature_residual below
+- not_frontal_chest_xray: a lung mask of two parts (a frontal film shows two lungs), and margins around
+  the range of every validation film (all are frontal chest films): two-largest-parts share ≥ its 0.5 %
+  quantile − 0.01, layout ≥ ½ · its 0.5 % quantile, lung area within [½ · its 0.5 % quantile,
+  min(0.9, 1.5 · its 99.5 % quantile)], balance ≥ ½ · its 0.5 % quantile, fill ≥ ½ · its 0.5 %
+  quantile, and ood_distance / feature_residual below
   `CHEST_MARGIN` × their maxima over the validation films.
 
 The result is written into the checkpoint's meta (`risk`), atomically, weights untouched.
@@ -43,6 +45,7 @@ from ml.metrics import auroc, expected_calibration_error
 from ml.model_io import class_mask
 from ml.risk import (
     RISK_INPUTS,
+    RISK_SIGNS,
     FeatureStats,
     Signals,
     Thresholds,
@@ -124,6 +127,8 @@ def fit_thresholds(
         lung_area_max=min(0.9, CHEST_MARGIN * _quantile(areas, 0.995, 0.6)),
         lung_balance_min=0.5 * _quantile([s.lung_balance for s in signals], 0.005, 0.0),
         lung_fill_min=0.5 * _quantile([s.lung_fill for s in signals], 0.005, 0.0),
+        lung_two_share_min=_quantile([s.lung_two_share for s in signals], 0.005, 0.0) - 0.01,
+        lung_layout_min=0.5 * _quantile([s.lung_layout for s in signals], 0.005, 0.0),
         chest_distance=CHEST_MARGIN * max(s.ood_distance for s in signals),
         chest_residual=min(1.0, CHEST_MARGIN * max(s.feature_residual for s in signals)),
     )
@@ -207,7 +212,7 @@ def calibrate_checkpoint(
     mean, std = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
     mean, std = np.nan_to_num(mean, nan=0.0), np.nan_to_num(std, nan=1.0)
     if wrong.any() and (~wrong).any():
-        coef, intercept = fit_logistic(standardise(x, mean, std), wrong.astype(np.float64))
+        coef, intercept = fit_logistic(standardise(x, mean, std), wrong.astype(np.float64), signs=RISK_SIGNS)
     else:  # nothing to tell apart: the validation error rate for every film
         rate = float(np.clip(wrong.mean(), 1e-3, 1 - 1e-3))
         coef, intercept = np.zeros(len(RISK_INPUTS)), float(np.log(rate / (1 - rate)))

@@ -1,5 +1,5 @@
 """`cxr-review calibrate CHECKPOINT`: fit a checkpoint's error risk, temperature and warning cut-offs
-(`ml.calibrate`) and write them into it. Kept beside `ml.cli`, whose helpers it uses."""
+(`ml.calibrate`) and write them into it; `ml.cli` adds it to its parser."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ml.cli import CLIError, _positive_int, _unit_float, add_data_option, default_dataset_dirs
+from ml.cli_common import CLIError, _positive_int, _unit_float, add_data_option, default_dataset_dirs
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ the COVID-19 films and calls; the risk–coverage curve (`plot_figures` draws bo
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import statistics
 from collections.abc import Sequence
@@ -54,6 +55,7 @@ from ml.inference import Prediction, Predictor, analyze_films
 from ml.lung_focus import LungFocus, check_threshold
 from ml.lungseg import LungSegmenter
 from ml.metrics import classification_report
+from ml.risk import Signals
 from ml.risk_report import format_risk_markdown, format_risk_text, risk_summary
 from ml.transforms import load_grayscale
 
@@ -172,7 +174,8 @@ def write_predictions_csv(
     focus: Sequence[LungFocus] | None,
 ) -> None:
     """One row per film: path, source, age group, label, predicted class, the four probabilities, its
-    lung focus, its error risk (blank: not calibrated) and its warning codes (`;`-separated)."""
+    lung focus, its error risk (blank: not calibrated), its warning codes (`;`-separated) and its signals
+    (`signal_<name>`, `ml.risk.Signals`)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
@@ -189,6 +192,7 @@ def write_predictions_csv(
                 "lung_flagged",
                 "error_risk",
                 "warnings",
+                *[f"signal_{name}" for name in SIGNAL_NAMES],
             ]
         )
         for i, (r, p) in enumerate(zip(records, predictions, strict=True)):
@@ -209,8 +213,17 @@ def write_predictions_csv(
                     *lung,
                     "" if p.error_risk is None else f"{p.error_risk:.4f}",
                     ";".join(w.code for w in p.warnings),
+                    *_signal_cells(p),
                 ]
             )
+
+
+SIGNAL_NAMES = tuple(f.name for f in dataclasses.fields(Signals))
+
+
+def _signal_cells(p: Prediction) -> list[str]:
+    values = p.signals.to_dict() if p.signals is not None else {}
+    return ["" if values.get(n) is None else f"{values[n]:.6g}" for n in SIGNAL_NAMES]
 
 
 def _focus_stats(rows: Sequence[tuple[bool, LungFocus]]) -> dict[str, Any]:

@@ -20,7 +20,11 @@ its lung mask:
   to the chance level (the lung area share): 1 = no better than a map spread evenly;
 - `lung_area`, `lung_balance`, `lung_fill`: the lung mask's area share, min/max of its left and right
   halves' lung pixels (two lungs side by side: near 1; one blob or none on one side: near 0), and the
-  share of its bounding box that is lung.
+  share of its bounding box that is lung;
+- `lung_parts`, `lung_two_share`, `lung_layout`: the mask's connected parts of at least 0.5 % of the
+  film (on a 64×64 grid; a frontal film: 2), the share of lung pixels in its two largest parts, and how
+  side by side those two lie: horizontal minus vertical distance of their centres, in film widths
+  (frontal: about 0.4; two parts one above the other, as in a film turned by 90°: negative).
   Lung signals are None without a lung mask.
 
 `error_risk` is the estimated probability that the predicted class is wrong: a logistic regression
@@ -34,9 +38,11 @@ version on its own validation films (`ml.calibrate`):
 - `out_of_distribution` ("unlike the films this model was trained on"): class_distance ≥ `distance`;
 - `outside_lungs` ("evidence mostly outside the lungs"): lung focus < 0.5 and its ratio to chance
   ≤ `focus_ratio`;
-- `not_frontal_chest_xray` ("this does not look like a frontal chest X-ray"): the lung mask's area
-  outside [`lung_area_min`, `lung_area_max`], its balance below `lung_balance_min`, its fill below
-  `lung_fill_min`, or ood_distance ≥ `chest_distance` or feature_residual ≥ `chest_residual`.
+- `not_frontal_chest_xray` ("this does not look like a frontal chest X-ray"): the lung mask is not two
+  lungs side by side (`lung_parts` ≠ 2, `lung_two_share` < `lung_two_share_min`, `lung_layout` <
+  `lung_layout_min`), its area is outside [`lung_area_min`, `lung_area_max`], its balance below
+  `lung_balance_min` or its fill below `lung_fill_min`; or ood_distance ≥ `chest_distance` or
+  feature_residual ≥ `chest_residual`.
 """
 
 from __future__ import annotations
@@ -71,6 +77,11 @@ RISK_INPUTS = (
     "lung_focus_ratio",
 )
 """The logistic regression's inputs, computed from `Signals` by `risk_inputs`."""
+RISK_SIGNS = (-1, 1, 1, 1, 1, 1, -1, -1)
+"""The direction each input may push the risk: more confidence, more lung focus never raise it; more
+entropy, energy, distance from the training films never lower it. An input whose fitted coefficient
+has the other sign is dropped (held at 0) and the rest refitted (`fit_logistic`), so a correlation of the
+validation films cannot make an unfamiliar film look safer."""
 
 MESSAGES = {
     "out_of_distribution": "unlike the films this model was trained on",
@@ -109,6 +120,9 @@ class Signals:
     lung_area: float | None = None
     lung_balance: float | None = None
     lung_fill: float | None = None
+    lung_parts: float | None = None
+    lung_two_share: float | None = None
+    lung_layout: float | None = None
 
     def to_dict(self) -> dict[str, float | None]:
         return asdict(self)
@@ -125,6 +139,8 @@ class Thresholds:
     lung_area_max: float
     lung_balance_min: float
     lung_fill_min: float
+    lung_two_share_min: float
+    lung_layout_min: float
     chest_distance: float
     chest_residual: float
 
@@ -148,6 +164,49 @@ def lung_shape(mask: np.ndarray) -> tuple[float, float, float]:
     rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
     box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
     return area, balance, float(m.sum() / box)
+
+
+PART_GRID = 64
+MIN_PART_SHARE = 0.005
+
+
+def lung_parts(mask: np.ndarray) -> tuple[int, float, float]:
+    """(parts of at least MIN_PART_SHARE of the film, share of lung in the two largest parts, their
+    layout: horizontal minus vertical distance of their centres in film widths) of a bool lung mask,
+    8-connected on a PART_GRID×PART_GRID grid (a cell is lung when at least half of it is)."""
+    m = np.asarray(mask).astype(np.float32)
+    h, w = m.shape
+    rows = (np.arange(h) * PART_GRID // h)[:, None]
+    cols = (np.arange(w) * PART_GRID // w)[None, :]
+    grid = np.zeros((PART_GRID, PART_GRID), np.float64)
+    counts = np.zeros_like(grid)
+    np.add.at(grid, (np.broadcast_to(rows, m.shape), np.broadcast_to(cols, m.shape)), m)
+    np.add.at(counts, (np.broadcast_to(rows, m.shape), np.broadcast_to(cols, m.shape)), 1.0)
+    cells = grid / np.maximum(counts, 1.0) >= 0.5
+    label = np.zeros(cells.shape, np.int32)
+    parts: list[tuple[int, float, float]] = []  # (size, mean row, mean column) in grid units
+    for start in zip(*np.nonzero(cells), strict=True):
+        if label[start]:
+            continue
+        label[start] = len(parts) + 1
+        stack, members = [start], []
+        while stack:
+            i, j = stack.pop()
+            members.append((i, j))
+            for a in (i - 1, i, i + 1):
+                for b in (j - 1, j, j + 1):
+                    if 0 <= a < PART_GRID and 0 <= b < PART_GRID and cells[a, b] and not label[a, b]:
+                        label[a, b] = len(parts) + 1
+                        stack.append((a, b))
+        pts = np.array(members, dtype=np.float64)
+        parts.append((len(members), float(pts[:, 0].mean()), float(pts[:, 1].mean())))
+    parts.sort(reverse=True)
+    total = sum(p[0] for p in parts)
+    big = sum(p[0] >= MIN_PART_SHARE * PART_GRID * PART_GRID for p in parts)
+    if len(parts) < 2:
+        return big, 1.0 if parts else 0.0, -1.0
+    (_, r1, c1), (_, r2, c2) = parts[0], parts[1]
+    return big, (parts[0][0] + parts[1][0]) / total, (abs(c1 - c2) - abs(r1 - r2)) / PART_GRID
 
 
 def scaled_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -266,9 +325,17 @@ def signals_for(
         if lung is not None and lung[i] is not None:
             focus, area, mask = lung[i]  # type: ignore[misc]
             _, balance, fill = lung_shape(mask)
+            parts, two_share, layout = lung_parts(mask)
             ratio = None if focus is None or area <= 0 else float(min(focus / area, 10.0))
             lung_values = dict(
-                lung_focus=focus, lung_focus_ratio=ratio, lung_area=area, lung_balance=balance, lung_fill=fill
+                lung_focus=focus,
+                lung_focus_ratio=ratio,
+                lung_area=area,
+                lung_balance=balance,
+                lung_fill=fill,
+                lung_parts=float(parts),
+                lung_two_share=two_share,
+                lung_layout=layout,
             )
         out.append(
             Signals(
@@ -304,10 +371,23 @@ def input_matrix(signals: Sequence[Signals]) -> np.ndarray:
 
 
 def fit_logistic(
-    x: np.ndarray, y: np.ndarray, *, penalty: float = L2_PENALTY, steps: int = 50
+    x: np.ndarray, y: np.ndarray, *, penalty: float = L2_PENALTY, signs: Sequence[int] | None = None
 ) -> tuple[np.ndarray, float]:
     """L2-penalised logistic regression by Newton's method: standardised N×F inputs, y in {0, 1} →
-    (coefficients F, intercept)."""
+    (coefficients F, intercept). `signs` (+1/−1 per input): an input whose coefficient comes out with
+    the other sign is dropped (coefficient 0) and the others refitted, until every sign agrees."""
+    free = np.ones(x.shape[1], bool)
+    while True:
+        coef = np.zeros(x.shape[1])
+        sub, intercept = _newton_logistic(x[:, free], y, penalty)
+        coef[free] = sub
+        wrong = free & (np.sign(coef) * np.asarray(signs if signs is not None else np.sign(coef)) < 0)
+        if not wrong.any():
+            return coef, intercept
+        free &= ~wrong
+
+
+def _newton_logistic(x: np.ndarray, y: np.ndarray, penalty: float, steps: int = 50) -> tuple[np.ndarray, float]:
     n, f = x.shape
     a = np.hstack([x, np.ones((n, 1))])
     w = np.zeros(f + 1)
@@ -368,6 +448,12 @@ def not_chest_reasons(s: Signals, t: Thresholds) -> list[str]:
             reasons.append("lung_balance")
         if (s.lung_fill or 0.0) < t.lung_fill_min:
             reasons.append("lung_fill")
+        if s.lung_parts != 2:
+            reasons.append("lung_parts")
+        if (s.lung_two_share or 0.0) < t.lung_two_share_min:
+            reasons.append("lung_two_share")
+        if (s.lung_layout if s.lung_layout is not None else -1.0) < t.lung_layout_min:
+            reasons.append("lung_layout")
     if s.ood_distance >= t.chest_distance:
         reasons.append("ood_distance")
     if s.feature_residual >= t.chest_residual:

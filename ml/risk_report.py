@@ -39,6 +39,8 @@ ORIENTATION = {
     "lung_area": -1,
     "lung_balance": -1,
     "lung_fill": -1,
+    "lung_two_share": -1,
+    "lung_layout": -1,
 }
 """+1: a higher value means a likelier error; −1: a lower one does."""
 

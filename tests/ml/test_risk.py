@@ -25,6 +25,7 @@ from ml.risk import (
     FeatureStats,
     fit_logistic,
     fit_temperature,
+    lung_parts,
     lung_shape,
     scaled_probabilities,
 )
@@ -93,6 +94,29 @@ def test_lung_shape_tells_two_lungs_from_one_blob() -> None:
     assert lung_shape(np.zeros((256, 256), bool)) == (0.0, 0.0, 0.0)
 
 
+def test_lung_parts_count_the_lungs_and_see_a_turned_film() -> None:
+    two = np.zeros((256, 256), bool)
+    two[40:210, 30:115] = two[40:210, 140:225] = True
+    parts, share, layout = lung_parts(two)
+    assert parts == 2 and share == 1.0 and 0.35 < layout < 0.5
+    turned = np.ascontiguousarray(np.rot90(two))
+    assert lung_parts(turned)[0] == 2 and lung_parts(turned)[2] < 0
+    specks = two.copy()
+    specks[228:236, 8:16] = True  # below 0.5 % of the film: not a part, but not one of the two lungs either
+    assert lung_parts(specks)[0] == 2 and lung_parts(specks)[1] < 1.0
+    assert lung_parts(np.zeros((256, 256), bool)) == (0, 0.0, -1.0)
+
+
+def test_a_coefficient_against_its_sign_is_dropped() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 1, (800, 2))
+    y = (rng.random(800) < 1 / (1 + np.exp(-(1.5 * x[:, 0] - 1.0 * x[:, 1])))).astype(float)
+    free, _ = fit_logistic(x, y)
+    assert free[0] > 1 and free[1] < -0.5
+    constrained, _ = fit_logistic(x, y, signs=(1, 1))  # input 1 may only raise the risk: dropped
+    assert constrained[0] > 1 and constrained[1] == 0.0
+
+
 def test_the_command_lines_defaults_are_the_calibrations() -> None:
     assert (CLI_TARGET, CLI_OOD, CLI_FOCUS) == (TARGET_RIGHT_SHARE, OOD_SHARE, FOCUS_SHARE)
 
@@ -157,7 +181,9 @@ def bundled() -> tuple[Predictor, LungSegmenter]:
     return predictor, segmenter
 
 
-def test_every_non_chest_image_is_warned(bundled: tuple[Predictor, LungSegmenter], real_films: list[np.ndarray]) -> None:
+def test_every_non_chest_image_is_warned(
+    bundled: tuple[Predictor, LungSegmenter], real_films: list[np.ndarray]
+) -> None:
     predictor, segmenter = bundled
     images = {**skimage_samples(), **synthetic(real_films[1])}
     names = list(images)
