@@ -141,6 +141,28 @@ class InputBoxOut(BaseModel):
     right: float
 
 
+WarningCode = Literal["not_frontal_chest_xray", "out_of_distribution", "low_confidence", "outside_lungs"]
+
+
+class WarningOut(BaseModel):
+    """Why a result deserves a closer look, in plain words (ml.risk)."""
+
+    code: WarningCode = Field(
+        description="not_frontal_chest_xray: the film does not look like a frontal chest X-ray (lung mask area or "
+        "shape, or features far from every training film); out_of_distribution: unlike the films this model was "
+        "trained on for the class it predicts; low_confidence: high error risk; outside_lungs: the heat map's "
+        "evidence lies mostly outside the lungs, well below chance"
+    )
+    message: str = Field(description="the warning in plain words, as the case page shows it")
+
+
+_ERROR_RISK_DESCRIPTION = (
+    "estimated probability that the predicted class is wrong (a logistic regression over calibrated confidence, "
+    "energy, feature-space distance to the training films and lung focus, fitted on the model version's own "
+    "validation films); null: not available, see error_risk_reason"
+)
+
+
 class ResultOut(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -166,6 +188,13 @@ class ResultOut(BaseModel):
         "in white), to lay over any overlay; null: not computed"
     )
     lungseg_sha256: str | None = Field(None, description="checkpoint sha256 of the lung segmenter used")
+    error_risk: float | None = Field(None, ge=0, le=1, description=_ERROR_RISK_DESCRIPTION)
+    error_risk_reason: str | None = Field(
+        None, description="why there is no error risk (an uncalibrated model, a result stored before it existed)"
+    )
+    warnings: list[WarningOut] = Field(
+        default_factory=list, description="warnings, most serious first; [] when none (or stored before warnings)"
+    )
 
 
 class ResultDetailOut(ResultOut):
@@ -292,6 +321,8 @@ class WorklistItemOut(BaseModel):
     verdict_count: int
     latest_verdict: VerdictValue | None
     lung_focus: LungFocusOut | None = Field(description="the predicted class's lung focus; null: not computed")
+    error_risk: float | None = Field(None, ge=0, le=1, description=_ERROR_RISK_DESCRIPTION)
+    warnings: list[WarningOut] = Field(default_factory=list, description="warnings, most serious first")
     detail_url: str
 
 

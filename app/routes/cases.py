@@ -27,6 +27,7 @@ from app.models import MLModel, Prediction, User, Verdict
 from app.routes.models import metrics_summary
 from app.routes.templating import error_page, render, see_other
 from app.services import model_registry, predictions, reviews
+from app.services.error_risk import RiskView
 from app.services.errors import ServiceError
 from app.services.model_registry import ModelManager
 from app.services.storage import FileStore
@@ -66,7 +67,17 @@ def result_out(v: predictions.ResultView) -> schemas.ResultOut:
         input_box=schemas.InputBoxOut(**v.input_box.as_dict()) if v.input_box is not None else None,
         lung_outline_url=v.lung_outline_url,
         lungseg_sha256=r.lungseg_sha256,
+        **risk_fields(v.risk),
     )
+
+
+def risk_fields(risk: RiskView) -> dict[str, Any]:
+    """A result's error risk and warnings as the reply models take them."""
+    return {
+        "error_risk": risk.error_risk,
+        "error_risk_reason": risk.reason,
+        "warnings": [schemas.WarningOut(**w) for w in risk.warnings],  # type: ignore[arg-type]
+    }
 
 
 def result_detail_out(v: predictions.ResultView) -> schemas.ResultDetailOut:

@@ -15,7 +15,7 @@ from fastapi.responses import PlainTextResponse, Response
 
 from app import schemas
 from app.deps import CurrentUser, PageUser, SessionDep, SettingsDep
-from app.routes.cases import lung_focus_out
+from app.routes.cases import lung_focus_out, risk_fields
 from app.routes.templating import render, see_other
 from app.services import model_registry, predictions, reviews
 
@@ -83,6 +83,8 @@ def worklist(
                 verdict_count=i.verdict_count,
                 latest_verdict=i.latest_verdict,  # type: ignore[arg-type]
                 lung_focus=lung_focus_out(i.lung_focus) if i.lung_focus is not None else None,
+                error_risk=i.risk.error_risk if i.risk is not None else None,
+                warnings=risk_fields(i.risk)["warnings"] if i.risk is not None else [],
                 detail_url=f"{predictions.API_PREFIX}/predictions/{i.prediction.id}",
             )
             for i in result.items
