@@ -53,7 +53,7 @@ def document(size: tuple[int, int] = (1100, 850), seed: int = 0) -> np.ndarray:
 def synthetic(film: np.ndarray) -> dict[str, np.ndarray]:
     """Synthetic non-chest images; `film` (a real frontal chest film) gives the rotated and cut variants."""
     rng = np.random.default_rng(0)
-    h, w = film.shape
+    w = film.shape[1]
     gradient = np.tile(np.linspace(0, 255, 512, dtype=np.float64), (512, 1)).astype(np.uint8)
     return {
         "synthetic:noise": rng.integers(0, 256, (512, 512)).astype(np.uint8),
