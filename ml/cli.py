@@ -308,7 +308,43 @@ def build_parser() -> argparse.ArgumentParser:
     from ml.cli_risk import add_calibrate_command  # torch-free at import, like this module
 
     add_calibrate_command(sub)
+    add_contact_sheet_command(sub)
     return parser
+
+
+def add_contact_sheet_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("contact-sheet", help="CAM overlays of a fixed sample of films, checkpoints side by side (PNG)")
+    p.add_argument("--checkpoint", action="append", required=True, help="checkpoint file; repeat to compare")
+    add_data_option(p)
+    p.add_argument("--split", default="test")
+    p.add_argument("--per-class", type=_positive_int, default=20, help="films of each true class (default 20)")
+    p.add_argument("--lung-threshold", type=_unit_float, default=0.5, help="lung focus flag (orange caption)")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.set_defaults(handler=cmd_contact_sheet)
+
+
+def cmd_contact_sheet(args: argparse.Namespace) -> int:
+    from ml.checkpoints import CheckpointError
+    from ml.contact_sheet import contact_sheet
+
+    missing = [c for c in args.checkpoint if not Path(c).is_file()]
+    if missing:
+        raise CLIError(f"checkpoint not found: {', '.join(missing)}")
+    try:
+        sheet = contact_sheet(
+            args.checkpoint,
+            args.data or default_dataset_dirs(),
+            split=args.split,
+            per_class=args.per_class,
+            columns=max(1, 10 // len(args.checkpoint)),
+            lung_threshold=args.lung_threshold,
+        )
+    except (ValueError, CheckpointError) as exc:
+        raise CLIError(str(exc)) from exc
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(args.out)
+    print(f"wrote {args.out} ({sheet.width}x{sheet.height})")
+    return 0
 
 
 def add_train_lungs_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
