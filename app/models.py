@@ -220,6 +220,15 @@ class PredictionResult(Base):
     input_box: Mapped[dict[str, float] | None] = mapped_column(JSON(none_as_null=True))
     """The film region a lung-crop model saw and its CAM spans ({top, left, bottom, right} fractions);
     NULL: the whole film."""
+    # Error risk and warnings (migration 0006). NULL on results stored before it existed.
+    error_risk: Mapped[float | None] = mapped_column(Float, index=True)
+    """Estimated probability that `predicted_class` is wrong (ml.risk); NULL: not available (see the reason)."""
+    error_risk_reason: Mapped[str | None] = mapped_column(Text)
+    """Why there is no error risk (an uncalibrated model, a result stored before error risk existed)."""
+    warnings: Mapped[list[dict[str, str]] | None] = mapped_column(JSON(none_as_null=True))
+    """[{"code", "message"}] as the model's calibration gave them, most serious first; NULL: stored before."""
+    risk_signals: Mapped[dict[str, float | None] | None] = mapped_column(JSON(none_as_null=True))
+    """The signals the error risk was computed from (ml.risk.Signals), for audit."""
 
     prediction: Mapped[Prediction] = relationship(back_populates="results")
     model: Mapped[MLModel] = relationship(lazy="joined")

@@ -1,22 +1,19 @@
 """Pydantic request/response models of the REST API (the contract documented at /docs).
 
-Every route module takes its schemas from here; `ERRORS`/`error_responses` document the error replies.
+Every route module takes its schemas from here (the browser pages' forms and queries are in `app.forms`);
+`ERRORS`/`error_responses` document the error replies.
 The training-job request body is `app.services.training.TrainingParams` (it validates the page form too).
 """
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
-    ValidatorFunctionWrapHandler,
-    WrapValidator,
     model_validator,
 )
 
@@ -146,6 +143,28 @@ class InputBoxOut(BaseModel):
     right: float
 
 
+WarningCode = Literal["not_frontal_chest_xray", "out_of_distribution", "low_confidence", "outside_lungs"]
+
+
+class WarningOut(BaseModel):
+    """Why a result deserves a closer look, in plain words (ml.risk)."""
+
+    code: WarningCode = Field(
+        description="not_frontal_chest_xray: the film does not look like a frontal chest X-ray (lung mask area or "
+        "shape, or features far from every training film); out_of_distribution: unlike the films this model was "
+        "trained on for the class it predicts; low_confidence: high error risk; outside_lungs: the heat map's "
+        "evidence lies mostly outside the lungs, well below chance"
+    )
+    message: str = Field(description="the warning in plain words, as the case page shows it")
+
+
+_ERROR_RISK_DESCRIPTION = (
+    "estimated probability that the predicted class is wrong (a logistic regression over calibrated confidence, "
+    "energy, feature-space distance to the training films and lung focus, fitted on the model version's own "
+    "validation films); null: not available, see error_risk_reason"
+)
+
+
 class ResultOut(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -171,6 +190,13 @@ class ResultOut(BaseModel):
         "in white), to lay over any overlay; null: not computed"
     )
     lungseg_sha256: str | None = Field(None, description="checkpoint sha256 of the lung segmenter used")
+    error_risk: float | None = Field(None, ge=0, le=1, description=_ERROR_RISK_DESCRIPTION)
+    error_risk_reason: str | None = Field(
+        None, description="why there is no error risk (an uncalibrated model, a result stored before it existed)"
+    )
+    warnings: list[WarningOut] = Field(
+        default_factory=list, description="warnings, most serious first; [] when none (or stored before warnings)"
+    )
 
 
 class ResultDetailOut(ResultOut):
@@ -319,6 +345,8 @@ class WorklistItemOut(BaseModel):
     verdict_count: int
     latest_verdict: VerdictValue | None
     lung_focus: LungFocusOut | None = Field(description="the predicted class's lung focus; null: not computed")
+    error_risk: float | None = Field(None, ge=0, le=1, description=_ERROR_RISK_DESCRIPTION)
+    warnings: list[WarningOut] = Field(default_factory=list, description="warnings, most serious first")
     detail_url: str
 
 
@@ -332,133 +360,8 @@ class WorklistOut(BaseModel):
     lung_focus_threshold: float = Field(description="the threshold below which a result is flagged")
 
 
-# --------------------------------------------------------------------- page forms and queries
-# What the browser pages' forms post (besides `csrf_token`) and their links ask for. Read leniently:
-# a missing or unusable value is its default, so the page, never a JSON 422, tells the user what is wrong.
-def _lenient_id(value: Any) -> int | None:
-    """An id or offset in a page's query or form: decimal digits → int, anything else → None."""
-    if isinstance(value, int):
-        return value
-    return int(value) if isinstance(value, str) and value.strip().isdecimal() else None
-
-
-def _or_default(default: Any) -> WrapValidator:
-    """A value the field's type refuses becomes `default`."""
-
-    def validate(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        try:
-            return handler(value)
-        except ValidationError:
-            return default
-
-    return WrapValidator(validate)
-
-
-LenientId = Annotated[int | None, BeforeValidator(_lenient_id)]
-
-
-class CaseQuery(BaseModel):
-    """The case page's query: which model's result, which class's heat map, which view, and the verdict
-    just saved (ids that are not numbers are ignored; the page checks the rest against the case)."""
-
-    model: LenientId = None
-    cls: str | None = None
-    view: str | None = None
-    saved: LenientId = None
-
-
-class WorklistQuery(BaseModel):
-    """The worklist page's filters (the API's `GET /predictions` parameters, by the page's names);
-    an unknown value is the default: all models and classes, waiting for review, priority order."""
-
-    model: LenientId = None
-    cls: Annotated[ClassName | None, _or_default(None)] = None
-    reviewed: Annotated[Literal["no", "yes", "any"], _or_default("no")] = "no"
-    flagged: Annotated[Literal["any", "yes", "no"], _or_default("any")] = "any"
-    sort: Annotated[Literal["priority", "newest", "flagged"], _or_default("priority")] = "priority"
-    q: Annotated[str, _or_default("")] = Field("", max_length=200)  # case id, file name or sha256 prefix
-    mine: Annotated[Literal["", "assigned"], _or_default("")] = ""
-    offset: LenientId = None
-
-
-# A day as text (YYYY-MM-DD), not the numbers pydantic's lax `date` takes as well.
-Day = Annotated[date, BeforeValidator(lambda v: date.fromisoformat(v) if isinstance(v, str) and v else v)]
-
-
-class ExportQuery(BaseModel):
-    """Export filters (the export page's form and GET /verdicts): UTC days, both ends included; a blank
-    field (the page's "any") is no filter."""
-
-    format: Literal["csv", "json"] = "json"
-    since: Day | Literal[""] | None = Field(None, description="first day (YYYY-MM-DD)")
-    until: Day | Literal[""] | None = Field(None, description="last day (YYYY-MM-DD)")
-    reviewer: str | None = Field(None, max_length=64)
-    model: Annotated[int, Field(ge=1, le=MAX_ROW_ID)] | Literal[""] | None = None
-    latest_only: bool = Field(False, description="only the latest verdict per reviewer and result")
-
-
-class ReadingModeForm(BaseModel):
-    reading_mode: str = Field("", description="film_first, ai_first, or '' (the service's setting)")
-
-
 class ActivateIn(BaseModel):
     reason: str = Field("", max_length=2000, description=PROMOTION_REASON)
-
-
-class ActivateForm(BaseModel):
-    reason: str = ""
-    confirm: str = ""  # "yes" from the confirmation page; anything else shows it
-    back: str = ""
-
-
-class AssignForm(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
-
-    prediction_id: LenientId = None
-    model_id: LenientId = None
-    reviewer: str = ""
-    back: str = ""
-
-
-class LoginForm(BaseModel):
-    username: str = ""
-    password: str = ""
-    next: str = "/"
-
-
-class PasswordForm(BaseModel):
-    current: str = ""
-    new: str = ""
-    repeat: str = ""
-
-
-class UserForm(BaseModel):
-    username: str = ""
-    role: str = "reviewer"
-    password: str = ""
-
-
-class ActiveForm(BaseModel):
-    active: str = Field("", description="'true' enables the account, anything else disables it")
-
-
-class RoleForm(BaseModel):
-    role: str = Field("", description="the new role: reviewer or admin")
-
-
-class VerdictForm(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
-
-    model_id: LenientId = None
-    verdict: str = ""
-    reasons: list[str] = Field(default_factory=list)
-    comment: str = ""
-    diagnosis: str = ""
-    regions: str = ""
-    """The boxes drawn on the case page, as the JSON the API takes (set by static/js/review.js)."""
-    reading_token: str = ""
-    ai_revealed_after_ms: str = ""
-    """Set by static/js/reading.js: 'none' while the AI is hidden, else milliseconds to showing it."""
 
 
 # ------------------------------------------------------------------------------- training

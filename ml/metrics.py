@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ml import CLASSES
 
@@ -133,12 +134,53 @@ def cohen_kappa(pairs: Sequence[tuple[bool, bool]]) -> dict[str, Any]:
     return out
 
 
-def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:
-    """Area under the ROC curve: the chance that a random positive scores above a random negative, ties
-    counting one half (the Mann–Whitney U / (n₊n₋)). None without both a positive and a negative."""
-    pos = [s for s, p in zip(scores, positives, strict=True) if p]
-    neg = [s for s, p in zip(scores, positives, strict=True) if not p]
-    if not pos or not neg:
+def auroc(scores: ArrayLike, positive: ArrayLike) -> float | None:
+    """Area under the ROC curve of `scores` for telling positives (True) from negatives: the probability
+    that a random positive scores higher than a random negative, ties counting half (Mann-Whitney).
+    None when either group is empty."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
         return None
-    wins = sum((sp > sn) + 0.5 * (sp == sn) for sp in pos for sn in neg)
-    return float(wins / (len(pos) * len(neg)))
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks over ties
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def reliability_bins(confidence: ArrayLike, correct: ArrayLike, bins: int = 10) -> list[dict[str, Any]]:
+    """Equal-width confidence bins over [0, 1]: per bin its n, mean confidence and accuracy (None when empty)."""
+    c = np.asarray(confidence, dtype=np.float64)
+    ok = np.asarray(correct, dtype=bool)
+    index = np.clip((c * bins).astype(int), 0, bins - 1)
+    out = []
+    for b in range(bins):
+        sel = index == b
+        n = int(sel.sum())
+        out.append(
+            {
+                "lower": b / bins,
+                "upper": (b + 1) / bins,
+                "n": n,
+                "confidence": float(c[sel].mean()) if n else None,
+                "accuracy": float(ok[sel].mean()) if n else None,
+            }
+        )
+    return out
+
+
+def expected_calibration_error(confidence: ArrayLike, correct: ArrayLike, bins: int = 10) -> float | None:
+    """ECE (Guo et al. 2017): Σ_b n_b / N · |accuracy_b − confidence_b| over equal-width bins; None when empty."""
+    rows = reliability_bins(confidence, correct, bins)
+    n = sum(r["n"] for r in rows)
+    if n == 0:
+        return None
+    return float(sum(r["n"] / n * abs(r["accuracy"] - r["confidence"]) for r in rows if r["n"]))

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Request, status
 from fastapi.responses import Response
 
-from app import schemas, security
+from app import forms, schemas, security
 from app.deps import (
     LOGIN_PATH,
     PASSWORD_PATH,
@@ -95,7 +95,7 @@ def login_submit(
     session: SessionDep,
     settings: SettingsDep,
     _csrf: PageCsrf,
-    form: Annotated[schemas.LoginForm, Form()],
+    form: Annotated[forms.LoginForm, Form()],
 ) -> Response:
     target = safe_next(form.next)
     username, password = form.username, form.password
@@ -168,7 +168,7 @@ def reading_mode_submit(
     settings: SettingsDep,
     user: PageUser,
     _csrf: PageCsrf,
-    form: Annotated[schemas.ReadingModeForm, Form()],
+    form: Annotated[forms.ReadingModeForm, Form()],
 ) -> Response:
     """Film first or AI first for this user's case pages ('' follows the service's setting)."""
     try:
@@ -190,7 +190,7 @@ def password_submit(
     settings: SettingsDep,
     user: PageUser,
     _csrf: PageCsrf,
-    form: Annotated[schemas.PasswordForm, Form()],
+    form: Annotated[forms.PasswordForm, Form()],
 ) -> Response:
     def again(status_code: int, error: str) -> Response:
         return render(request, "password.html", user=user, status_code=status_code, error=error)
@@ -236,7 +236,7 @@ def user_create(
     session: SessionDep,
     admin: AdminPage,
     _csrf: PageCsrf,
-    form: Annotated[schemas.UserForm, Form()],
+    form: Annotated[forms.UserForm, Form()],
 ) -> Response:
     """Create an account. Without a password one is generated and shown once; either way the new user
     must choose their own password at first login."""
@@ -286,7 +286,7 @@ def user_set_active(
     admin: AdminPage,
     _csrf: PageCsrf,
     target: ManagedUser,
-    form: Annotated[schemas.ActiveForm, Form()],
+    form: Annotated[forms.ActiveForm, Form()],
 ) -> Response:
     enable = form.active == "true"
     if target.id == admin.id and not enable:
@@ -302,7 +302,7 @@ def user_set_role(
     admin: AdminPage,
     _csrf: PageCsrf,
     target: ManagedUser,
-    form: Annotated[schemas.RoleForm, Form()],
+    form: Annotated[forms.RoleForm, Form()],
 ) -> Response:
     if target.id == admin.id:
         return _users_page(request, session, admin, status_code=422, error="You cannot change your own role.")

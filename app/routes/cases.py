@@ -20,7 +20,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
-from app import schemas
+from app import forms, schemas
 from app.config import Settings
 from app.deps import CurrentUser, ModelManagerDep, PageCsrf, PageUser, SessionDep, SettingsDep, StoreDep
 from app.models import MLModel, Prediction, User
@@ -269,7 +269,7 @@ def _case_page(
     prediction_id: int,
     *,
     settings: Settings,
-    query: schemas.CaseQuery,
+    query: forms.CaseQuery,
     status_code: int = 200,
     form_error: str | None = None,
     form: dict[str, Any] | None = None,
@@ -335,7 +335,7 @@ def case_page(
     session: SessionDep,
     settings: SettingsDep,
     user: PageUser,
-    query: Annotated[schemas.CaseQuery, Query()],
+    query: Annotated[forms.CaseQuery, Query()],
 ) -> Response:
     return _case_page(request, session, user, prediction_id, settings=settings, query=query)
 
@@ -370,7 +370,7 @@ def verdict_submit(
     settings: SettingsDep,
     user: PageUser,
     _csrf: PageCsrf,
-    form: Annotated[schemas.VerdictForm, Form()],
+    form: Annotated[forms.VerdictForm, Form()],
 ) -> Response:
     mid = form.model_id
 
@@ -381,7 +381,7 @@ def verdict_submit(
             user,
             prediction_id,
             settings=settings,
-            query=schemas.CaseQuery(model=mid),
+            query=forms.CaseQuery(model=mid),
             status_code=status_code,
             form_error=error,
             form=form.model_dump(exclude={"model_id"}),

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Body, Form, Request
 from fastapi.responses import Response
 
-from app import schemas
+from app import forms, schemas
 from app.deps import (
     AdminPage,
     AdminUser,
@@ -171,7 +171,7 @@ def activate_model_page(
     settings: SettingsDep,
     admin: AdminPage,
     _csrf: PageCsrf,
-    form: Annotated[schemas.ActivateForm, Form()],
+    form: Annotated[forms.ActivateForm, Form()],
 ) -> Response:
     """Promote or roll back (audited with the admin's name and the reason) once confirmed on the
     confirmation page; a form without `confirm=yes` (an old page) is shown that page first."""

@@ -1,10 +1,13 @@
-"""Presentation: ORM rows and service views → the API's reply schemas (cases, verdicts, lung focus)."""
+"""Presentation: ORM rows and service views → the API's reply schemas (cases, verdicts, lung focus, error risk)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from app import schemas
 from app.models import Prediction, Verdict
 from app.services import predictions
+from app.services.error_risk import RiskView
 from ml.lung_focus import LungFocus
 
 
@@ -30,7 +33,17 @@ def result_out(v: predictions.ResultView) -> schemas.ResultOut:
         input_box=schemas.InputBoxOut(**v.input_box.as_dict()) if v.input_box is not None else None,
         lung_outline_url=v.lung_outline_url,
         lungseg_sha256=r.lungseg_sha256,
+        **risk_fields(v.risk),
     )
+
+
+def risk_fields(risk: RiskView) -> dict[str, Any]:
+    """A result's error risk and warnings as the reply models take them."""
+    return {
+        "error_risk": risk.error_risk,
+        "error_risk_reason": risk.reason,
+        "warnings": [schemas.WarningOut(**w) for w in risk.warnings],  # type: ignore[arg-type]
+    }
 
 
 def result_detail_out(v: predictions.ResultView) -> schemas.ResultDetailOut:

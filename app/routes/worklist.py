@@ -13,9 +13,9 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from app import schemas
+from app import forms, schemas
 from app.deps import AdminPage, CurrentUser, PageCsrf, PageUser, SessionDep, SettingsDep
-from app.routes.presenters import lung_focus_out
+from app.routes.presenters import lung_focus_out, risk_fields
 from app.routes.templating import error_page, render, see_other
 from app.services import accounts, assignments, export, model_registry, predictions, reviews
 from app.services.errors import ServiceError
@@ -28,7 +28,7 @@ REVIEW_STATES: dict[str, bool | None] = {"no": False, "yes": True, "any": None}
 """`reviewed` filter values → `reviews.worklist(reviewed=...)`: waiting, reviewed, all."""
 FLAGGED_STATES: dict[str, bool | None] = {"any": None, "yes": True, "no": False}
 """The page's lung-focus filter values → `reviews.worklist(flagged=...)`: all, flagged only, checked and not flagged.
-The page's filters, and their fallbacks, are `schemas.WorklistQuery`."""
+The page's filters, and their fallbacks, are `forms.WorklistQuery`."""
 SORT_DESCRIPTION = (
     f"priority: {reviews.PRIORITY_EXPLANATION}; newest: upload time, newest first; {reviews.FLAGGED_EXPLANATION}"
 )
@@ -90,6 +90,8 @@ def worklist(
                 verdict_count=i.verdict_count,
                 latest_verdict=i.latest_verdict,  # type: ignore[arg-type]
                 lung_focus=lung_focus_out(i.lung_focus) if i.lung_focus is not None else None,
+                error_risk=i.risk.error_risk if i.risk is not None else None,
+                warnings=risk_fields(i.risk)["warnings"] if i.risk is not None else [],
                 detail_url=f"{predictions.API_PREFIX}/predictions/{i.prediction.id}",
             )
             for i in result.items
@@ -112,7 +114,7 @@ def worklist(
     },
 )
 def export_verdicts(
-    session: SessionDep, settings: SettingsDep, user: CurrentUser, query: Annotated[schemas.ExportQuery, Query()]
+    session: SessionDep, settings: SettingsDep, user: CurrentUser, query: Annotated[forms.ExportQuery, Query()]
 ) -> Response:
     """Verdicts (history included, `is_latest` marks the one that counts per reviewer) with the image
     sha256, model version and checkpoint sha256 they refer to, the result's lung focus (the predicted
@@ -153,7 +155,7 @@ def worklist_page(
     session: SessionDep,
     settings: SettingsDep,
     user: PageUser,
-    query: Annotated[schemas.WorklistQuery, Query()],
+    query: Annotated[forms.WorklistQuery, Query()],
 ) -> Response:
     filters = query.model_dump(exclude={"offset"})
     assigned = query.mine == "assigned"
@@ -215,7 +217,7 @@ def assign_reader(
     session: SessionDep,
     admin: AdminPage,
     _csrf: PageCsrf,
-    form: Annotated[schemas.AssignForm, Form()],
+    form: Annotated[forms.AssignForm, Form()],
 ) -> Response:
     """Assign a result to a (second) reader, then back to the worklist page the form was on."""
     if form.prediction_id is None or form.model_id is None:

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from app.db import is_row_id
 from app.models import User, Verdict
-from app.services import lung_focus
+from app.services import error_risk, lung_focus
 from app.services.errors import InvalidInputError
 from app.services.reviews import latest_verdict_ids, visible_verdicts
 from ml import CLASSES
@@ -63,6 +63,8 @@ EXPORT_FIELDS = (
     "lung_focus_flagged",
     "lung_focus_threshold",
     "lungseg_sha256",
+    "error_risk",
+    "warnings",
 )
 
 
@@ -155,6 +157,8 @@ def export_rows(
                 "lung_focus_flagged": focus.flagged if focus is not None else None,
                 "lung_focus_threshold": threshold if focus is not None else None,
                 "lungseg_sha256": r.lungseg_sha256,
+                "error_risk": r.error_risk,
+                "warnings": [w["code"] for w in error_risk.view(r).warnings],
             }
         )
     return rows
@@ -179,6 +183,7 @@ def export_csv(
     for row in export_rows(session=session, threshold=threshold, viewer=viewer, filters=filters):
         out = dict(row)
         out["reasons"] = ";".join(row["reasons"])
+        out["warnings"] = ";".join(row["warnings"])
         out["regions"] = json.dumps(row["regions"]) if row["regions"] else ""
         for key in ("is_latest", "lung_focus_flagged", "ai_revealed"):
             if row[key] is not None:

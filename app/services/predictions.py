@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db import is_row_id
 from app.models import Image, MLModel, Prediction, PredictionResult, User
-from app.services import lung_focus
+from app.services import error_risk, lung_focus
 from app.services.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
 from app.services.model_registry import ModelManager, resolve_models
 from app.services.storage import FileStore, is_sha256
@@ -124,6 +124,7 @@ def create_prediction(
                     lung_mask_sha256=mask_sha,
                     lungseg_sha256=film.lungseg_sha256,
                     input_box=out.input_box.as_dict() if out.input_box is not None else None,
+                    **error_risk.stored_columns(out),
                 )
             )
         session.commit()
@@ -234,6 +235,8 @@ class ResultView:
     lung_focus_by_class: dict[str, LungFocus] | None
     lung_outline_url: str | None
     input_box: Box | None
+    risk: error_risk.RiskView
+    """Its error risk and warnings (`app.services.error_risk`)."""
 
 
 def result_views(prediction: Prediction, *, threshold: float) -> list[ResultView]:
@@ -249,6 +252,7 @@ def result_views(prediction: Prediction, *, threshold: float) -> list[ResultView
                 lung_focus_by_class=by_class,
                 lung_outline_url=lung_outline_url(prediction.id, r.model_id) if by_class is not None else None,
                 input_box=_box(r),
+                risk=error_risk.view(r),
             )
         )
     return views

@@ -1,8 +1,8 @@
 """Verdicts (append-only), the review worklist and case history (the export: app.services.export).
 
-Worklist priority, explainably: a result whose top probability is lowest is the one the model is
-least sure about, so it is reviewed first (`sort="priority"`: ascending top probability, newest
-first among equals). `sort="newest"` orders by upload time. `sort="flagged"` puts the results whose
+Worklist priority, explainably: the result most likely to be wrong is reviewed first (`sort="priority"`:
+descending error risk, `app.services.error_risk`; results without one follow by ascending top
+probability, newest first among equals). `sort="newest"` orders by upload time. `sort="flagged"` puts the results whose
 lung focus is flagged (most heat-map evidence outside the lungs, see app.services.lung_focus) first,
 then everything else, each group in priority order. One worklist item is one (prediction, model)
 result; "reviewed" means it has at least one verdict from anyone.
@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from app.db import MAX_ROW_ID, is_row_id
 from app.models import REASON_TAGS, VERDICTS, Assignment, Image, MLModel, Prediction, PredictionResult, User, Verdict
-from app.services import lung_focus
+from app.services import error_risk, lung_focus
 from app.services.errors import InvalidInputError
 from app.services.predictions import get_result
 from app.services.reading import UNKNOWN, ReadingRecord
@@ -47,10 +47,7 @@ REJECT_NEEDS_REASON = (
 OTHER_NEEDS_COMMENT = "the reason 'other' needs a comment that says what is wrong with the region"
 WorklistSort = Literal["priority", "newest", "flagged"]
 WORKLIST_SORTS: tuple[str, ...] = ("priority", "newest", "flagged")
-PRIORITY_EXPLANATION = (
-    "least-confident first: ascending probability of the predicted class (the model's top probability), "
-    "newest first among equals"
-)
+PRIORITY_EXPLANATION = error_risk.PRIORITY_EXPLANATION
 FLAGGED_EXPLANATION = (
     "flagged first: results whose heat map has most of its evidence outside the lungs (lung focus below the "
     "threshold), then the rest (including results without lung focus), each in priority order"
@@ -199,6 +196,7 @@ class WorklistItem:
     """The newest verdict from anyone on this result (approve/reject), None when unreviewed."""
     lung_focus: LungFocus | None = None
     """The predicted class's lung focus at the worklist's threshold; None: not computed."""
+    risk: error_risk.RiskView | None = None
 
 
 @dataclass
@@ -274,7 +272,7 @@ def worklist(
     elif flagged is False:
         stmt = stmt.where(lung_focus.not_flagged_clause(threshold))
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    priority = (PredictionResult.top_probability.asc(), Prediction.id.desc(), PredictionResult.id)
+    priority = error_risk.priority_order()
     if sort == "flagged":
         stmt = stmt.order_by(case((lung_focus.flagged_clause(threshold), 0), else_=1), *priority)
     elif sort == "priority":
@@ -298,6 +296,7 @@ def worklist(
             verdict_count=int(n),
             latest_verdict=last_verdicts.get(last_id) if last_id is not None and (not blind or r.id in seen) else None,
             lung_focus=lung_focus.of_predicted_class(r, threshold),
+            risk=error_risk.view(r),
         )
         for r, n, last_id in rows
     ]

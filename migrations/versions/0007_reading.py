@@ -6,7 +6,7 @@ Plain ADD COLUMNs, all NULL on existing rows ("not known"): no row is updated, s
 append-only triggers do not fire; one new table.
 
 Revision ID: 0007
-Revises: 0005 (the lead re-chains it after 0006)
+Revises: 0006 (the lead re-chains it after 0006)
 Create Date: 2026-12-01
 """
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | None = "0005"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

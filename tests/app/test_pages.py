@@ -475,13 +475,13 @@ def test_worklist_filters_sorts_and_explains_priority(env: Env, reviewer: TestCl
         "q": "",
         "mine": "",
     }
-    assert "least-confident first" in page.context["priority_explanation"]
+    assert "highest error risk first" in page.context["priority_explanation"]
     assert str(escape(page.context["priority_explanation"])) in page.text
     items = page.context["worklist"].items
     assert pid in [i.prediction.id for i in items]
     assert all(i.verdict_count == 0 for i in items)
-    tops = [i.result.top_probability for i in items]
-    assert tops == sorted(tops)  # priority: least confident first
+    keys = [(i.risk.error_risk is None, -(i.risk.error_risk or 0.0), i.result.top_probability) for i in items]
+    assert keys == sorted(keys)  # priority: highest error risk first, then least confident
     assert f"/cases/{pid}?model=" in page.text  # each row links to its case
 
     newest = reviewer.get("/worklist?sort=newest&reviewed=any").context["worklist"].items
@@ -529,9 +529,15 @@ def test_case_page_shows_lung_focus_outline_and_warning(env: Env, reviewer: Test
     # Each class's score next to the chance level (the film's lung area), as whole percentages.
     for f in focus.lung_focus_by_class.values():
         assert f'lungs {pct(f.score, 0)}</span> <span class="nowrap">· chance {pct(f.lung_area, 0)}' in r.text
-    # The banner exactly when the predicted class is flagged (the Hannover film: check the value, not a guess).
-    assert ("Most of the highlighted evidence lies outside the lungs" in r.text) is lf.flagged
-    assert ('id="lung-focus-warning"' in r.text) is lf.flagged
+    # A calibrated model's result: one box of plain warning lines instead of the lung-focus banner (which
+    # marked most right calls too); the outside-lungs line exactly when the result has that warning.
+    assert focus.risk.reason is None and 'id="lung-focus-warning"' not in r.text
+    codes = [w["code"] for w in focus.risk.warnings]
+    assert ('id="risk-warnings"' in r.text) is bool(codes)
+    assert ('<li data-code="outside_lungs">Evidence mostly outside the lungs.</li>' in r.text) is (
+        "outside_lungs" in codes
+    )
+    assert f'<strong>Error risk</strong>\n        <span class="num">{pct(focus.risk.error_risk, 0)}</span>' in r.text
 
 
 def test_worklist_page_sorts_flagged_first_and_shows_the_badge(env: Env, reviewer: TestClient, case: int) -> None:
