@@ -265,10 +265,12 @@ def cmd_models_list(_args: argparse.Namespace) -> int:
 
 @_service_errors
 def cmd_models_activate(args: argparse.Namespace) -> int:
-    from app.services import model_registry
+    from app.services import promotion
 
     with _db_session() as session:
-        model = model_registry.activate_model(session=session, model_id=args.id, actor=None)
+        model = promotion.activate(
+            session=session, model_id=args.id, actor=None, reason=args.reason, max_drop=_settings().promotion_max_drop
+        )
         print(f"model {model.id} ({model.name} v{model.version}) is now the active model")
     return 0
 
@@ -422,6 +424,7 @@ def add_service_commands(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_models_list)
     p = models.add_parser("activate", help="make a model the default for predictions")
     p.add_argument("id", type=int)
+    p.add_argument("--reason", default="", help="why (audited); required after a macro-sensitivity drop")
     p.set_defaults(handler=cmd_models_activate)
     p = models.add_parser("register", help="register a checkpoint file")
     p.add_argument("path")

@@ -93,6 +93,15 @@ class Settings(BaseSettings):
     """A result is flagged when less than this share of its predicted class's CAM evidence lies inside
     the lungs. Applied when results are read, so changing it re-flags every stored result."""
 
+    # Reading (app.services.reading).
+    reading_mode: Literal["film_first", "ai_first"] = "film_first"
+    """How a case page opens for users who chose no reading mode of their own (account page):
+    film_first shows the plain film and keeps the AI (probabilities, heat maps, warnings) back until
+    the reviewer asks for it (V, "Show AI"); ai_first shows everything at once."""
+    promotion_max_drop: float = Field(default=0.05, ge=0.0, le=1.0)
+    """Activating a model whose macro sensitivity is more than this below the active one's (test split)
+    needs a typed reason, kept in the audit log."""
+
     # Retraining (app.worker): jobs are claimed from the database by `cxr-review worker` processes.
     train_nproc: int = Field(default=1, ge=1)
     """Processes per training job; above 1 the job runs under `torchrun --standalone --nproc_per_node N`

@@ -33,6 +33,8 @@ from app.db import Base
 ROLES = ("reviewer", "admin")
 VERDICTS = ("approve", "reject")
 REASON_TAGS = ("outside_lungs", "text_or_marker", "device_or_line", "image_border", "other")
+READING_MODES = ("film_first", "ai_first")
+"""film_first: the case opens on the plain film, the AI is shown on request (V); ai_first: shown at once."""
 CLASS_LABELS = {"normal": "Normal", "bacterial": "Bacterial", "viral": "Viral", "covid19": "COVID-19"}
 """How pages and charts name each of `ml.CLASSES`."""
 
@@ -71,6 +73,8 @@ class User(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    reading_mode: Mapped[str | None] = mapped_column(String(16))
+    """The user's own choice of READING_MODES; NULL: the service's setting (CXR_READING_MODE)."""
 
     @property
     def is_admin(self) -> bool:
@@ -216,6 +220,15 @@ class PredictionResult(Base):
     input_box: Mapped[dict[str, float] | None] = mapped_column(JSON(none_as_null=True))
     """The film region a lung-crop model saw and its CAM spans ({top, left, bottom, right} fractions);
     NULL: the whole film."""
+    # Error risk and warnings (migration 0006). NULL on results stored before it existed.
+    error_risk: Mapped[float | None] = mapped_column(Float, index=True)
+    """Estimated probability that `predicted_class` is wrong (ml.risk); NULL: not available (see the reason)."""
+    error_risk_reason: Mapped[str | None] = mapped_column(Text)
+    """Why there is no error risk (an uncalibrated model, a result stored before error risk existed)."""
+    warnings: Mapped[list[dict[str, str]] | None] = mapped_column(JSON(none_as_null=True))
+    """[{"code", "message"}] as the model's calibration gave them, most serious first; NULL: stored before."""
+    risk_signals: Mapped[dict[str, float | None] | None] = mapped_column(JSON(none_as_null=True))
+    """The signals the error risk was computed from (ml.risk.Signals), for audit."""
 
     prediction: Mapped[Prediction] = relationship(back_populates="results")
     model: Mapped[MLModel] = relationship(lazy="joined")
@@ -246,9 +259,35 @@ class Verdict(Base):
     """Boxes the reviewer drew on the film: [{"kind": "wrong_evidence" | "finding", "box": [x0, y0, x1, y1]}],
     fractions of the film's width (x) and height (y); [] for none (and for verdicts stored before boxes)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # How the case was read (migration 0007; app.services.reading). NULL: not known (older verdicts,
+    # API clients that send no reading token).
+    reading_mode: Mapped[str | None] = mapped_column(String(16))
+    opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """When the reviewer opened the case (server time, from the signed token of the page)."""
+    seconds_to_verdict: Mapped[float | None] = mapped_column(Float)
+    ai_revealed: Mapped[bool | None] = mapped_column(Boolean)
+    """Whether the AI (probabilities, heat maps, warnings) was shown before the verdict; NULL: unknown."""
+    ai_revealed_after_s: Mapped[float | None] = mapped_column(Float)
+    """Seconds from opening to showing the AI (0 in AI-first mode); NULL when not shown or unknown."""
 
     reviewer: Mapped[User] = relationship(lazy="joined")
     result: Mapped[PredictionResult] = relationship(lazy="joined")
+
+
+class Assignment(Base):
+    """A result an admin asked a reviewer to read (e.g. a second reader for agreement figures).
+    Open until that reviewer gives a verdict on the result; rows are kept."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (UniqueConstraint("result_id", "reviewer_id", name="uq_assignments_result_reviewer"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("prediction_results.id", ondelete="CASCADE"), index=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    assigned_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    reviewer: Mapped[User] = relationship(lazy="joined", foreign_keys=[reviewer_id])
 
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")

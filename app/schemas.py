@@ -1,22 +1,19 @@
 """Pydantic request/response models of the REST API (the contract documented at /docs).
 
-Every route module takes its schemas from here; `ERRORS`/`error_responses` document the error replies.
+Every route module takes its schemas from here (the browser pages' forms and queries are in `app.forms`);
+`ERRORS`/`error_responses` document the error replies.
 The training-job request body is `app.services.training.TrainingParams` (it validates the page form too).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
-    ValidatorFunctionWrapHandler,
-    WrapValidator,
     model_validator,
 )
 
@@ -26,8 +23,13 @@ from app.services.accounts import MIN_PASSWORD_LENGTH, USERNAME_RE
 ClassName = Literal["normal", "bacterial", "viral", "covid19"]
 ReasonTag = Literal["outside_lungs", "text_or_marker", "device_or_line", "image_border", "other"]
 VerdictValue = Literal["approve", "reject"]
+ReadingMode = Literal["film_first", "ai_first"]
 RegionKind = Literal["wrong_evidence", "finding"]
+Colormap = Literal["inferno", "viridis", "jet"]
+"""The heat maps' colour maps (`app.services.predictions.OVERLAY_COLORMAPS`, the default first)."""
 MAX_REGIONS = 20
+PROMOTION_REASON = "why (kept in the audit log); required when the model's test macro sensitivity is more than \
+CXR_PROMOTION_MAX_DROP (5 points) below the active model's"
 
 
 class Health(BaseModel):
@@ -143,6 +145,28 @@ class InputBoxOut(BaseModel):
     right: float
 
 
+WarningCode = Literal["not_frontal_chest_xray", "out_of_distribution", "low_confidence", "outside_lungs"]
+
+
+class WarningOut(BaseModel):
+    """Why a result deserves a closer look, in plain words (ml.risk)."""
+
+    code: WarningCode = Field(
+        description="not_frontal_chest_xray: the film does not look like a frontal chest X-ray (lung mask area or "
+        "shape, or features far from every training film); out_of_distribution: unlike the films this model was "
+        "trained on for the class it predicts; low_confidence: high error risk; outside_lungs: the heat map's "
+        "evidence lies mostly outside the lungs, well below chance"
+    )
+    message: str = Field(description="the warning in plain words, as the case page shows it")
+
+
+_ERROR_RISK_DESCRIPTION = (
+    "estimated probability that the predicted class is wrong (a logistic regression over calibrated confidence, "
+    "energy, feature-space distance to the training films and lung focus, fitted on the model version's own "
+    "validation films); null: not available, see error_risk_reason"
+)
+
+
 class ResultOut(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -168,6 +192,13 @@ class ResultOut(BaseModel):
         "in white), to lay over any overlay; null: not computed"
     )
     lungseg_sha256: str | None = Field(None, description="checkpoint sha256 of the lung segmenter used")
+    error_risk: float | None = Field(None, ge=0, le=1, description=_ERROR_RISK_DESCRIPTION)
+    error_risk_reason: str | None = Field(
+        None, description="why there is no error risk (an uncalibrated model, a result stored before it existed)"
+    )
+    warnings: list[WarningOut] = Field(
+        default_factory=list, description="warnings, most serious first; [] when none (or stored before warnings)"
+    )
 
 
 class ResultDetailOut(ResultOut):
@@ -242,6 +273,18 @@ class VerdictIn(BaseModel):
         description="boxes drawn on the film; wrong_evidence boxes only with a rejection. Retraining with "
         "reviewed uploads uses them in the explanation loss (forbidden / allowed regions)",
     )
+    reading_token: str | None = Field(
+        None,
+        max_length=200,
+        description="the `reading_token` of GET /predictions/{id} (or of the case page): the server then "
+        "records the reading mode and the seconds from opening the case to this verdict",
+    )
+    ai_revealed_after_ms: float | None = Field(
+        None,
+        ge=0,
+        description="film-first reading: milliseconds from opening the case to showing the AI; omit when "
+        "it was not shown (no effect without a reading_token; AI-first reading records 0)",
+    )
 
 
 class VerdictOut(BaseModel):
@@ -258,6 +301,10 @@ class VerdictOut(BaseModel):
     regions: list[Region] = Field(description="boxes the reviewer drew on the film ([] for none)")
     created_at: datetime
     is_latest: bool = Field(description="the latest verdict of this reviewer on this (prediction, model)")
+    reading_mode: ReadingMode | None = Field(None, description="how the case was read; null: not known")
+    seconds_to_verdict: float | None = Field(None, description="from opening the case to this verdict")
+    ai_revealed: bool | None = Field(None, description="whether the AI was shown before the verdict")
+    ai_revealed_after_s: float | None = Field(None, description="seconds from opening to showing the AI")
 
 
 class PredictionOut(BaseModel):
@@ -275,7 +322,13 @@ class PredictionOut(BaseModel):
 
 class PredictionDetailOut(PredictionOut):
     results: list[ResultDetailOut]  # type: ignore[assignment]  # the detail adds every class's lung focus
-    verdicts: list[VerdictOut]
+    verdicts: list[VerdictOut] = Field(
+        description="blind reading: a reviewer gets other reviewers' verdicts on a model's result only once "
+        "they have given their own on it; admins get all"
+    )
+    hidden_verdicts: int = Field(0, description="how many verdicts blind reading leaves out of `verdicts`")
+    reading_mode: ReadingMode = Field(description="the caller's reading mode (account page, or the setting)")
+    reading_token: str = Field(description="send it with a verdict to record the time from now to the verdict")
 
 
 class WorklistItemOut(BaseModel):
@@ -294,6 +347,8 @@ class WorklistItemOut(BaseModel):
     verdict_count: int
     latest_verdict: VerdictValue | None
     lung_focus: LungFocusOut | None = Field(description="the predicted class's lung focus; null: not computed")
+    error_risk: float | None = Field(None, ge=0, le=1, description=_ERROR_RISK_DESCRIPTION)
+    warnings: list[WarningOut] = Field(default_factory=list, description="warnings, most serious first")
     detail_url: str
 
 
@@ -307,89 +362,8 @@ class WorklistOut(BaseModel):
     lung_focus_threshold: float = Field(description="the threshold below which a result is flagged")
 
 
-# --------------------------------------------------------------------- page forms and queries
-# What the browser pages' forms post (besides `csrf_token`) and their links ask for. Read leniently:
-# a missing or unusable value is its default, so the page, never a JSON 422, tells the user what is wrong.
-def _lenient_id(value: Any) -> int | None:
-    """An id or offset in a page's query or form: decimal digits → int, anything else → None."""
-    if isinstance(value, int):
-        return value
-    return int(value) if isinstance(value, str) and value.strip().isdecimal() else None
-
-
-def _or_default(default: Any) -> WrapValidator:
-    """A value the field's type refuses becomes `default`."""
-
-    def validate(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        try:
-            return handler(value)
-        except ValidationError:
-            return default
-
-    return WrapValidator(validate)
-
-
-LenientId = Annotated[int | None, BeforeValidator(_lenient_id)]
-
-
-class CaseQuery(BaseModel):
-    """The case page's query: which model's result, which class's heat map, which view, and the verdict
-    just saved (ids that are not numbers are ignored; the page checks the rest against the case)."""
-
-    model: LenientId = None
-    cls: str | None = None
-    view: str | None = None
-    saved: LenientId = None
-
-
-class WorklistQuery(BaseModel):
-    """The worklist page's filters (the API's `GET /predictions` parameters, by the page's names);
-    an unknown value is the default: all models and classes, waiting for review, priority order."""
-
-    model: LenientId = None
-    cls: Annotated[ClassName | None, _or_default(None)] = None
-    reviewed: Annotated[Literal["no", "yes", "any"], _or_default("no")] = "no"
-    flagged: Annotated[Literal["any", "yes", "no"], _or_default("any")] = "any"
-    sort: Annotated[Literal["priority", "newest", "flagged"], _or_default("priority")] = "priority"
-    offset: LenientId = None
-
-
-class LoginForm(BaseModel):
-    username: str = ""
-    password: str = ""
-    next: str = "/"
-
-
-class PasswordForm(BaseModel):
-    current: str = ""
-    new: str = ""
-    repeat: str = ""
-
-
-class UserForm(BaseModel):
-    username: str = ""
-    role: str = "reviewer"
-    password: str = ""
-
-
-class ActiveForm(BaseModel):
-    active: str = Field("", description="'true' enables the account, anything else disables it")
-
-
-class RoleForm(BaseModel):
-    role: str = Field("", description="the new role: reviewer or admin")
-
-
-class VerdictForm(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
-
-    model_id: LenientId = None
-    verdict: str = ""
-    reasons: list[str] = Field(default_factory=list)
-    comment: str = ""
-    diagnosis: str = ""
-    regions: str = ""
-    """The boxes drawn on the case page, as the JSON the API takes (set by static/js/review.js)."""
+class ActivateIn(BaseModel):
+    reason: str = Field("", max_length=2000, description=PROMOTION_REASON)
 
 
 # ------------------------------------------------------------------------------- training

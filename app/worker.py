@@ -351,10 +351,13 @@ class JobRun:
 
     def register(self, best: Path, test_report: dict[str, Any]) -> MLModel:
         """Copy the best checkpoint into the models dir with its test figures in `meta`, read-only, and
-        register it as the next version of `<architecture>-<scenario>`."""
+        register it as the next version of `<architecture>-<scenario>-<input mode>` (a lung-crop model is
+        another line of versions than the whole-film one, not a newer version of it)."""
         from ml.checkpoints import read_checkpoint, write_checkpoint
 
-        name = f"{self.options['arch']}-{self.options['scenario']}"
+        name = model_registry.model_name(
+            self.options["arch"], self.options["scenario"], str(self.options.get("input_mode", "full"))
+        )
         meta, state = read_checkpoint(best)
         meta = replace(
             meta,

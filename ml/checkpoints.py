@@ -98,6 +98,64 @@ class TrainingDataMeta:
 
 
 @dataclass
+class RiskMeta:
+    """A classifier's error-risk calibration (`ml.risk`), fitted by `cxr-review calibrate` on the model's own
+    data: the temperature, the training films' feature statistics, the error-risk logistic regression and
+    the warnings' cut-offs. Plain lists of floats, so `weights_only` loading reads it."""
+
+    temperature: float
+    """Softmax temperature fitted on the validation split by NLL (probabilities = softmax(logits / T))."""
+    feature_mean: list[float]
+    """D: mean pooled feature of the training films."""
+    feature_components: list[list[float]]
+    """P×D orthonormal rows: the leading principal directions of the training films' pooled features."""
+    class_means: dict[str, list[float]]
+    """Active class → its training films' mean in the P principal coordinates."""
+    precision: list[list[float]]
+    """P×P inverse of the shared (tied, shrunk) within-class covariance."""
+    inputs: list[str]
+    """The logistic regression's inputs, in order (names of `ml.risk.RISK_INPUTS`)."""
+    input_mean: list[float]
+    input_std: list[float]
+    coef: list[float]
+    intercept: float
+    thresholds: dict[str, float] = field(default_factory=dict)
+    """The warnings' cut-offs (`ml.risk.Thresholds` fields)."""
+    fit: dict[str, Any] = field(default_factory=dict)
+    """How and on what it was fitted: counts, validation figures, data manifests, settings, time."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RiskMeta:
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        values = {k: d.pop(k) for k in list(d) if k in known}
+        try:
+            values.update(
+                temperature=float(values["temperature"]),
+                feature_mean=[float(v) for v in values["feature_mean"]],
+                feature_components=[[float(v) for v in row] for row in values["feature_components"]],
+                class_means={str(k): [float(v) for v in row] for k, row in values["class_means"].items()},
+                precision=[[float(v) for v in row] for row in values["precision"]],
+                inputs=[str(v) for v in values["inputs"]],
+                input_mean=[float(v) for v in values["input_mean"]],
+                input_std=[float(v) for v in values["input_std"]],
+                coef=[float(v) for v in values["coef"]],
+                intercept=float(values["intercept"]),
+                thresholds={str(k): float(v) for k, v in (values.get("thresholds") or {}).items()},
+                fit=dict(values.get("fit") or {}),
+            )
+            return cls(**values, extra=d)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"checkpoint risk section is malformed: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.extra)
+        out.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"})
+        return out
+
+
+@dataclass
 class CheckpointMeta:
     """The description of a classifier checkpoint."""
 
@@ -139,6 +197,8 @@ class CheckpointMeta:
     """last.pt only, with `history` and `best_val`: what resuming a run needs."""
     history: list[dict[str, Any]] | None = None
     best_val: dict[str, Any] | None = None
+    risk: RiskMeta | None = None
+    """The error-risk calibration (`cxr-review calibrate`); None in checkpoints from before it."""
     format: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys this version does not know, kept as they were."""
@@ -158,6 +218,7 @@ class CheckpointMeta:
         try:
             classes = tuple(str(c) for c in values.get("classes") or CLASSES)
             data = values.get("data")
+            risk = values.get("risk")
             values.update(
                 arch=str(values["arch"]),
                 input_size=int(values["input_size"]),
@@ -171,6 +232,7 @@ class CheckpointMeta:
                 train_config=dict(values.get("train_config") or {}),
                 metrics=dict(values.get("metrics") or {}),
                 data=TrainingDataMeta.from_dict(data) if isinstance(data, Mapping) else None,
+                risk=RiskMeta.from_dict(risk) if isinstance(risk, Mapping) else None,
             )
             return cls(**values, extra=d)
         except (TypeError, ValueError) as exc:
@@ -185,13 +247,15 @@ class CheckpointMeta:
                 continue
             if isinstance(value, tuple):
                 value = list(value)
-            elif isinstance(value, TrainingDataMeta):
+            elif isinstance(value, TrainingDataMeta | RiskMeta):
                 value = value.to_dict()
             out[f.name] = value
         return out
 
 
-_OMIT_WHEN_UNSET = {"name", "data", "training_job", "optimizer", "history", "best_val", "init_checkpoint_sha256"}
+_OMIT_WHEN_UNSET = {
+    "name", "data", "training_job", "optimizer", "history", "best_val", "init_checkpoint_sha256", "risk"
+}  # fmt: skip
 
 
 def base_meta(spec: ArchSpec, *, input_size: int, scenario_classes: tuple[str, ...]) -> CheckpointMeta:

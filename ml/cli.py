@@ -1,4 +1,4 @@
-"""Command line of the ML core: `archs`, `train`, `evaluate`, `benchmark`.
+"""Command line of the ML core: `archs`, `train`, `evaluate`, `calibrate`, `benchmark`.
 
 `app.cli` adds the service commands (`serve`, `users`, ...) to the same parser, so `cxr-review`
 offers both; `python -m ml` offers only these and needs nothing from the web service.
@@ -14,68 +14,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ml.dataset_dirs import parse_dataset_dirs
+from ml.cli_common import (
+    CLIError,
+    _positive_float,
+    _positive_int,
+    _unit_float,
+    add_data_option,
+    default_dataset_dirs,
+)
 
 if TYPE_CHECKING:  # the CLI imports torch lazily, so `--help` and argument errors stay fast
     from ml.config import ConfigField, TrainConfig
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-class CLIError(Exception):
-    """A user error: printed as `error: ...` with exit status 2, no traceback."""
-
-
-def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent
-
-
-def default_dataset_dirs() -> list[str]:
-    """The manifest folders used when no `--data` is given: `$CXR_DATASET_DIRS` (a JSON list, or a list
-    separated by os.pathsep), else `$CXR_DATASET_DIR`, else both `../shared/data/cxr` and
-    `../shared/data/cxr-adult`."""
-    try:
-        listed = parse_dataset_dirs(os.environ.get("CXR_DATASET_DIRS", ""))
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
-    if listed:
-        return listed
-    if os.environ.get("CXR_DATASET_DIR"):
-        return [os.environ["CXR_DATASET_DIR"]]
-    shared = project_root().parent / "shared" / "data"
-    return [str(shared / "cxr"), str(shared / "cxr-adult")]
-
-
-DATA_HELP = (
-    "dataset folder with manifest.csv; repeat for several, read together (default: $CXR_DATASET_DIRS, "
-    "else $CXR_DATASET_DIR, else ../shared/data/cxr and ../shared/data/cxr-adult)"
-)
-
-
-def add_data_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", action="append", default=None, metavar="DIR", help=DATA_HELP)
-
-
-def _number_type(
-    parse: Callable[[str], float], noun: str, ok: Callable[[float], bool], rule: str
-) -> Callable[[str], float]:
-    """An argparse `type=`: `parse` the text (else "'x' is not <noun>"), then require `ok` (else "must be <rule>")."""
-
-    def convert(text: str) -> float:
-        try:
-            value = parse(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
-        return value
-
-    return convert
-
-
-_positive_int = _number_type(int, "an integer", lambda v: v > 0, "> 0")
-_positive_float = _number_type(float, "a number", lambda v: v > 0, "> 0")
-_unit_float = _number_type(float, "a number", lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
 
 
 def add_config_options(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
@@ -266,6 +217,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except (ValueError, CheckpointError) as exc:  # e.g. a split name the manifest does not have
         raise CLIError(str(exc)) from exc
     print(format_table(report))
+    if args.figures:
+        from ml.risk_report import plot_figures
+
+        for path in plot_figures(report["error_risk"], args.figures):
+            print(f"wrote {path}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -321,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the full report as JSON here")
     p.add_argument("--predictions", default=None, help="write per-image predictions as CSV here")
     p.add_argument("--markdown", default=None, help="write the tables as Markdown here")
+    p.add_argument(
+        "--figures",
+        default=None,
+        metavar="DIR",
+        help="draw reliability.png (before/after temperature scaling) and risk_coverage.png into DIR",
+    )
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument(
         "--no-lung-focus",
@@ -343,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, skip=("arch", "out_dir", "resume"))
     p.set_defaults(handler=cmd_benchmark, command_parser=p)
     add_train_lungs_command(sub)
+    from ml.cli_risk import add_calibrate_command  # torch-free at import, like this module
+
+    add_calibrate_command(sub)
     add_contact_sheet_command(sub)
     return parser
 

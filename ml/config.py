@@ -274,6 +274,12 @@ class TrainConfig:
     )
     num_workers: int = option(0, help="data loader worker processes", expose="local", flag="--workers", minimum=0)
     half_checkpoint: bool = option(False, help="store best.pt weights in float16", expose="cli", flag="--half")
+    calibrate: bool = option(
+        True,
+        help="fit best.pt's error risk, temperature and warning cut-offs on this run's train/val splits at the end "
+        "(ml/calibrate.py; one more pass over train and val)",
+        expose="cli",
+    )
     device: str = option("auto", help="auto, cpu, cuda, cuda:1, ...", expose="local")
     resume: bool = option(False, help="continue from OUT/last.pt if present", expose="local")
     channels_last: bool = option(

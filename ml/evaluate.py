@@ -19,11 +19,17 @@ CAM, taken from the same forward pass, is scored against the lung mask (`ml.lung
 (share of predictions whose evidence lies mostly outside the lungs, `ml.lung_focus.is_flagged` at the
 `threshold` used), `right_for_right_reasons` (share of films classified correctly AND not flagged) and
 `median_lung_area` (the chance level).
+
+`error_risk` (`ml.risk_report.risk_summary`): ECE before and after temperature scaling; for each signal
+and for the error risk of a calibrated checkpoint (`cxr-review calibrate`), the AUROC for telling wrong
+from right predictions and the share of wrong and right predictions warned, overall, per source and for
+the COVID-19 films and calls; the risk–coverage curve (`plot_figures` draws both PNGs).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import statistics
 from collections.abc import Sequence
@@ -49,6 +55,8 @@ from ml.inference import Prediction, Predictor, analyze_films
 from ml.lung_focus import LungFocus, check_threshold
 from ml.lungseg import LungSegmenter
 from ml.metrics import classification_report
+from ml.risk import Signals
+from ml.risk_report import format_risk_markdown, format_risk_text, risk_summary
 from ml.transforms import load_grayscale
 
 
@@ -141,6 +149,7 @@ def evaluate_checkpoint(
         sources = [r.source for r in records]
         report["lung_focus"] = lung_focus_summary(y_true, y_pred, focus, sources, lung_threshold)
         report["lung_focus"]["segmenter_sha256"] = segmenter.checkpoint_sha256
+    report["error_risk"] = risk_summary(y_true, predictions, [r.source for r in records])
     if predictions_csv:
         write_predictions_csv(predictions_csv, records, predictions, focus)
     return report
@@ -165,7 +174,8 @@ def write_predictions_csv(
     focus: Sequence[LungFocus] | None,
 ) -> None:
     """One row per film: path, source, age group, label, predicted class, the four probabilities, its
-    lung focus."""
+    lung focus, its error risk (blank: not calibrated), its warning codes (`;`-separated) and its signals
+    (`signal_<name>`, `ml.risk.Signals`)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
@@ -180,6 +190,9 @@ def write_predictions_csv(
                 "lung_focus",
                 "lung_area",
                 "lung_flagged",
+                "error_risk",
+                "warnings",
+                *[f"signal_{name}" for name in SIGNAL_NAMES],
             ]
         )
         for i, (r, p) in enumerate(zip(records, predictions, strict=True)):
@@ -198,8 +211,19 @@ def write_predictions_csv(
                     p.predicted_class,
                     *[f"{p.probabilities[c]:.6f}" for c in CLASSES],
                     *lung,
+                    "" if p.error_risk is None else f"{p.error_risk:.4f}",
+                    ";".join(w.code for w in p.warnings),
+                    *_signal_cells(p),
                 ]
             )
+
+
+SIGNAL_NAMES = tuple(f.name for f in dataclasses.fields(Signals))
+
+
+def _signal_cells(p: Prediction) -> list[str]:
+    values = p.signals.to_dict() if p.signals is not None else {}
+    return ["" if values.get(n) is None else f"{values[n]:.6g}" for n in SIGNAL_NAMES]
 
 
 def _focus_stats(rows: Sequence[tuple[bool, LungFocus]]) -> dict[str, Any]:
@@ -285,6 +309,8 @@ def format_table(report: dict[str, Any], name: str | None = None) -> str:
         lines += ["", confound]
     if report.get("skipped_unreadable"):
         lines.append(f"skipped unreadable images: {len(report['skipped_unreadable'])}")
+    if report.get("error_risk"):
+        lines += ["", format_risk_text(report["error_risk"])]
     if report.get("lung_focus"):
         lf = report["lung_focus"]
         lines += ["", f"Lung focus of the predicted class's CAM (flagged below {lf['threshold']:.2f}; all in %):"]
@@ -373,4 +399,5 @@ def format_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {c} | " + " | ".join(str(v) for v in counts) + " |")
     confound = format_confound_markdown(report)
     focus = format_lung_focus_markdown(report)
-    return "\n".join(lines) + "\n" + "".join("\n" + part for part in (confound, focus) if part)
+    risk = format_risk_markdown(report.get("error_risk") or {})
+    return "\n".join(lines) + "\n" + "".join("\n" + part for part in (confound, focus, risk) if part)

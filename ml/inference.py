@@ -16,13 +16,18 @@ concurrent requests.
 A checkpoint trained in `lung-crop` input mode (`meta.input_mode`, see `ml.lung_crop`) sees only
 the lungs' bounding box: `predict` then needs each film's lung mask (pass `lung_masks`, or give the
 Predictor a `LungSegmenter`), and each Prediction records the `input_box` its maps span.
+
+A calibrated checkpoint (`meta.risk`, `cxr-review calibrate`) also gives each Prediction its signals,
+`error_risk` (the estimated probability that the predicted class is wrong) and `warnings`, from the same
+pass's logits and pooled features plus the lung mask (`ml.risk`); an uncalibrated one gives
+`error_risk` None with `error_risk_reason`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +42,7 @@ from ml.lung_focus import LungFocusScore, lung_focus_by_class
 from ml.lungseg import LungSegmenter
 from ml.model_io import class_mask
 from ml.registry import ArchSpec, get_arch
+from ml.risk import NO_RISK_MODEL, RiskModel, RiskWarning, Signals, signals_for
 from ml.transforms import to_model_input
 
 
@@ -53,6 +59,15 @@ class Prediction:
     """The film region the network saw and the maps span (lung-crop mode); None: the whole film."""
     lung_focus: dict[str, LungFocusScore] | None = None
     """Each class's lung focus (CLASSES order), threshold-free; None: no lung mask was available."""
+    pooled: np.ndarray | None = None
+    """D float32: the pass's pooled feature (spatial mean of the CAM's feature map), what `ml.risk` measures."""
+    signals: Signals | None = None
+    """The error-risk signals (`ml.risk.Signals`); None: the checkpoint is not calibrated."""
+    error_risk: float | None = None
+    """Estimated probability that `predicted_class` is wrong, in [0, 1]; None: see `error_risk_reason`."""
+    error_risk_reason: str | None = None
+    warnings: list[RiskWarning] = field(default_factory=list)
+    """`{code, message}` warnings, most serious first (`ml.risk.warnings_for`)."""
 
     @property
     def predicted_lung_focus(self) -> LungFocusScore | None:
@@ -87,6 +102,13 @@ class Predictor:
         self.segmenter = segmenter
         self.checkpoint_path = checkpoint_path
         self.checkpoint_sha256 = checkpoint_sha256
+        self.risk: RiskModel | None = None
+        self.risk_reason: str | None = NO_RISK_MODEL
+        if meta.risk is not None:
+            try:
+                self.risk, self.risk_reason = RiskModel(meta.risk), None
+            except (ValueError, KeyError) as exc:  # a calibration this version cannot read: keep predicting
+                self.risk_reason = f"this model's error-risk calibration cannot be used: {exc}"
 
     @classmethod
     def from_checkpoint(
@@ -144,6 +166,7 @@ class Predictor:
         logits = out.logits + self._mask
         probs = torch.softmax(logits, dim=1)
         raw = out.raw.float().numpy().astype(np.float32)
+        pooled = out.pooled.numpy().astype(np.float32) if out.pooled is not None else None
         results = []
         for i in range(len(grays)):
             box = boxes[i] if boxes is not None else None
@@ -157,9 +180,30 @@ class Predictor:
                     cam_identity=out.identity,
                     input_box=box,
                     lung_focus=lung_focus_by_class(raw[i], masks[i], box=box) if masks is not None else None,
+                    pooled=pooled[i] if pooled is not None else None,
+                    error_risk_reason=self.risk_reason,
                 )
             )
+        if self.risk is not None and pooled is not None:
+            self._add_risk(results, logits.numpy(), pooled, masks)
         return results
+
+    def _add_risk(
+        self, results: list[Prediction], logits: np.ndarray, pooled: np.ndarray, masks: list[np.ndarray] | None
+    ) -> None:
+        """Each Prediction's signals, error risk and warnings (the checkpoint's risk model)."""
+        assert self.risk is not None
+        lung = None
+        if masks is not None:
+            lung = []
+            for p, mask in zip(results, masks, strict=True):
+                focus = p.predicted_lung_focus
+                lung.append((focus.meaningful, focus.lung_area, mask) if focus is not None else None)
+        signals = signals_for(logits, pooled, self.risk.stats, self.risk.temperature, lung=lung)
+        risks = self.risk.error_risk(signals)
+        for p, s, r in zip(results, signals, risks, strict=True):
+            p.signals, p.error_risk, p.error_risk_reason = s, float(r), None
+            p.warnings = self.risk.warnings(s, float(r))
 
     def predict_one(self, gray: np.ndarray, lung_mask: np.ndarray | None = None) -> Prediction:
         return self.predict([gray], None if lung_mask is None else [lung_mask])[0]

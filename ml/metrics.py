@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ml import CLASSES
 
@@ -105,3 +106,81 @@ def with_class_ci(report: dict[str, Any]) -> dict[str, Any]:
     if isinstance(report.get("by_source"), dict):
         out["by_source"] = {s: with_class_ci(r) for s, r in report["by_source"].items()}
     return out
+
+
+def cohen_kappa(pairs: Sequence[tuple[bool, bool]]) -> dict[str, Any]:
+    """Cohen's κ of two readers' yes/no calls on the same items (`pairs`: (reader 1, reader 2) per item),
+    with its large-sample 95 % interval.
+
+    κ = (p_o − p_e) / (1 − p_e): p_o the observed share of agreement, p_e the agreement expected by
+    chance from each reader's own share of "yes" (p_e = p₁p₂ + (1 − p₁)(1 − p₂)). Standard error
+    SE = √(p_o(1 − p_o) / (n(1 − p_e)²)) (Cohen 1960); interval κ ± 1.96·SE, clipped to [−1, 1].
+    κ is None with no items, or when chance agreement is certain (both readers gave one answer only).
+    """
+    n = len(pairs)
+    out: dict[str, Any] = {"n": n, "observed_agreement": None, "chance_agreement": None, "kappa": None, "ci95": None}
+    if n == 0:
+        return out
+    po = sum(a == b for a, b in pairs) / n
+    p1 = sum(a for a, _ in pairs) / n
+    p2 = sum(b for _, b in pairs) / n
+    pe = p1 * p2 + (1 - p1) * (1 - p2)
+    out.update(observed_agreement=po, chance_agreement=pe)
+    if pe >= 1.0 - 1e-12:
+        return out
+    kappa = (po - pe) / (1 - pe)
+    se = math.sqrt(po * (1 - po) / (n * (1 - pe) ** 2))
+    out.update(kappa=kappa, ci95=(max(-1.0, kappa - 1.959964 * se), min(1.0, kappa + 1.959964 * se)))
+    return out
+
+
+def auroc(scores: ArrayLike, positive: ArrayLike) -> float | None:
+    """Area under the ROC curve of `scores` for telling positives (True) from negatives: the probability
+    that a random positive scores higher than a random negative, ties counting half (Mann-Whitney).
+    None when either group is empty."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks over ties
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def reliability_bins(confidence: ArrayLike, correct: ArrayLike, bins: int = 10) -> list[dict[str, Any]]:
+    """Equal-width confidence bins over [0, 1]: per bin its n, mean confidence and accuracy (None when empty)."""
+    c = np.asarray(confidence, dtype=np.float64)
+    ok = np.asarray(correct, dtype=bool)
+    index = np.clip((c * bins).astype(int), 0, bins - 1)
+    out = []
+    for b in range(bins):
+        sel = index == b
+        n = int(sel.sum())
+        out.append(
+            {
+                "lower": b / bins,
+                "upper": (b + 1) / bins,
+                "n": n,
+                "confidence": float(c[sel].mean()) if n else None,
+                "accuracy": float(ok[sel].mean()) if n else None,
+            }
+        )
+    return out
+
+
+def expected_calibration_error(confidence: ArrayLike, correct: ArrayLike, bins: int = 10) -> float | None:
+    """ECE (Guo et al. 2017): Σ_b n_b / N · |accuracy_b − confidence_b| over equal-width bins; None when empty."""
+    rows = reliability_bins(confidence, correct, bins)
+    n = sum(r["n"] for r in rows)
+    if n == 0:
+        return None
+    return float(sum(r["n"] / n * abs(r["accuracy"] - r["confidence"]) for r in rows if r["n"]))

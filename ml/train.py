@@ -462,6 +462,11 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
         if runtime.distributed:
             dist.barrier()
 
+    if is_main and config.calibrate and (out_dir / "best.pt").is_file():  # goes live with its own cut-offs
+        from ml.calibrate import calibrate_checkpoint
+
+        calibrate_checkpoint(out_dir / "best.pt", config.data_dirs, lungseg_checkpoint=config.lungseg_checkpoint,
+                             batch_size=config.batch_size, log=print)  # fmt: skip
     summary = {
         "out_dir": str(out_dir),
         "best_checkpoint": str(out_dir / "best.pt"),

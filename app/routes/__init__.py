@@ -3,9 +3,11 @@ browser pages (router `pages`), combined in its `router`:
 
     accounts        login, logout, own password, /me; users (admin)
     cases           upload, predictions, films and heat maps, verdicts; the case and compare pages
-    worklist        the worklist and the verdict export
+    viewer          the case viewer's heat-map values and the worklist's film thumbnails
+    worklist        the worklist (search, assigning a second reader) and the verdict export
     models          model versions and their metrics; activation (promote, roll back; admin)
     admin_training  retraining jobs, their reports, the audit log (admin)
+    analytics       review analytics per model version: verdicts, agreement, warnings vs rejects (admin)
     docs            /api/v1/health, the OpenAPI schema and Swagger UI
     templating      what the pages share: templates, `render`, the error page, redirects
 
@@ -23,14 +25,16 @@ X-CSRF-Token for unsafe methods).
 
 from fastapi import APIRouter
 
-from app.routes import accounts, admin_training, cases, docs, models, worklist
+from app.routes import accounts, admin_training, analytics, cases, docs, models, viewer, worklist
 
 ROUTERS: tuple[APIRouter, ...] = (
     docs.router,
     accounts.router,
     models.router,
     cases.router,
+    viewer.router,
     worklist.router,
     admin_training.router,
+    analytics.router,
 )
 """Every router of the app, in the order `create_app` includes them."""

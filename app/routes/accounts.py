@@ -1,7 +1,8 @@
 """Accounts: logging in and out, one's own password, who am I, and (admins) the user list.
 
 API:   GET /api/v1/me; GET/POST /api/v1/users (admin).
-Pages: /login, /logout, /account/password; /admin/users (admin: create, deactivate, reactivate).
+Pages: /login, /logout, /account (reading mode), /account/password;
+       /admin/users (admin: create, deactivate, reactivate).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Request, status
 from fastapi.responses import Response
 
-from app import schemas, security
+from app import forms, schemas, security
 from app.deps import (
     LOGIN_PATH,
     PASSWORD_PATH,
@@ -32,7 +33,7 @@ from app.deps import (
 )
 from app.models import User
 from app.routes.templating import render, safe_next, see_other
-from app.services import accounts
+from app.services import accounts, reading
 from app.services.errors import ServiceError, ThrottledError
 
 api = APIRouter(prefix="/api/v1", tags=["api"])
@@ -94,7 +95,7 @@ def login_submit(
     session: SessionDep,
     settings: SettingsDep,
     _csrf: PageCsrf,
-    form: Annotated[schemas.LoginForm, Form()],
+    form: Annotated[forms.LoginForm, Form()],
 ) -> Response:
     target = safe_next(form.next)
     username, password = form.username, form.password
@@ -142,6 +143,41 @@ def logout(
     return response
 
 
+def _account_page(request: Request, settings: Any, user: User, *, status_code: int = 200, **context: Any) -> Response:
+    return render(
+        request,
+        "account.html",
+        user=user,
+        status_code=status_code,
+        mode=reading.mode_for(user=user, settings=settings),
+        default_mode=settings.reading_mode,
+        mode_labels=reading.MODE_LABELS,
+        **{"saved": False, "error": None, **context},
+    )
+
+
+@pages.get("/account", response_model=None)
+def account_page(request: Request, settings: SettingsDep, user: PageUser) -> Response:
+    return _account_page(request, settings, user)
+
+
+@pages.post("/account/reading-mode", response_model=None)
+def reading_mode_submit(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: PageUser,
+    _csrf: PageCsrf,
+    form: Annotated[forms.ReadingModeForm, Form()],
+) -> Response:
+    """Film first or AI first for this user's case pages ('' follows the service's setting)."""
+    try:
+        reading.set_preference(session=session, user=user, mode=form.reading_mode)
+    except ServiceError as exc:
+        return _account_page(request, settings, user, status_code=exc.status_code, error=str(exc))
+    return _account_page(request, settings, user, saved=True)
+
+
 @pages.get(PASSWORD_PATH, response_model=None)
 def password_form(request: Request, user: PageUser) -> Response:
     return render(request, "password.html", user=user, error=None)
@@ -154,7 +190,7 @@ def password_submit(
     settings: SettingsDep,
     user: PageUser,
     _csrf: PageCsrf,
-    form: Annotated[schemas.PasswordForm, Form()],
+    form: Annotated[forms.PasswordForm, Form()],
 ) -> Response:
     def again(status_code: int, error: str) -> Response:
         return render(request, "password.html", user=user, status_code=status_code, error=error)
@@ -200,7 +236,7 @@ def user_create(
     session: SessionDep,
     admin: AdminPage,
     _csrf: PageCsrf,
-    form: Annotated[schemas.UserForm, Form()],
+    form: Annotated[forms.UserForm, Form()],
 ) -> Response:
     """Create an account. Without a password one is generated and shown once; either way the new user
     must choose their own password at first login."""
@@ -250,7 +286,7 @@ def user_set_active(
     admin: AdminPage,
     _csrf: PageCsrf,
     target: ManagedUser,
-    form: Annotated[schemas.ActiveForm, Form()],
+    form: Annotated[forms.ActiveForm, Form()],
 ) -> Response:
     enable = form.active == "true"
     if target.id == admin.id and not enable:
@@ -266,7 +302,7 @@ def user_set_role(
     admin: AdminPage,
     _csrf: PageCsrf,
     target: ManagedUser,
-    form: Annotated[schemas.RoleForm, Form()],
+    form: Annotated[forms.RoleForm, Form()],
 ) -> Response:
     if target.id == admin.id:
         return _users_page(request, session, admin, status_code=422, error="You cannot change your own role.")

@@ -4,7 +4,7 @@ API:   POST /api/v1/predictions (upload), GET /api/v1/predictions/{id} (with its
        its overlays and lung outline PNGs, GET /api/v1/images/{sha256}.png (the film),
        POST /api/v1/predictions/{id}/verdicts.
 Pages: /upload, /cases/{id} (one model's result, the verdict form, the history), /cases/{id}/compare
-       (every model side by side), /legend/colorbar.png.
+       (every model side by side), /legend/colorbar.png (?cmap= any of the overlays' colour maps).
 Torch and file work happens in sync (`def`) routes, which FastAPI runs in a thread pool.
 """
 
@@ -20,20 +20,20 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
-from app import schemas
+from app import forms, schemas
 from app.config import Settings
 from app.deps import CurrentUser, ExecutorDep, ModelManagerDep, PageCsrf, PageUser, SessionDep, SettingsDep, StoreDep
-from app.models import MLModel, Prediction, User, Verdict
+from app.models import MLModel, Prediction, User
 from app.routes.models import metrics_summary
+from app.routes.presenters import prediction_out, result_detail_out, verdict_out
 from app.routes.templating import error_page, render, see_other
-from app.services import model_registry, predictions, reviews
+from app.services import model_registry, predictions, reading, reviews
 from app.services.errors import ServiceError
 from app.services.executor import InferenceExecutor
 from app.services.model_registry import ModelManager
 from app.services.storage import FileStore
 from ml.cam.overlay import colorbar_png
 from ml.imageio import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
-from ml.lung_focus import LungFocus
 
 api = APIRouter(prefix="/api/v1", tags=["api"])
 pages = APIRouter(include_in_schema=False)
@@ -42,72 +42,6 @@ IMAGE_CACHE_HEADERS = {"Cache-Control": "no-store"}  # patient images: never kep
 PNG_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}}, **schemas.ERRORS}
 COMMENT_MAX_CHARS = 4000
 VIEW_MODES = ("overlay", "film", "side")
-
-
-# ------------------------------------------------------------------------------ presentation
-def lung_focus_out(view: LungFocus) -> schemas.LungFocusOut:
-    return schemas.LungFocusOut(
-        score=view.score, lung_area=view.lung_area, flagged=view.flagged, threshold=view.threshold, reason=view.reason
-    )
-
-
-def result_out(v: predictions.ResultView) -> schemas.ResultOut:
-    r = v.result
-    return schemas.ResultOut(
-        model_id=r.model_id,
-        model_name=v.model.name,
-        model_version=r.model_version,
-        checkpoint_sha256=r.checkpoint_sha256,
-        architecture=r.architecture,
-        probabilities=schemas.Probabilities(**r.probabilities),
-        predicted_class=r.predicted_class,  # type: ignore[arg-type]
-        cam_method=r.cam_method,
-        overlays=v.overlays,
-        lung_focus=lung_focus_out(v.lung_focus) if v.lung_focus is not None else None,
-        input_box=schemas.InputBoxOut(**v.input_box.as_dict()) if v.input_box is not None else None,
-        lung_outline_url=v.lung_outline_url,
-        lungseg_sha256=r.lungseg_sha256,
-    )
-
-
-def result_detail_out(v: predictions.ResultView) -> schemas.ResultDetailOut:
-    by_class = v.lung_focus_by_class
-    return schemas.ResultDetailOut(
-        **result_out(v).model_dump(),
-        lung_focus_by_class={c: lung_focus_out(f) for c, f in by_class.items()} if by_class is not None else None,
-    )
-
-
-def prediction_out(prediction: Prediction, *, threshold: float) -> schemas.PredictionOut:
-    image = prediction.image
-    return schemas.PredictionOut(
-        id=prediction.id,
-        image_sha256=image.sha256,
-        image_url=predictions.image_url(image.sha256),
-        width=image.width,
-        height=image.height,
-        format=image.format,
-        filename=prediction.filename,
-        created_at=prediction.created_at,
-        created_by=prediction.created_by.username if prediction.created_by else None,
-        results=[result_out(v) for v in predictions.result_views(prediction, threshold=threshold)],
-    )
-
-
-def verdict_out(verdict: Verdict, latest_ids: set[int]) -> schemas.VerdictOut:
-    return schemas.VerdictOut(
-        id=verdict.id,
-        prediction_id=verdict.prediction_id,
-        model_id=verdict.model_id,
-        reviewer=verdict.reviewer.username,
-        verdict=verdict.verdict,  # type: ignore[arg-type]
-        reasons=list(verdict.reasons),
-        comment=verdict.comment,
-        diagnosis=verdict.diagnosis,  # type: ignore[arg-type]
-        regions=[schemas.Region.model_validate(r) for r in verdict.regions or []],
-        created_at=verdict.created_at,
-        is_latest=verdict.id in latest_ids,
-    )
 
 
 def _predict_upload(
@@ -163,27 +97,41 @@ def create_prediction(
 
 @api.get("/predictions/{prediction_id}", response_model=schemas.PredictionDetailOut, responses=schemas.ERRORS)
 def get_prediction(
-    prediction_id: int, session: SessionDep, settings: SettingsDep, _user: CurrentUser
+    prediction_id: int, session: SessionDep, settings: SettingsDep, user: CurrentUser
 ) -> schemas.PredictionDetailOut:
-    """One prediction with its verdicts; each result also has `lung_focus_by_class` (every class's lung focus)."""
+    """One prediction with the verdicts the caller may see (blind reading: another reviewer's verdict on
+    a model's result only once the caller gave one on it; admins see all); each result also has
+    `lung_focus_by_class` (every class's lung focus). `reading_token`: see POST .../verdicts."""
     prediction = predictions.get_prediction(session=session, prediction_id=prediction_id)
-    history = reviews.verdict_history(session=session, prediction_id=prediction_id)
-    latest = reviews.latest_verdict_ids(history)
+    everything = reviews.verdict_history(session=session, prediction_id=prediction_id)
+    latest = reviews.latest_verdict_ids(everything)
+    history = reviews.visible_verdicts(user, everything)
+    mode, token = reading.open_case(settings=settings, user=user, prediction_id=prediction_id)
     summary = prediction_out(prediction, threshold=settings.lung_focus_threshold).model_dump(exclude={"results"})
     views = predictions.result_views(prediction, threshold=settings.lung_focus_threshold)
     return schemas.PredictionDetailOut(
         **summary,
         results=[result_detail_out(v) for v in views],
         verdicts=[verdict_out(v, latest) for v in history],
+        hidden_verdicts=len(everything) - len(history),
+        reading_mode=mode,  # type: ignore[arg-type]
+        reading_token=token,
     )
 
 
 @api.get("/predictions/{prediction_id}/overlays/{model_id}/{cls}.png", response_class=Response, responses=PNG_RESPONSES)
 def get_overlay(
-    prediction_id: int, model_id: int, cls: str, session: SessionDep, store: StoreDep, _user: CurrentUser
+    prediction_id: int,
+    model_id: int,
+    cls: str,
+    session: SessionDep,
+    store: StoreDep,
+    _user: CurrentUser,
+    cmap: schemas.Colormap = "inferno",
 ) -> Response:
+    """The film with `cls`'s heat map blended on top, in colour map `cmap`."""
     png = predictions.render_overlay_png(
-        session=session, store=store, prediction_id=prediction_id, model_id=model_id, cls=cls
+        session=session, store=store, prediction_id=prediction_id, model_id=model_id, cls=cls, colormap=cmap
     )
     return Response(png, media_type="image/png", headers=IMAGE_CACHE_HEADERS)
 
@@ -214,8 +162,18 @@ def get_image(image_sha256: str, session: SessionDep, store: StoreDep, _user: Cu
     responses=schemas.ERRORS,
 )
 def create_verdict(
-    prediction_id: int, body: schemas.VerdictIn, session: SessionDep, user: CurrentUser
+    prediction_id: int, body: schemas.VerdictIn, session: SessionDep, settings: SettingsDep, user: CurrentUser
 ) -> schemas.VerdictOut:
+    """Append a verdict. With the `reading_token` of GET /predictions/{id}, the reading mode and the time
+    to the verdict are recorded (422 for a token of another case or user, or a reveal time that is not
+    from 0 to the time the case was open)."""
+    record = reading.verdict_record(
+        settings=settings,
+        user=user,
+        prediction_id=prediction_id,
+        token=body.reading_token,
+        ai_revealed_after_ms=reading.NOT_REVEALED if body.ai_revealed_after_ms is None else body.ai_revealed_after_ms,
+    )
     verdict = reviews.add_verdict(
         session=session,
         prediction_id=prediction_id,
@@ -226,6 +184,7 @@ def create_verdict(
         comment=body.comment,
         diagnosis=body.diagnosis,
         regions=[r.model_dump() for r in body.regions],
+        reading=record,
     )
     return verdict_out(verdict, {verdict.id})
 
@@ -313,23 +272,14 @@ def _history(session: Any, prediction_id: int) -> list[HistoryRow]:
     return [HistoryRow(v, v.id in latest) for v in reversed(verdicts)]  # newest first
 
 
-def _visible_to(user: User, verdicts: list[Any]) -> list[Any]:
-    """Blind reading: a reviewer sees other reviewers' verdicts on a model's result only once their own
-    verdict on it is in (no anchoring on a colleague's read); admins see every verdict."""
-    if user.is_admin:
-        return verdicts
-    reviewed = {v.model_id for v in verdicts if v.reviewer_id == user.id}
-    return [v for v in verdicts if v.reviewer_id == user.id or v.model_id in reviewed]
-
-
 def _case_page(
     request: Request,
     session: Any,
     user: User,
     prediction_id: int,
     *,
-    threshold: float,
-    query: schemas.CaseQuery,
+    settings: Settings,
+    query: forms.CaseQuery,
     status_code: int = 200,
     form_error: str | None = None,
     form: dict[str, Any] | None = None,
@@ -338,17 +288,23 @@ def _case_page(
         prediction = predictions.get_prediction(session=session, prediction_id=prediction_id)
     except ServiceError as exc:
         return error_page(request, user, exc.status_code, "Case not found", str(exc))
+    threshold = settings.lung_focus_threshold
     views = predictions.result_views(prediction, threshold=threshold)
     if not views:
         return error_page(request, user, 404, "No results", f"case {prediction_id} has no model results")
     focus = next((v for v in views if v.model.id == query.model), views[0])
     selected = query.cls if query.cls in focus.overlays else next(iter(focus.overlays))
     everything = _history(session, prediction_id)
-    shown = {id(v) for v in _visible_to(user, [h.verdict for h in everything])}
+    shown = {id(v) for v in reviews.visible_verdicts(user, [h.verdict for h in everything])}
     history = [h for h in everything if id(h.verdict) in shown]
     mine = next(
         (h.verdict for h in history if h.verdict.reviewer_id == user.id and h.verdict.model_id == focus.model.id), None
     )
+    form = form or {}
+    mode, token = reading.open_case(
+        settings=settings, user=user, prediction_id=prediction_id, keep=form.get("reading_token")
+    )
+    revealed = form.get("ai_revealed_after_ms", "")  # a form shown again keeps what its read had done
     return render(
         request,
         "case.html",
@@ -365,7 +321,11 @@ def _case_page(
         my_latest=mine,
         saved=query.saved,
         form_error=form_error,
-        form=form or {},
+        form=form,
+        reading_mode=mode,
+        reading_token=token,
+        ai_shown=mode == "ai_first" or query.saved is not None or revealed not in ("", reading.NOT_REVEALED),
+        ai_revealed_after_ms=revealed,
         metrics_summary=metrics_summary(focus.model),
         next_case=_next_waiting(session, threshold) if query.saved is not None else None,
         lung_focus_threshold=threshold,
@@ -385,9 +345,9 @@ def case_page(
     session: SessionDep,
     settings: SettingsDep,
     user: PageUser,
-    query: Annotated[schemas.CaseQuery, Query()],
+    query: Annotated[forms.CaseQuery, Query()],
 ) -> Response:
-    return _case_page(request, session, user, prediction_id, threshold=settings.lung_focus_threshold, query=query)
+    return _case_page(request, session, user, prediction_id, settings=settings, query=query)
 
 
 @pages.get("/cases/{prediction_id}/compare", response_model=None)
@@ -398,7 +358,7 @@ def compare_page(
         prediction = predictions.get_prediction(session=session, prediction_id=prediction_id)
     except ServiceError as exc:
         return error_page(request, user, exc.status_code, "Case not found", str(exc))
-    verdicts = _visible_to(user, reviews.verdict_history(session=session, prediction_id=prediction_id))
+    verdicts = reviews.visible_verdicts(user, reviews.verdict_history(session=session, prediction_id=prediction_id))
     latest_by_model = {v.model_id: v.verdict for v in verdicts}
     return render(
         request,
@@ -420,7 +380,7 @@ def verdict_submit(
     settings: SettingsDep,
     user: PageUser,
     _csrf: PageCsrf,
-    form: Annotated[schemas.VerdictForm, Form()],
+    form: Annotated[forms.VerdictForm, Form()],
 ) -> Response:
     mid = form.model_id
 
@@ -430,8 +390,8 @@ def verdict_submit(
             session,
             user,
             prediction_id,
-            threshold=settings.lung_focus_threshold,
-            query=schemas.CaseQuery(model=mid),
+            settings=settings,
+            query=forms.CaseQuery(model=mid),
             status_code=status_code,
             form_error=error,
             form=form.model_dump(exclude={"model_id"}),
@@ -444,6 +404,13 @@ def verdict_submit(
             status.HTTP_422_UNPROCESSABLE_CONTENT, f"The comment is longer than {COMMENT_MAX_CHARS} characters."
         )
     try:
+        record = reading.verdict_record(
+            settings=settings,
+            user=user,
+            prediction_id=prediction_id,
+            token=form.reading_token,
+            ai_revealed_after_ms=form.ai_revealed_after_ms,
+        )
         row = reviews.add_verdict(
             session=session,
             prediction_id=prediction_id,
@@ -454,6 +421,7 @@ def verdict_submit(
             comment=form.comment,
             diagnosis=form.diagnosis or None,
             regions=reviews.regions_from_form(form.regions),
+            reading=record,
         )
     except ServiceError as exc:
         return again(exc.status_code, str(exc))
@@ -468,13 +436,14 @@ def verdicts_address(prediction_id: int, _user: PageUser) -> Response:
 
 
 @pages.get("/legend/colorbar.png", response_model=None)
-def colorbar(_user: PageUser) -> Response:
-    return Response(_colorbar_bytes(), media_type="image/png", headers=IMAGE_CACHE_HEADERS)
+def colorbar(_user: PageUser, cmap: schemas.Colormap = "inferno") -> Response:
+    """The legend strip of colour map `cmap`, 256×12 px: column i is the colour of value i/255."""
+    return Response(_colorbar_bytes(cmap), media_type="image/png", headers=IMAGE_CACHE_HEADERS)
 
 
-@lru_cache(maxsize=1)
-def _colorbar_bytes() -> bytes:
-    return colorbar_png(predictions.OVERLAY_COLORMAP, width=256, height=12)
+@lru_cache(maxsize=len(predictions.OVERLAY_COLORMAPS))
+def _colorbar_bytes(cmap: str) -> bytes:
+    return colorbar_png(cmap, width=256, height=12)
 
 
 router = APIRouter()

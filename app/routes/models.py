@@ -1,26 +1,38 @@
 """Model versions: what is registered, its recorded metrics, and (admins) which one serves.
 
-API:   GET /api/v1/models; POST /api/v1/models/{id}/activate (admin).
-Pages: /models; POST /models/{id}/activate and /admin/training/models/{id}/activate (admin; the
-       models page's and the training pages' forms), one handler.
+API:   GET /api/v1/models; POST /api/v1/models/{id}/activate (admin; body {"reason"}).
+Pages: /models; GET /models/{id}/activate (admin: the confirmation page, the candidate's and the
+       active model's figures side by side); POST /models/{id}/activate and
+       /admin/training/models/{id}/activate (admin; the confirmation page's form), one handler.
 Activation, a promotion of a newer version or a rollback to an older one, is always
-`model_registry.activate_model`: the API, both page forms and `cxr-review models activate`.
+`promotion.activate` (the reason rule, then `model_registry.activate_model`): the API, the pages
+and `cxr-review models activate`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Body, Form, Request
 from fastapi.responses import Response
 
-from app import schemas
-from app.deps import AdminPage, AdminUser, CurrentUser, ModelManagerDep, PageCsrf, PageUser, SessionDep
+from app import forms, schemas
+from app.deps import (
+    AdminPage,
+    AdminUser,
+    CurrentUser,
+    ModelManagerDep,
+    PageCsrf,
+    PageUser,
+    SessionDep,
+    SettingsDep,
+)
 from app.models import MLModel
 from app.routes.templating import error_page, pct, render, see_other
-from app.services import model_registry
+from app.services import model_registry, promotion
 from app.services.errors import ServiceError
 
 api = APIRouter(prefix="/api/v1", tags=["api"])
@@ -37,12 +49,25 @@ def list_models(session: SessionDep, _user: CurrentUser) -> list[schemas.ModelOu
 
 
 @api.post("/models/{model_id}/activate", response_model=schemas.ModelOut, responses=schemas.ERRORS)
-def activate_model(model_id: int, session: SessionDep, admin: AdminUser) -> schemas.ModelOut:
+def activate_model(
+    model_id: int,
+    session: SessionDep,
+    settings: SettingsDep,
+    admin: AdminUser,
+    body: Annotated[schemas.ActivateIn | None, Body()] = None,
+) -> schemas.ModelOut:
     """Make this model the default for new predictions (admin): promote a new version or roll back to
-    an earlier one, without a restart. Audited. 409 if its checkpoint is missing or changed."""
-    return schemas.ModelOut.model_validate(
-        model_registry.activate_model(session=session, model_id=model_id, actor=admin)
+    an earlier one, without a restart. Audited, with the `reason`. 422 when its test macro sensitivity is
+    more than 5 points below the active model's and no reason is given; 409 if its checkpoint is
+    missing or changed."""
+    model = promotion.activate(
+        session=session,
+        model_id=model_id,
+        actor=admin,
+        reason=body.reason if body is not None else "",
+        max_drop=settings.promotion_max_drop,
     )
+    return schemas.ModelOut.model_validate(model)
 
 
 # ---------------------------------------------------------------------------------- metrics
@@ -106,22 +131,79 @@ def models_page(request: Request, session: SessionDep, manager: ModelManagerDep,
     )
 
 
-def activate_model_page(
-    request: Request, model_id: int, session: SessionDep, admin: AdminPage, _csrf: PageCsrf, back: str = ""
+def _back(request: Request, back: str) -> str:
+    if back.startswith(("/models", "/admin/training")):
+        return back
+    return "/admin/training#versions" if request.url.path.startswith("/admin/training/") else "/models"
+
+
+def _confirm_page(
+    request: Request, session: SessionDep, settings: SettingsDep, admin: AdminPage, model_id: int, **context: Any
 ) -> Response:
-    """Promote a new version or roll back to an earlier one (audited with the admin's name), then back
-    to the page of the form (or `back`, a models or training page)."""
     try:
-        model_registry.activate_model(session=session, model_id=model_id, actor=admin)
+        comparison = promotion.compare(session=session, model_id=model_id, max_drop=settings.promotion_max_drop)
     except ServiceError as exc:
         return error_page(request, admin, exc.status_code, "Cannot activate", str(exc))
-    if back.startswith(("/models", "/admin/training")):
-        return see_other(back)
-    return see_other("/admin/training#versions" if request.url.path.startswith("/admin/training/") else "/models")
+    context.setdefault("status_code", 200)
+    return render(
+        request,
+        "activate.html",
+        user=admin,
+        c=comparison,
+        available=model_registry.checkpoint_matches(comparison.candidate),
+        **{"error": None, "reason": "", "done": False, "back": "", **context},
+    )
+
+
+def activate_confirm_page(
+    request: Request, model_id: int, session: SessionDep, settings: SettingsDep, admin: AdminPage, back: str = ""
+) -> Response:
+    """The confirmation: both models' figures side by side, the reason field when the rule needs one;
+    `?done=1` after the activation says it happened."""
+    done = request.query_params.get("done") == "1"
+    return _confirm_page(request, session, settings, admin, model_id, back=_back(request, back), done=done)
+
+
+def activate_model_page(
+    request: Request,
+    model_id: int,
+    session: SessionDep,
+    settings: SettingsDep,
+    admin: AdminPage,
+    _csrf: PageCsrf,
+    form: Annotated[forms.ActivateForm, Form()],
+) -> Response:
+    """Promote or roll back (audited with the admin's name and the reason) once confirmed on the
+    confirmation page; a form without `confirm=yes` (an old page) is shown that page first."""
+    back = _back(request, form.back)
+    if form.confirm != "yes":
+        return see_other(f"/models/{model_id}/activate?" + urlencode({"back": back}))
+    try:
+        promotion.activate(
+            session=session,
+            model_id=model_id,
+            actor=admin,
+            reason=form.reason,
+            max_drop=settings.promotion_max_drop,
+        )
+    except ServiceError as exc:
+        return _confirm_page(
+            request,
+            session,
+            settings,
+            admin,
+            model_id,
+            status_code=exc.status_code,
+            error=str(exc),
+            reason=form.reason,
+            back=back,
+        )
+    return see_other(f"/models/{model_id}/activate?" + urlencode({"done": 1, "back": back}))
 
 
 for _path in ACTIVATE_PAGES:
     pages.add_api_route(_path, activate_model_page, methods=["POST"], response_model=None)
+pages.add_api_route(ACTIVATE_PAGES[0], activate_confirm_page, methods=["GET"], response_model=None)
 
 
 router = APIRouter()

@@ -27,7 +27,7 @@ from fastapi.templating import Jinja2Templates
 
 from app.deps import PageRefused, csrf_token, referring_page
 from app.models import CLASS_LABELS, REASON_TAGS, User
-from app.services import predictions
+from app.services import model_registry, predictions, viewer
 from ml import CLASSES
 from ml.confound import GROUP_NAMES
 from ml.lung_focus import NO_LUNG, NO_POSITIVE_MASS
@@ -65,8 +65,8 @@ DATA_CAVEAT = (
     "without the NIH films, such as the first bundled one, calls most adult films COVID-19); check the "
     "highlighted region."
 )
-LEGEND_LOW = "blue = little evidence"
-LEGEND_HIGH = "red = strongest evidence for this class"
+LEGEND_LOW = "left = little evidence"
+LEGEND_HIGH = "right = strongest evidence for this class"
 LUNG_FOCUS_REASONS = {
     NO_POSITIVE_MASS: "This heat map has no positive evidence anywhere, so its lung focus cannot be measured.",
     NO_LUNG: "The lung segmenter found no lungs on this film, so lung focus cannot be measured.",
@@ -84,6 +84,9 @@ TEMPLATE_GLOBALS: dict[str, Any] = {
     "LEGEND_HIGH": LEGEND_HIGH,
     "LUNG_FOCUS_REASONS": LUNG_FOCUS_REASONS,
     "image_url": predictions.image_url,
+    "thumbnail_url": viewer.thumbnail_url,
+    "heat_map_url": viewer.heat_map_url,
+    "COLORMAPS": predictions.OVERLAY_COLORMAPS,
 }
 """What every template sees besides its context, by the name it uses."""
 
@@ -105,6 +108,7 @@ def _make_templates() -> Jinja2Templates:
     templates.env.filters["pct"] = pct
     templates.env.filters["class_label"] = lambda c: CLASS_LABELS.get(c, c)
     templates.env.filters["reason_label"] = lambda r: REASON_LABELS.get(r, r)
+    templates.env.filters["describe"] = model_registry.describe
     templates.env.globals.update(TEMPLATE_GLOBALS)
     return templates
 

@@ -49,6 +49,8 @@ CSV_FIELDS = (
     "lung_focus_flagged",
     "lung_focus_threshold",
     "lungseg_sha256",
+    "error_risk",
+    "risk_warnings",
     "warnings",
     "overlay",
     "dicom_sr",
@@ -220,6 +222,8 @@ def _film_rows(
             "lung_focus_flagged": "true" if focus.flagged else "false",
             "lung_focus_threshold": settings.lung_focus_threshold,
             "lungseg_sha256": film.lungseg_sha256,
+            "error_risk": out.error_risk,
+            "risk_warnings": ";".join(w.code for w in out.warnings),
         }
         stem = f"{path.stem}.{base['image_sha256'][:12]}.model{model.id}"
         if overlays is not None:

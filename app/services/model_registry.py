@@ -50,7 +50,9 @@ def get_active_model(*, session: Session) -> MLModel:
     return model
 
 
-def set_active_model(*, session: Session, model: MLModel, actor: User | None = None) -> MLModel:
+def set_active_model(
+    *, session: Session, model: MLModel, actor: User | None = None, details: dict[str, Any] | None = None
+) -> MLModel:
     """Make `model` the only active one and record it in the audit log (`actor=None`: the system).
 
     Newer than the model it replaces (higher id) is a `model.promote`, older a `model.rollback`.
@@ -68,22 +70,47 @@ def set_active_model(*, session: Session, model: MLModel, actor: User | None = N
             action="model.rollback" if previous is not None and model.id < previous.id else "model.promote",
             target_type="model",
             target_id=model.id,
-            details={"model": _model_ref(model), "replaced": _model_ref(previous) if previous else None},
+            details={
+                "model": _model_ref(model),
+                "replaced": _model_ref(previous) if previous else None,
+                **(details or {}),
+            },
         )
     session.commit()
     return model
 
 
-def activate_model(*, session: Session, model_id: int, actor: User | None) -> MLModel:
+def activate_model(
+    *, session: Session, model_id: int, actor: User | None, details: dict[str, Any] | None = None
+) -> MLModel:
     """The admin action (API, pages and `cxr-review models activate`, whose `actor` is None: the system):
     any registered version whose checkpoint is present and unchanged becomes active — a promotion of a
-    new version or a rollback to an earlier one. 404 unknown id, 409 checkpoint missing or changed."""
+    new version or a rollback to an earlier one. 404 unknown id, 409 checkpoint missing or changed.
+    `details`: more for the audit entry (app.services.promotion: the reason and the compared figures);
+    the reason rule itself is `promotion.activate`'s, which every admin action goes through."""
     model = get_model(session=session, model_id=model_id)
     if not checkpoint_matches(model):
         raise ConflictError(
             f"model {model.id} ({model.name} v{model.version}) cannot serve: its checkpoint is missing or changed"
         )
-    return set_active_model(session=session, model=model, actor=actor)
+    return set_active_model(session=session, model=model, actor=actor, details=details)
+
+
+INPUT_MODE_LABELS = {"full": "whole film", "lung-crop": "lung crop"}
+
+
+def model_name(arch: str, scenario: str, input_mode: str) -> str:
+    """The name a trained model is registered under: architecture, scenario and input mode, e.g.
+    `resnet18-s2-full`, `resnet18-s2-lung-crop` (each name is its own line of versions)."""
+    return f"{arch}-{scenario}-{input_mode}"
+
+
+def describe(model: MLModel) -> str:
+    """What a model is, for pages: 'resnet18 · scenario s2 · whole film' (from its training options)."""
+    hp = model.hparams or {}
+    mode = str(hp.get("input_mode") or "full")
+    parts = [model.architecture, f"scenario {hp['scenario']}" if hp.get("scenario") else None]
+    return " · ".join(p for p in [*parts, INPUT_MODE_LABELS.get(mode, mode)] if p)
 
 
 def _model_ref(model: MLModel) -> dict[str, Any]:

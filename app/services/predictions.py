@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.db import is_row_id
 from app.models import Image, MLModel, Prediction, PredictionResult, User
-from app.services import lung_focus
+from app.services import error_risk, lung_focus
 from app.services.errors import InvalidInputError, NotFoundError, PayloadTooLargeError
 from app.services.executor import InferenceExecutor
 from app.services.model_registry import ModelManager, resolve_models
@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
 OVERLAY_ALPHA = 0.5
 OVERLAY_MAX_SIDE = 1024
-OVERLAY_COLORMAP = "jet"
+OVERLAY_COLORMAPS = ("inferno", "viridis", "jet")
+"""The heat maps' colour maps a reader can choose; the default first (colour-blind safe, perceptually uniform)."""
+OVERLAY_COLORMAP = OVERLAY_COLORMAPS[0]
 
 
 # ------------------------------------------------------------------------------------ URLs
@@ -131,6 +133,7 @@ def create_prediction(
                     lung_mask_sha256=mask_sha,
                     lungseg_sha256=film.lungseg_sha256,
                     input_box=out.input_box.as_dict() if out.input_box is not None else None,
+                    **error_risk.stored_columns(out),
                 )
             )
         session.commit()
@@ -241,6 +244,8 @@ class ResultView:
     lung_focus_by_class: dict[str, LungFocus] | None
     lung_outline_url: str | None
     input_box: Box | None
+    risk: error_risk.RiskView
+    """Its error risk and warnings (`app.services.error_risk`)."""
 
 
 def result_views(prediction: Prediction, *, threshold: float) -> list[ResultView]:
@@ -256,6 +261,7 @@ def result_views(prediction: Prediction, *, threshold: float) -> list[ResultView
                 lung_focus_by_class=by_class,
                 lung_outline_url=lung_outline_url(prediction.id, r.model_id) if by_class is not None else None,
                 input_box=_box(r),
+                risk=error_risk.view(r),
             )
         )
     return views
@@ -275,14 +281,25 @@ def film_png(*, session: Session, store: FileStore, image_sha256: str) -> bytes:
         raise NotFoundError("image file missing from the data directory") from None
 
 
-def render_overlay_png(*, session: Session, store: FileStore, prediction_id: int, model_id: int, cls: str) -> bytes:
-    """PNG of the film with `cls`'s CAM blended on top (rendered once, then served from the cache)."""
+def render_overlay_png(
+    *,
+    session: Session,
+    store: FileStore,
+    prediction_id: int,
+    model_id: int,
+    cls: str,
+    colormap: str = OVERLAY_COLORMAP,
+) -> bytes:
+    """PNG of the film with `cls`'s CAM blended on top in `colormap` (one of `OVERLAY_COLORMAPS`;
+    rendered once, then served from the cache)."""
     if cls not in CLASSES:
         raise NotFoundError(f"unknown class {cls!r}; expected one of {', '.join(CLASSES)}")
+    if colormap not in OVERLAY_COLORMAPS:
+        raise InvalidInputError(f"unknown colour map {colormap!r}; expected one of {', '.join(OVERLAY_COLORMAPS)}")
     result = get_result(session=session, prediction_id=prediction_id, model_id=model_id)
     image_sha = result.prediction.image.sha256
     box = _box(result)  # a lung-crop model's map covers only the crop it saw
-    key = f"{image_sha}:{result.cam_sha256}:{cls}:{OVERLAY_ALPHA}:{OVERLAY_COLORMAP}:{OVERLAY_MAX_SIDE}"
+    key = f"{image_sha}:{result.cam_sha256}:{cls}:{OVERLAY_ALPHA}:{colormap}:{OVERLAY_MAX_SIDE}"
     if box is not None:
         key += f":box={box.top},{box.left},{box.bottom},{box.right}"
     cached = store.read_cache(key)
@@ -299,7 +316,7 @@ def render_overlay_png(*, session: Session, store: FileStore, prediction_id: int
         gray,
         cam[CLASSES.index(cls)],
         alpha=OVERLAY_ALPHA,
-        colormap=OVERLAY_COLORMAP,
+        colormap=colormap,
         max_side=OVERLAY_MAX_SIDE,
         box=box,
     )

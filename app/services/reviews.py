@@ -1,8 +1,8 @@
-"""Verdicts (append-only), the review worklist, case history and the verdict export.
+"""Verdicts (append-only), the review worklist and case history (the export: app.services.export).
 
-Worklist priority, explainably: a result whose top probability is lowest is the one the model is
-least sure about, so it is reviewed first (`sort="priority"`: ascending top probability, newest
-first among equals). `sort="newest"` orders by upload time. `sort="flagged"` puts the results whose
+Worklist priority, explainably: the result most likely to be wrong is reviewed first (`sort="priority"`:
+descending error risk, `app.services.error_risk`; results without one follow by ascending top
+probability, newest first among equals). `sort="newest"` orders by upload time. `sort="flagged"` puts the results whose
 lung focus is flagged (most heat-map evidence outside the lungs, see app.services.lung_focus) first,
 then everything else, each group in priority order. One worklist item is one (prediction, model)
 result; "reviewed" means it has at least one verdict from anyone.
@@ -13,29 +13,29 @@ looked and should not: text, a device, outside the lungs; a rejection's reason m
 0 ≤ x0 < x1 ≤ 1 and 0 ≤ y0 < y1 ≤ 1; retraining with reviewed uploads turns them into forbidden and
 allowed regions of the explanation loss (`app.services.training_data`, `ml.explanation`).
 
-Export rows carry what makes a verdict reproducible: the image sha256 (content address of the
-original bytes), the model id/name/version, architecture, checkpoint sha256 and CAM method, plus
-the probabilities and the lung focus (score, and flagged at the threshold given) the reviewer saw.
+Blind reading: a reviewer sees other reviewers' verdicts on a model's result only once their own
+verdict on it is in (`visible_verdicts`), on the pages, in the API and in the export, so nobody
+anchors on a colleague's read; admins see every verdict. The worklist shows a reviewer the latest
+verdict of a result only when it is visible to them (its count of verdicts stays: "reviewed by
+someone" is what the worklist's filter is about).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import case, false, func, select
+from sqlalchemy import case, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.db import MAX_ROW_ID, is_row_id
-from app.models import REASON_TAGS, VERDICTS, MLModel, Prediction, PredictionResult, User, Verdict
-from app.services import lung_focus
+from app.models import REASON_TAGS, VERDICTS, Assignment, Image, MLModel, Prediction, PredictionResult, User, Verdict
+from app.services import error_risk, lung_focus
 from app.services.errors import InvalidInputError
 from app.services.predictions import get_result
+from app.services.reading import UNKNOWN, ReadingRecord
 from ml import CLASSES
 from ml.data import REGION_KINDS, Region
 from ml.lung_focus import LungFocus
@@ -47,10 +47,7 @@ REJECT_NEEDS_REASON = (
 OTHER_NEEDS_COMMENT = "the reason 'other' needs a comment that says what is wrong with the region"
 WorklistSort = Literal["priority", "newest", "flagged"]
 WORKLIST_SORTS: tuple[str, ...] = ("priority", "newest", "flagged")
-PRIORITY_EXPLANATION = (
-    "least-confident first: ascending probability of the predicted class (the model's top probability), "
-    "newest first among equals"
-)
+PRIORITY_EXPLANATION = error_risk.PRIORITY_EXPLANATION
 FLAGGED_EXPLANATION = (
     "flagged first: results whose heat map has most of its evidence outside the lungs (lung focus below the "
     "threshold), then the rest (including results without lung focus), each in priority order"
@@ -69,8 +66,11 @@ def add_verdict(
     comment: str = "",
     diagnosis: str | None = None,
     regions: Iterable[Any] = (),
+    reading: ReadingRecord = UNKNOWN,
 ) -> Verdict:
     """Append a verdict on one (prediction, model) result and commit. Earlier verdicts stay untouched.
+    `reading`: how the case was read (app.services.reading.record); the seconds to the verdict are
+    counted to now.
 
     Raises NotFoundError (no such prediction/result) or InvalidInputError (bad verdict/reason/diagnosis,
     or a region that is not a {"kind", "box"} of `check_regions`).
@@ -101,6 +101,11 @@ def add_verdict(
         comment=(comment or "").strip(),
         diagnosis=diagnosis or None,
         regions=boxes,
+        reading_mode=reading.reading_mode,
+        opened_at=reading.opened_at,
+        seconds_to_verdict=reading.seconds_to_verdict,
+        ai_revealed=reading.ai_revealed,
+        ai_revealed_after_s=reading.ai_revealed_after_s,
     )
     session.add(row)
     session.flush()
@@ -161,6 +166,16 @@ def verdict_history(*, session: Session, prediction_id: int) -> list[Verdict]:
     return list(session.scalars(select(Verdict).where(Verdict.prediction_id == prediction_id).order_by(Verdict.id)))
 
 
+def visible_verdicts(viewer: User, verdicts: Iterable[Verdict]) -> list[Verdict]:
+    """Blind reading: the verdicts `viewer` may see — all for an admin; for a reviewer their own, and
+    others' on the results (prediction, model) they have given a verdict on themselves."""
+    verdicts = list(verdicts)
+    if viewer.is_admin:
+        return verdicts
+    reviewed = {v.result_id for v in verdicts if v.reviewer_id == viewer.id}
+    return [v for v in verdicts if v.reviewer_id == viewer.id or v.result_id in reviewed]
+
+
 def latest_verdict_ids(verdicts: Iterable[Verdict]) -> set[int]:
     """Ids of the verdicts that count: the latest per (result, reviewer)."""
     latest: dict[tuple[int, int], int] = {}
@@ -181,6 +196,7 @@ class WorklistItem:
     """The newest verdict from anyone on this result (approve/reject), None when unreviewed."""
     lung_focus: LungFocus | None = None
     """The predicted class's lung focus at the worklist's threshold; None: not computed."""
+    risk: error_risk.RiskView | None = None
 
 
 @dataclass
@@ -204,8 +220,16 @@ def worklist(
     limit: int = 50,
     offset: int = 0,
     threshold: float,
+    search: str | None = None,
+    viewer: User | None = None,
+    assigned_to: int | None = None,
 ) -> Worklist:
     """Results to review, filtered and sorted (see the module docstring for 'priority' and 'flagged').
+
+    search: a case id (digits), a file name (or part of it, any case) or an image sha256 prefix (at least
+    4 hex digits); any result matching one of them. viewer: a reviewer sees a result's latest verdict
+    only when blind reading lets them (None: shown). assigned_to: only results assigned to that user
+    (app.services.assignments) that they have not given a verdict on yet.
 
     reviewed=False (default): only results without any verdict; True: only reviewed; None: all.
     flagged=True: only results whose lung focus is flagged at `threshold`; False: only those computed and
@@ -237,12 +261,18 @@ def worklist(
         stmt = stmt.where(counts.c.n.is_not(None))
     elif reviewed is False:
         stmt = stmt.where(counts.c.n.is_(None))
+    if search and search.strip():
+        stmt = stmt.where(_search_clause(search.strip()))
+    if assigned_to is not None:  # assigned to them and not yet read by them
+        mine = select(Assignment.result_id).where(Assignment.reviewer_id == assigned_to)
+        done = select(Verdict.result_id).where(Verdict.reviewer_id == assigned_to)
+        stmt = stmt.where(PredictionResult.id.in_(mine), PredictionResult.id.not_in(done))
     if flagged is True:
         stmt = stmt.where(lung_focus.flagged_clause(threshold))
     elif flagged is False:
         stmt = stmt.where(lung_focus.not_flagged_clause(threshold))
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    priority = (PredictionResult.top_probability.asc(), Prediction.id.desc(), PredictionResult.id)
+    priority = error_risk.priority_order()
     if sort == "flagged":
         stmt = stmt.order_by(case((lung_focus.flagged_clause(threshold), 0), else_=1), *priority)
     elif sort == "priority":
@@ -256,122 +286,39 @@ def worklist(
         if last_ids
         else {}
     )
+    blind = viewer is not None and not viewer.is_admin
+    seen = _reviewed_by(session, viewer, [r.id for r, _n, _l in rows]) if blind and viewer else set()
     items = [
         WorklistItem(
             result=r,
             prediction=r.prediction,
             model=r.model,
             verdict_count=int(n),
-            latest_verdict=last_verdicts.get(last_id) if last_id is not None else None,
+            latest_verdict=last_verdicts.get(last_id) if last_id is not None and (not blind or r.id in seen) else None,
             lung_focus=lung_focus.of_predicted_class(r, threshold),
+            risk=error_risk.view(r),
         )
         for r, n, last_id in rows
     ]
     return Worklist(items=items, total=int(total), limit=limit, offset=offset, sort=sort, threshold=threshold)
 
 
-# ----------------------------------------------------------------------------------- export
-EXPORT_FIELDS = (
-    "verdict_id",
-    "created_at",
-    "reviewer",
-    "verdict",
-    "reasons",
-    "comment",
-    "diagnosis",
-    "regions",
-    "is_latest",
-    "prediction_id",
-    "image_sha256",
-    "image_format",
-    "filename",
-    "model_id",
-    "model_name",
-    "model_version",
-    "architecture",
-    "checkpoint_sha256",
-    "cam_method",
-    "predicted_class",
-    *(f"p_{c}" for c in CLASSES),
-    "lung_focus_score",
-    "lung_focus_flagged",
-    "lung_focus_threshold",
-    "lungseg_sha256",
-)
+def _search_clause(text: str) -> Any:
+    """Case id, file name (substring, case-insensitive) or image sha256 prefix (≥ 4 hex digits)."""
+    needle = text.lstrip("#")
+    like = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    clauses: list[Any] = [func.lower(Prediction.filename).like(f"%{like.lower()}%", escape="\\")]
+    if needle.isdigit() and is_row_id(int(needle)):
+        clauses.append(Prediction.id == int(needle))
+    hexed = needle.lower()
+    if len(hexed) >= 4 and all(c in "0123456789abcdef" for c in hexed):
+        sha = select(Image.id).where(Image.sha256.like(f"{hexed}%"))
+        clauses.append(Prediction.image_id.in_(sha))
+    return or_(*clauses)
 
 
-def export_rows(*, session: Session, threshold: float) -> list[dict[str, Any]]:
-    """Every verdict ever given, oldest first, with what is needed to reproduce it. The lung focus is the
-    predicted class's, flagged at `threshold`; null/empty for results stored without lung focus."""
-    verdicts = list(session.scalars(select(Verdict).order_by(Verdict.id)))
-    latest = latest_verdict_ids(verdicts)
-    rows = []
-    for v in verdicts:
-        r = v.result
-        p = r.prediction
-        focus = lung_focus.of_predicted_class(r, threshold)
-        rows.append(
-            {
-                "verdict_id": v.id,
-                "created_at": _iso(v.created_at),
-                "reviewer": v.reviewer.username,
-                "verdict": v.verdict,
-                "reasons": list(v.reasons),
-                "comment": v.comment,
-                "diagnosis": v.diagnosis,
-                "regions": list(v.regions or []),
-                "is_latest": v.id in latest,
-                "prediction_id": p.id,
-                "image_sha256": p.image.sha256,
-                "image_format": p.image.format,
-                "filename": p.filename,
-                "model_id": r.model_id,
-                "model_name": r.model.name,
-                "model_version": r.model_version,
-                "architecture": r.architecture,
-                "checkpoint_sha256": r.checkpoint_sha256,
-                "cam_method": r.cam_method,
-                "predicted_class": r.predicted_class,
-                **{f"p_{c}": r.probabilities[c] for c in CLASSES},
-                "lung_focus_score": focus.score if focus is not None else None,
-                "lung_focus_flagged": focus.flagged if focus is not None else None,
-                "lung_focus_threshold": threshold if focus is not None else None,
-                "lungseg_sha256": r.lungseg_sha256,
-            }
-        )
-    return rows
-
-
-def export_json(*, session: Session, threshold: float) -> str:
-    rows = export_rows(session=session, threshold=threshold)
-    return json.dumps({"fields": list(EXPORT_FIELDS), "verdicts": rows}, indent=1)
-
-
-def export_csv(*, session: Session, threshold: float) -> str:
-    """CSV with one row per verdict; reasons joined by ';'. Cells that a spreadsheet would run as a
-    formula (leading = + - @) are prefixed with an apostrophe. Lung focus of a result stored without it:
-    empty cells."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for row in export_rows(session=session, threshold=threshold):
-        out = dict(row)
-        out["reasons"] = ";".join(row["reasons"])
-        out["regions"] = json.dumps(row["regions"]) if row["regions"] else ""
-        out["is_latest"] = "true" if row["is_latest"] else "false"
-        if row["lung_focus_flagged"] is not None:
-            out["lung_focus_flagged"] = "true" if row["lung_focus_flagged"] else "false"
-        for key in ("comment", "filename"):
-            out[key] = _csv_safe(out[key])
-        writer.writerow(out)
-    return buf.getvalue()
-
-
-def _csv_safe(value: Any) -> Any:
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
-
-
-def _iso(value: datetime) -> str:
-    return value.isoformat(timespec="seconds")
+def _reviewed_by(session: Session, viewer: User, result_ids: list[int]) -> set[int]:
+    if not result_ids:
+        return set()
+    stmt = select(Verdict.result_id).where(Verdict.reviewer_id == viewer.id, Verdict.result_id.in_(result_ids))
+    return set(session.scalars(stmt))

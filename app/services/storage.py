@@ -7,6 +7,7 @@ Layout (sha = sha256 hex of the file's bytes):
     cams/<sha[:2]>/<sha>.npy        raw CAM maps of one result, K×h×w float32 in CLASSES order
     masks/<sha[:2]>/<sha>.png       the film's lung mask (1-bit PNG, 256×256, the film squashed to a square)
     cache/overlays/<..>/<key>.png   rendered overlays; disposable, re-rendered when missing
+    cache/thumbnails/<sha[:2]>/<sha>-<side>.jpg   worklist thumbnails of a film; disposable too
 
 Files are written to a temp name and `os.replace`d into place before the database row that names
 them is committed. A `WriteBatch` remembers what it newly created, so a failed commit can remove
@@ -229,6 +230,9 @@ class FileStore:
     def overlay_cache_path(self, key: str) -> Path:
         digest = sha256_bytes(key.encode("utf-8"))
         return self.root / "cache" / "overlays" / digest[:2] / f"{digest}.png"
+
+    def thumbnail_path(self, image_sha: str, side: int) -> Path:
+        return self._sharded("cache/thumbnails", image_sha, f"-{side}.jpg")
 
     # -- writing ----------------------------------------------------------------------------
     def batch(self) -> WriteBatch:

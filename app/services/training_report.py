@@ -127,7 +127,29 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "lung_focus": _lung_focus_headline(report.get("lung_focus")),
         "three_group": _three_group_headline(report.get("three_group")),
         "confound": _confound_headline(report.get("confound")),
+        "error_risk": _risk_headline(report.get("error_risk")),
     }
+
+
+def _risk_headline(section: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Calibration (ECE before / after temperature scaling) and how well the warnings predict errors:
+    error-risk AUROC beside max probability's, shares of wrong and right predictions warned (None: a
+    report made before it existed)."""
+    if not section:
+        return None
+    cal = section.get("calibration") or {}
+    out: dict[str, Any] = {"ece_before": cal.get("ece_before"), "ece_after": cal.get("ece_after")}
+    if section.get("available"):
+        signals, warned = section["signals"], section["warnings"]["all"]["any"]
+        out |= {
+            "auroc": signals["error_risk"]["auroc"],
+            "auroc_max_prob": signals["max_prob"]["auroc"],
+            "wrong_warned": warned["wrong_warned"],
+            "right_warned": warned["right_warned"],
+        }
+    else:
+        out["reason"] = section.get("reason")
+    return out
 
 
 def _three_group_headline(three_group: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -27,6 +27,8 @@ class CAMOutput:
     identity: "mean" when logit = spatial mean of the map + bias (CAM, eq. 6 of the paper),
               "sum" when logit = spatial sum + bias (CNN-X's linear decomposition),
               None when no such identity holds (Grad-CAM).
+    pooled: B×C spatial mean of the feature map A: the same pass's image embedding, which `ml.risk`
+            compares with the training films' (None only where a caller builds an output without it).
     """
 
     logits: torch.Tensor
@@ -34,6 +36,7 @@ class CAMOutput:
     bias: torch.Tensor
     method: str
     identity: str | None
+    pooled: torch.Tensor | None = None
 
 
 class BaseCAM:
@@ -48,7 +51,8 @@ class BaseCAM:
         with torch.no_grad():
             features = self.model.forward_features(x)
         logits, raw, bias = self.class_maps(features)
-        return CAMOutput(logits.detach(), raw.detach(), bias.detach(), self.method, self.identity)
+        pooled = features.detach().float().mean(dim=(2, 3))
+        return CAMOutput(logits.detach(), raw.detach(), bias.detach(), self.method, self.identity, pooled)
 
     def class_maps(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """From the feature map A (B×C×h×w): logits (B×K), maps (B×K×h×w), bias (K)."""

@@ -57,16 +57,33 @@ def render_overlay(
         raise ValueError("alpha must be within [0, 1]")
     img = display_size(Image.fromarray(gray), max_side)
     base = np.asarray(img, dtype=np.float32)[..., None].repeat(3, axis=2)
-    if box is None:
-        m = normalized_map(cam_raw, img.height, img.width)
-    else:
-        y0, x0, y1, x1 = box.pixels(img.height, img.width)
-        m = np.zeros((img.height, img.width), dtype=np.float32)
-        m[y0:y1, x0:x1] = normalized_map(cam_raw, y1 - y0, x1 - x0)
+    m = display_map(cam_raw, img.height, img.width, box=box)
     heat = colormap_lut(colormap)[(m * 255.0).round().astype(np.uint8)].astype(np.float32)
     a = (alpha * m)[..., None]
     out = base * (1.0 - a) + heat * a
     return Image.fromarray(out.clip(0, 255).astype(np.uint8), mode="RGB")
+
+
+def display_map(cam_raw: np.ndarray, height: int, width: int, *, box: Box | None = None) -> np.ndarray:
+    """The raw map as it lies over a height×width picture of the film: float32 in [0, 1] (bilinear,
+    min-max). With `box` it covers only that region (a lung-crop model's input); 0 outside it."""
+    if box is None:
+        return normalized_map(cam_raw, height, width)
+    y0, x0, y1, x1 = box.pixels(height, width)
+    m = np.zeros((height, width), dtype=np.float32)
+    m[y0:y1, x0:x1] = normalized_map(cam_raw, y1 - y0, x1 - x0)
+    return m
+
+
+def heat_values_png(
+    cam_raw: np.ndarray, height: int, width: int, *, max_side: int | None = 512, box: Box | None = None
+) -> bytes:
+    """The map's values for a film of height×width pixels, as an 8-bit grayscale PNG of the film's aspect
+    (longest side ≤ `max_side`): 0 = no evidence, 255 = the map's maximum. A viewer colours, fades or
+    traces iso-lines of it itself, exactly where `render_overlay` would colour the film."""
+    size = display_size(Image.new("L", (width, height)), max_side).size
+    m = display_map(cam_raw, size[1], size[0], box=box)
+    return png_bytes(Image.fromarray((m * 255.0).round().astype(np.uint8), mode="L"))
 
 
 def display_size(img: Image.Image, max_side: int | None) -> Image.Image:

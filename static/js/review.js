@@ -303,6 +303,7 @@
     // the picture moves with the window and the view mode (heat map / side by side): keep boxes on it
     if (window.ResizeObserver) new ResizeObserver(function () { render(); }).observe(image);
     else window.addEventListener("resize", render);
+    document.addEventListener("cxr:viewer-moved", function () { render(); });  // zoom and pan (viewer.js)
     if (image.complete) render(); else image.addEventListener("load", render);
 
     return {

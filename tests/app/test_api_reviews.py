@@ -140,8 +140,8 @@ def test_worklist_filters_and_priority_order(env: Env, cases: dict, films: dict[
     body = r.json()
     ids = [item["prediction_id"] for item in body["items"]]
     assert fresh["id"] in ids and cases["kermany"]["id"] not in ids  # reviewed cases drop off
-    tops = [item["top_probability"] for item in body["items"]]
-    assert tops == sorted(tops) and "least-confident" in body["priority"]
+    keys = [(i["error_risk"] is None, -(i["error_risk"] or 0.0), i["top_probability"]) for i in body["items"]]
+    assert keys == sorted(keys) and "highest error risk first" in body["priority"]
 
     reviewed = env.client.get(
         "/api/v1/predictions", headers=env.auth("reviewer"), params={"reviewed": "yes", "sort": "newest"}

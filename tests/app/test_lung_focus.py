@@ -292,17 +292,24 @@ def test_threshold_setting_reflags_stored_results(make_env: Callable[..., Env], 
     )
 
 
+def priority_key(result: dict) -> tuple[bool, float, float]:
+    """The worklist's priority as a sort key: highest error risk first, results without one last by
+    ascending top probability."""
+    top = result.get("top_probability") or result["probabilities"][result["predicted_class"]]
+    return (result["error_risk"] is None, -(result["error_risk"] or 0.0), top)
+
+
 def test_flagged_first_puts_flagged_results_ahead_of_the_priority_order(
     make_env: Callable[..., Env], films: dict[str, Film]
 ) -> None:
     """Two real films with lung-focus scores on either side of a threshold placed between them, where the
-    one with the lower score (flagged) is the more confident one, i.e. second in priority order."""
+    one with the lower score (flagged) comes second in priority order (lower error risk)."""
     first = make_env()
     results = {}
     for source, film in films.items():
         body = first.upload(film.data, name=film.path.name).json()
         (res,) = body["results"]
-        results[source] = (body["id"], res["probabilities"][res["predicted_class"]], res["lung_focus"]["score"])
+        results[source] = (body["id"], priority_key(res), res["lung_focus"]["score"])
     pairs = [
         (a, b) for a in results for b in results if results[a][1] > results[b][1] and results[a][2] < results[b][2]
     ]
@@ -324,8 +331,8 @@ def test_flagged_first_puts_flagged_results_ahead_of_the_priority_order(
     marks = [i["lung_focus"]["flagged"] for i in items]
     assert marks == sorted(marks, reverse=True)  # every flagged result before every other one
     for group in (True, False):  # each group keeps the priority order
-        tops = [i["top_probability"] for i in items if i["lung_focus"]["flagged"] is group]
-        assert tops == sorted(tops)
+        keys = [priority_key(i) for i in items if i["lung_focus"]["flagged"] is group]
+        assert keys == sorted(keys)
     assert {i["prediction_id"] for i in worklist(env, flagged="true")} == {
         pid for pid, _top, score in results.values() if score < threshold
     }

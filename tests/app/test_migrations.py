@@ -28,6 +28,7 @@ TABLES = {
     "audit_log",
     "pacs_instances",
     "dicom_exports",
+    "assignments",
 }
 
 

@@ -249,7 +249,7 @@ def test_upload_through_the_form_opens_the_case(env: Env, reviewer: TestClient, 
         assert png_size(img.content)[0] > 0
     # The page names the CAM method, explains the colour scale and shows the data caveat.
     assert "CAM</strong>" in r.text
-    assert "blue = little evidence" in r.text and "red = strongest evidence for this class" in r.text
+    assert "left = little evidence" in r.text and "right = strongest evidence for this class" in r.text
     assert "pediatric (Kermany)" in r.text and "COVID-19 films are adult" in r.text
     assert "one hospital (NIH ChestX-ray14" in r.text and "arrows, letters, crops" in r.text
     for c in CLASSES:
@@ -472,14 +472,16 @@ def test_worklist_filters_sorts_and_explains_priority(env: Env, reviewer: TestCl
         "reviewed": "no",
         "flagged": "any",
         "sort": "priority",
+        "q": "",
+        "mine": "",
     }
-    assert "least-confident first" in page.context["priority_explanation"]
+    assert "highest error risk first" in page.context["priority_explanation"]
     assert str(escape(page.context["priority_explanation"])) in page.text
     items = page.context["worklist"].items
     assert pid in [i.prediction.id for i in items]
     assert all(i.verdict_count == 0 for i in items)
-    tops = [i.result.top_probability for i in items]
-    assert tops == sorted(tops)  # priority: least confident first
+    keys = [(i.risk.error_risk is None, -(i.risk.error_risk or 0.0), i.result.top_probability) for i in items]
+    assert keys == sorted(keys)  # priority: highest error risk first, then least confident
     assert f"/cases/{pid}?model=" in page.text  # each row links to its case
 
     newest = reviewer.get("/worklist?sort=newest&reviewed=any").context["worklist"].items
@@ -498,7 +500,7 @@ def test_worklist_filters_sorts_and_explains_priority(env: Env, reviewer: TestCl
     reviewed = next(i for i in done if i.prediction.id == pid and i.model.id == item.model.id)
     assert reviewed.latest_verdict == "approve"
 
-    lenient = reviewer.get("/worklist?cls=bogus&sort=bogus&reviewed=bogus&flagged=bogus&model=x")
+    lenient = reviewer.get("/worklist?cls=bogus&sort=bogus&reviewed=bogus&flagged=bogus&model=x&mine=bogus")
     assert lenient.status_code == 200
     assert lenient.context["filters"] == {
         "model": None,
@@ -506,6 +508,8 @@ def test_worklist_filters_sorts_and_explains_priority(env: Env, reviewer: TestCl
         "reviewed": "no",
         "flagged": "any",
         "sort": "priority",
+        "q": "",
+        "mine": "",
     }
 
 
@@ -525,9 +529,15 @@ def test_case_page_shows_lung_focus_outline_and_warning(env: Env, reviewer: Test
     # Each class's score next to the chance level (the film's lung area), as whole percentages.
     for f in focus.lung_focus_by_class.values():
         assert f'lungs {pct(f.score, 0)}</span> <span class="nowrap">· chance {pct(f.lung_area, 0)}' in r.text
-    # The banner exactly when the predicted class is flagged (the Hannover film: check the value, not a guess).
-    assert ("Most of the highlighted evidence lies outside the lungs" in r.text) is lf.flagged
-    assert ('id="lung-focus-warning"' in r.text) is lf.flagged
+    # A calibrated model's result: one box of plain warning lines instead of the lung-focus banner (which
+    # marked most right calls too); the outside-lungs line exactly when the result has that warning.
+    assert focus.risk.reason is None and 'id="lung-focus-warning"' not in r.text
+    codes = [w["code"] for w in focus.risk.warnings]
+    assert ('id="risk-warnings"' in r.text) is bool(codes)
+    assert ('<li data-code="outside_lungs">Evidence mostly outside the lungs.</li>' in r.text) is (
+        "outside_lungs" in codes
+    )
+    assert f'<strong>Error risk</strong>\n        <span class="num">{pct(focus.risk.error_risk, 0)}</span>' in r.text
 
 
 def test_worklist_page_sorts_flagged_first_and_shows_the_badge(env: Env, reviewer: TestClient, case: int) -> None:
@@ -590,15 +600,18 @@ def test_admin_switches_the_active_model(env: Env) -> None:
     active, other = models[0], models[1]
     token = page.context["csrf_token"]
     assert admin.post(f"/models/{other.id}/activate", data={}).status_code == 403
-    try:
+    try:  # unconfirmed below: the confirmation page first
         r = admin.post(f"/models/{other.id}/activate", data={"csrf_token": token})
-        assert r.status_code == 303
+        assert r.status_code == 303 and r.headers["location"].startswith(f"/models/{other.id}/activate?")
+        assert admin.get("/models").context["models"][0].id == active.id
+        r = admin.post(f"/models/{other.id}/activate", data={"csrf_token": token, "confirm": "yes", "reason": "x"})
+        assert r.status_code == 303 and "done=1" in r.headers["location"]
         assert admin.get("/models").context["models"][0].id == other.id
         with env.session() as s:  # the switch is audited with the admin's name
             (entry,) = audit.list_entries(session=s, limit=1, action_prefix="model.")
             assert (entry.actor, entry.target_id) == ("admin2", other.id)
     finally:
-        admin.post(f"/models/{active.id}/activate", data={"csrf_token": token})
+        admin.post(f"/models/{active.id}/activate", data={"csrf_token": token, "confirm": "yes", "reason": "back"})
     assert admin.get("/models").context["models"][0].id == active.id
     reviewer = login(env)
     assert (

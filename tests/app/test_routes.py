@@ -42,6 +42,7 @@ ADMIN_API = (
     "/api/v1/training-jobs",
     "/api/v1/architectures",
     "/api/v1/audit-log",
+    "/api/v1/analytics",
 )
 """Path prefixes of the REST endpoints for admins only."""
 USER_GUARDS = (require_page_user, require_signed_in, require_admin_page)

@@ -118,6 +118,9 @@ def running_server(data_dir: Path, *, extra_models: bool = True, **env_settings:
         "CXR_DATA_DIR": str(data_dir),
         "CXR_ENV": "development",
         "PYTHONUNBUFFERED": "1",
+        # The tests written before film-first reading judge the heat map straight away; the reading-mode
+        # tests (test_reading_modes.py) ask for film_first, the service's default.
+        "CXR_READING_MODE": "ai_first",
         **env_settings,
     }
     args = ["-m", "uvicorn", "--factory", "app.main:create_app"]

@@ -18,8 +18,6 @@ from tests.browser.test_review_flow import image_widths, upload
 
 pytestmark = pytest.mark.browser
 
-WARNING = "Most of the highlighted evidence lies outside the lungs"
-
 
 def log_in(page: Any, server: LiveServer) -> None:
     page.goto(f"{server.url}/login")
@@ -56,10 +54,10 @@ def test_flagged_case_shows_warning_outline_and_toggle(
     with running_server(data_dir, extra_models=False, CXR_LUNG_FOCUS_THRESHOLD="1.0") as server:
         log_in(page, server)
         case = upload(page, server, films["hannover"].path)
-        assert page.is_visible("#lung-focus-warning")
-        assert WARNING in page.inner_text("#lung-focus-warning")
-        assert "check before approving" in page.inner_text("#lung-focus-warning")
+        # a calibrated model: the plain warning lines (#risk-warnings) replace the lung-focus banner
+        assert page.locator("#lung-focus-warning").count() == 0
         assert "flagged" in page.inner_text("#lung-focus-summary")
+        assert "Error risk" in page.inner_text("#error-risk")
         check_outline_layer(page)
 
         # On by default; the checkbox hides it, L brings it back; the heat map itself never goes.

@@ -121,7 +121,7 @@ def test_film_probabilities_and_verdict_controls_fit_1280x720_on_a_flagged_case(
         page = context.new_page()
         log_in(page, live_server, f"/cases/{case_id}")
         page.wait_for_function("() => Array.from(document.images).every(i => i.complete)")
-        assert page.is_visible("#lung-focus-warning")
+        assert page.is_visible("#error-risk")
         shots.take(page, f"reading-{width}x{height}")
         for selector in ("#overlay-main", "table.probs", "#approve-btn", "#reject-btn"):
             box = page.locator(selector).first.bounding_box()

@@ -71,7 +71,7 @@ def test_review_flow(page: Any, live_server: LiveServer, films: dict[str, Film],
     widths = image_widths(page, "#overlay-main, .class-thumb img.heatmap")
     assert len(widths) == 5 and all(w > 0 for w in widths), widths
     assert "pediatric (Kermany)" in page.inner_text(".caveat")
-    assert "red = strongest evidence for this class" in page.inner_text(".legend")
+    assert "right = strongest evidence for this class" in page.inner_text(".legend")
     assert page.is_visible("img[src='/legend/colorbar.png']")
     assert image_widths(page, ".legend img")[0] > 0
     shots.take(page, "02-case")
@@ -100,8 +100,10 @@ def test_review_flow(page: Any, live_server: LiveServer, films: dict[str, Film],
     assert page.url == f"{server.url}/cases/{compare_case}/compare"
     rows = page.locator("#compare-grid tbody tr")
     assert rows.count() == 2
-    widths = image_widths(page, "#compare-grid img")
+    widths = image_widths(page, "#compare-grid img:not(.lung-outline)")
     assert len(widths) == 2 * 5 and all(w > 0 for w in widths), widths
+    outlines = image_widths(page, "#compare-grid img.lung-outline")  # over every class's heat map
+    assert len(outlines) == 2 * 4 and all(w > 0 for w in outlines), outlines
     assert page.locator("#compare-grid td.is-predicted").count() == 2
     shots.take(page, "05-compare", full_page=True)
 

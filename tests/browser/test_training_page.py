@@ -125,7 +125,13 @@ def test_admin_trains_watches_progress_reads_report_and_promotes(serve: LiveServ
     shots.take(page, "training-03-report", full_page=True)
 
     # Promote the new version from the report; it becomes the active model.
-    page.click("#promote")
+    page.click("#promote")  # the confirmation page: both models' figures, a reason if the rule needs one
+    page.wait_for_selector("#comparison")
+    if page.locator("#reason-needed").count():
+        page.fill("textarea[name=reason]", "smoke run: checking the promotion path")
+    page.click("#activate-submit")
+    page.wait_for_selector("#activated")
+    page.click("#activate .actions a")  # back to the job page
     page.wait_for_url(f"{serve.url}/admin/training/{job_id}")
     assert "is active" in page.inner_text("#model-active")
     page.goto(f"{serve.url}/admin/audit")

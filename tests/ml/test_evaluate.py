@@ -36,6 +36,7 @@ TOP_LEVEL_KEYS = {
     "by_age_group",
     "three_group",
     "confound",  # the age/source shortcut (ml.confound)
+    "error_risk",  # calibration and warnings that predict errors (ml.risk_report)
 }
 FOCUS_KEYS = {"n", "median", "flagged_share", "right_for_right_reasons", "median_lung_area"}
 
@@ -238,3 +239,27 @@ def test_evaluate_without_lung_focus_and_with_another_threshold(small_dataset: P
     strict = evaluate_checkpoint(DEFAULT_CHECKPOINT, small_dataset, split="test", lung_threshold=1.0)
     assert strict["lung_focus"]["overall"]["flagged_share"] == 1.0
     assert strict["lung_focus"]["overall"]["median"] == pytest.approx(report["lung_focus"]["overall"]["median"])
+
+
+def test_error_risk_section_tells_wrong_from_right(report: dict[str, Any], tmp_path: Path) -> None:
+    from ml.risk_report import plot_figures
+
+    section = report["error_risk"]
+    assert section["available"] is True and section["n"] == report["n"] + report["partial_label_rows"]["pneumonia"]["n"]
+    cal = section["calibration"]
+    assert 0.0 <= cal["ece_before"] <= 1.0 and 0.0 <= cal["ece_after"] <= 1.0
+    assert sum(b["n"] for b in cal["reliability_before"]) == report["n"]  # over the 4-class rows
+    assert {"error_risk", "max_prob", "class_distance", "lung_focus_ratio"} <= set(section["signals"])
+    rows = section["warnings"]["all"]["any"]
+    assert rows["wrong"] == section["wrong"] and rows["wrong"] + rows["right"] == section["n"]
+    assert set(section["warnings"]) >= {"all", "covid19_films", "covid19_calls", "source kermany", "source hannover"}
+    rc = section["risk_coverage"]
+    assert rc["coverage"][-1] == 1.0 and rc["error_rate"][-1] == pytest.approx(section["wrong"] / section["n"])
+    written = plot_figures(section, tmp_path)
+    assert [p.name for p in written] == ["reliability.png", "risk_coverage.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+    with open(report["_csv"], newline="") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert all(0.0 <= float(r["error_risk"]) <= 1.0 for r in csv_rows)
+    warned = sum(bool(r["warnings"]) for r in csv_rows)
+    assert warned == round(sum(rows[k] * rows[f"{k}_warned"] for k in ("wrong", "right") if rows[k]))

@@ -140,3 +140,26 @@ def test_with_class_ci_adds_each_class_interval_overall_and_per_source() -> None
         list(wilson_ci95(2, 3))
     )
     assert "sensitivity_ci95" not in report["per_class"]["normal"]  # the input is left as it was
+
+
+def test_cohen_kappa_by_hand() -> None:
+    from ml.metrics import cohen_kappa
+
+    # 4 both yes, 3 both no, 2 yes/no, 1 no/yes: p_o = 0.7; p1 = 0.6, p2 = 0.5 → p_e = 0.5; κ = 0.4;
+    # SE = √(0.7·0.3 / (10·0.25)) = 0.28983; CI 0.4 ± 1.959964·0.28983.
+    pairs = [(True, True)] * 4 + [(False, False)] * 3 + [(True, False)] * 2 + [(False, True)]
+    k = cohen_kappa(pairs)
+    assert k["observed_agreement"] == pytest.approx(0.7) and k["chance_agreement"] == pytest.approx(0.5)
+    assert k["kappa"] == pytest.approx(0.4)
+    assert k["ci95"] == pytest.approx((0.4 - 1.959964 * 0.2898275, 0.4 + 1.959964 * 0.2898275), abs=1e-6)
+    assert cohen_kappa([])["kappa"] is None
+    assert cohen_kappa([(True, True)] * 3)["kappa"] is None  # chance agreement is certain: κ undefined
+
+
+def test_auroc_counts_ties_as_half() -> None:
+    from ml.metrics import auroc
+
+    # positives 1, 1, 0 against negatives 0, 1: (1 + ½) + (1 + ½) + (½ + 0) = 3.5 of 6.
+    assert auroc([1, 1, 0, 0, 1], [True, True, False, True, False]) == pytest.approx(3.5 / 6)
+    assert auroc([0.9, 0.1], [True, False]) == 1.0 and auroc([0.1, 0.9], [True, False]) == 0.0
+    assert auroc([0.5, 0.5], [True, True]) is None

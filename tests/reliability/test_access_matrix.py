@@ -145,6 +145,18 @@ def role_form(_f: Fixture) -> dict[str, Any]:
     return {"data": {"role": "admin"}}
 
 
+def reading_mode_form(_f: Fixture) -> dict[str, Any]:
+    return {"data": {"reading_mode": "film_first"}}
+
+
+def assign_form(f: Fixture) -> dict[str, Any]:
+    """A fresh reader each time: an assignment to someone who has read the case already is refused."""
+    name = f"matrix-reader-{next(f.counter)}"
+    with f.env.session() as s:
+        accounts.create_user(session=s, username=name, password=PASSWORD, role="reviewer")
+    return {"data": {"prediction_id": str(f.prediction_id), "model_id": str(f.model_id), "reviewer": name}}
+
+
 @dataclass(frozen=True)
 class Entry:
     statuses: dict[str, int]
@@ -165,6 +177,8 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/api/v1/predictions/{prediction_id}/overlays/{model_id}/{cls}.png"): Entry(api_user()),
     ("GET", "/api/v1/predictions/{prediction_id}/lung-outline/{model_id}.png"): Entry(api_user()),
     ("GET", "/api/v1/images/{image_sha256}.png"): Entry(api_user()),
+    ("GET", "/api/v1/predictions/{prediction_id}/heat-maps/{model_id}/{cls}.png"): Entry(api_user()),
+    ("GET", "/api/v1/images/{image_sha256}/thumbnail.jpg"): Entry(api_user()),
     ("POST", "/api/v1/predictions/{prediction_id}/verdicts"): Entry(api_user(201), verdict_json),
     ("GET", "/api/v1/verdicts"): Entry(api_user()),
     ("GET", "/api/v1/users"): Entry(api_admin()),
@@ -178,6 +192,7 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/api/v1/architectures"): Entry(api_admin()),
     ("GET", "/api/v1/training-datasets"): Entry(api_admin()),
     ("GET", "/api/v1/audit-log"): Entry(api_admin()),
+    ("GET", "/api/v1/analytics"): Entry(api_admin()),
     # ------------------------------------------------------------------ schema and Swagger UI
     ("GET", "/openapi.json"): Entry(api_user()),
     ("GET", "/docs"): Entry(page_user()),
@@ -188,6 +203,8 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/login"): Entry(public(revoked=401) | {"reviewer": 303, "admin": 303}),  # logged in → next
     ("POST", "/login"): Entry(public(303, revoked=403), login_form),  # revoked: no CSRF cookie
     ("POST", "/logout"): Entry(public(303, revoked=401)),
+    ("GET", "/account"): Entry(page_user()),
+    ("POST", "/account/reading-mode"): Entry(page_user(), reading_mode_form),
     ("GET", "/account/password"): Entry(page_user()),
     ("POST", "/account/password"): Entry(page_user(303), password_form),
     ("GET", "/upload"): Entry(page_user()),
@@ -200,7 +217,10 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/worklist"): Entry(page_user()),
     ("GET", "/export"): Entry(page_user()),
     ("GET", "/models"): Entry(page_user()),
-    ("POST", "/models/{model_id}/activate"): Entry(page_admin(303)),
+    ("GET", "/models/{model_id}/activate"): Entry(page_admin()),  # the confirmation page
+    ("POST", "/models/{model_id}/activate"): Entry(page_admin(303)),  # unconfirmed: → the confirmation page
+    ("POST", "/admin/assignments"): Entry(page_admin(303), assign_form),
+    ("GET", "/admin/analytics"): Entry(page_admin()),
     ("GET", "/admin/users"): Entry(page_admin()),
     ("POST", "/admin/users"): Entry(page_admin(201), user_form),
     ("POST", "/admin/users/{username}/active"): Entry(page_admin(303), deactivate_form),
@@ -387,6 +407,7 @@ def test_path_ids_beyond_integer_range_are_not_found(site: Site) -> None:
         f"/api/v1/predictions/{big}",
         f"/api/v1/predictions/{big}/overlays/{big}/normal.png",
         f"/api/v1/predictions/{big}/lung-outline/{big}.png",
+        f"/api/v1/predictions/{big}/heat-maps/{big}/normal.png",
         f"/api/v1/training-jobs/{big}",
     ):
         r = env.client.get(url, headers=env.auth("admin"))

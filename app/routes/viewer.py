@@ -1,0 +1,45 @@
+"""The case page's viewer: what it draws besides the film and the overlays of `cases`.
+
+API: GET /api/v1/predictions/{id}/heat-maps/{model_id}/{cls}.png (a heat map's values, for the page's
+own colouring, opacity and iso-lines), GET /api/v1/images/{sha256}/thumbnail.jpg (the worklist's
+thumbnails). Both authenticated and `no-store`, like every patient image.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from app.deps import CurrentUser, SessionDep, StoreDep
+from app.routes.cases import IMAGE_CACHE_HEADERS, PNG_RESPONSES
+from app.schemas import ERRORS
+from app.services import viewer
+
+api = APIRouter(prefix="/api/v1", tags=["api"])
+
+
+@api.get(
+    "/predictions/{prediction_id}/heat-maps/{model_id}/{cls}.png", response_class=Response, responses=PNG_RESPONSES
+)
+def get_heat_map(
+    prediction_id: int, model_id: int, cls: str, session: SessionDep, store: StoreDep, _user: CurrentUser
+) -> Response:
+    """One class's heat map as 8-bit grayscale values over the film (its aspect, longest side ≤ 512 px):
+    0 = no evidence, 255 = the map's maximum; 0 outside a lung-crop model's box."""
+    png = viewer.heat_map_png(session=session, store=store, prediction_id=prediction_id, model_id=model_id, cls=cls)
+    return Response(png, media_type="image/png", headers=IMAGE_CACHE_HEADERS)
+
+
+@api.get(
+    "/images/{image_sha256}/thumbnail.jpg",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}, **ERRORS},
+)
+def get_thumbnail(image_sha256: str, session: SessionDep, store: StoreDep, _user: CurrentUser) -> Response:
+    """A film's worklist thumbnail: grayscale JPEG, longest side 192 px, at most 20 KB; cached on disk."""
+    jpeg = viewer.film_thumbnail(session=session, store=store, image_sha256=image_sha256)
+    return Response(jpeg, media_type="image/jpeg", headers=IMAGE_CACHE_HEADERS)
+
+
+router = APIRouter()
+router.include_router(api)

@@ -1,0 +1,206 @@
+"""Error risk and warnings (ml/risk.py, ml/calibrate.py): the statistics on known data, the fit on a real
+tiny model, its round trip through the checkpoint, old checkpoints, and non-chest images warned."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ml import CLASSES
+from ml.calibrate import FOCUS_SHARE, OOD_SHARE, TARGET_RIGHT_SHARE, calibrate_checkpoint
+from ml.checkpoints import DEFAULT_CHECKPOINT, CheckpointMeta, read_checkpoint, read_meta
+from ml.cli_risk import FOCUS_SHARE as CLI_FOCUS
+from ml.cli_risk import OOD_SHARE as CLI_OOD
+from ml.cli_risk import TARGET_RIGHT_SHARE as CLI_TARGET
+from ml.data import read_manifest
+from ml.inference import Predictor, analyze_films
+from ml.lungseg import LungSegmenter
+from ml.metrics import auroc, expected_calibration_error
+from ml.risk import (
+    MESSAGES,
+    NO_RISK_MODEL,
+    FeatureStats,
+    fit_logistic,
+    fit_temperature,
+    lung_parts,
+    lung_shape,
+    scaled_probabilities,
+)
+from ml.transforms import load_grayscale
+from tests.support.checkpoints import write_untrained_cnnx
+from tests.support.non_chest import skimage_samples, synthetic
+
+
+# --------------------------------------------------------------------------- the statistics
+def test_temperature_recovers_the_scale_of_overconfident_logits() -> None:
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 1.5, (4000, 4))
+    labels = np.array([rng.choice(4, p=p) for p in scaled_probabilities(true_logits, 1.0)])
+    t = fit_temperature(true_logits * 3.0, labels)  # a model 3x too confident
+    assert t == pytest.approx(3.0, rel=0.1)
+    before = scaled_probabilities(true_logits * 3.0, 1.0)
+    after = scaled_probabilities(true_logits * 3.0, t)
+    right = before.argmax(1) == labels
+    assert expected_calibration_error(after.max(1), right) < expected_calibration_error(before.max(1), right) / 2
+
+
+def test_mahalanobis_distance_grows_away_from_the_training_films() -> None:
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 3, (4, 32))
+    labels = np.repeat(np.arange(4), 100)
+    feats = centres[labels] + rng.normal(0, 1, (400, 32))
+    stats = FeatureStats.fit(feats, labels)
+    inside, _ = stats.distances(centres[labels[:50]] + rng.normal(0, 1, (50, 32)))
+    outside, _ = stats.distances(centres[labels[:50]] + rng.normal(0, 1, (50, 32)) + 8.0)
+    assert np.median(inside.min(1)) < 1.5 < np.median(outside.min(1))
+    near, _ = stats.distances(centres[2:3])
+    assert int(np.argmin(near[0])) == 2
+
+
+def test_a_class_without_training_films_has_no_mean() -> None:
+    rng = np.random.default_rng(2)
+    stats = FeatureStats.fit(rng.normal(0, 1, (60, 8)), np.repeat([0, 3, -1], 20))
+    dist, residual = stats.distances(rng.normal(0, 1, (5, 8)))
+    assert np.isinf(dist[:, 1]).all() and np.isinf(dist[:, 2]).all() and np.isfinite(dist[:, [0, 3]]).all()
+    assert ((residual >= 0) & (residual <= 1)).all()
+
+
+def test_logistic_regression_learns_which_input_predicts_errors() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (600, 3))
+    y = (rng.random(600) < 1 / (1 + np.exp(-(2.0 * x[:, 1] - 1.0)))).astype(float)
+    coef, intercept = fit_logistic(x, y, penalty=0.01)
+    assert coef[1] == pytest.approx(2.0, abs=0.4) and abs(coef[0]) < 0.4 and abs(coef[2]) < 0.4
+    assert intercept == pytest.approx(-1.0, abs=0.3)
+
+
+def test_auroc_counts_ties_as_half() -> None:
+    assert auroc([0.1, 0.9], [False, True]) == 1.0
+    assert auroc([0.5, 0.5, 0.5], [False, True, True]) == 0.5
+    assert auroc([1, 2], [True, True]) is None
+
+
+def test_lung_shape_tells_two_lungs_from_one_blob() -> None:
+    two = np.zeros((256, 256), bool)
+    two[40:210, 30:115] = two[40:210, 140:225] = True
+    one = np.zeros((256, 256), bool)
+    one[60:120, 10:70] = True
+    area, balance, fill = lung_shape(two)
+    assert 0.4 < area < 0.5 and balance == pytest.approx(1.0) and 0.8 < fill < 1.0
+    assert lung_shape(one)[1] == 0.0
+    assert lung_shape(np.zeros((256, 256), bool)) == (0.0, 0.0, 0.0)
+
+
+def test_lung_parts_count_the_lungs_and_see_a_turned_film() -> None:
+    two = np.zeros((256, 256), bool)
+    two[40:210, 30:115] = two[40:210, 140:225] = True
+    parts, share, layout = lung_parts(two)
+    assert parts == 2 and share == 1.0 and 0.35 < layout < 0.5
+    turned = np.ascontiguousarray(np.rot90(two))
+    assert lung_parts(turned)[0] == 2 and lung_parts(turned)[2] < 0
+    specks = two.copy()
+    specks[228:236, 8:16] = True  # below 0.5 % of the film: not a part, but not one of the two lungs either
+    assert lung_parts(specks)[0] == 2 and lung_parts(specks)[1] < 1.0
+    assert lung_parts(np.zeros((256, 256), bool)) == (0, 0.0, -1.0)
+
+
+def test_a_coefficient_against_its_sign_is_dropped() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 1, (800, 2))
+    y = (rng.random(800) < 1 / (1 + np.exp(-(1.5 * x[:, 0] - 1.0 * x[:, 1])))).astype(float)
+    free, _ = fit_logistic(x, y)
+    assert free[0] > 1 and free[1] < -0.5
+    constrained, _ = fit_logistic(x, y, signs=(1, 1))  # input 1 may only raise the risk: dropped
+    assert constrained[0] > 1 and constrained[1] == 0.0
+
+
+def test_the_command_lines_defaults_are_the_calibrations() -> None:
+    assert (CLI_TARGET, CLI_OOD, CLI_FOCUS) == (TARGET_RIGHT_SHARE, OOD_SHARE, FOCUS_SHARE)
+
+
+# --------------------------------------------------------------------------- a real tiny model
+@pytest.fixture(scope="module")
+def calibrated(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained CNN-X (a real network, another CAM method than the bundled ResNet) calibrated on the
+    36-film dataset."""
+    folder = tmp_path_factory.mktemp("risk")
+    raw = write_untrained_cnnx(folder / "raw.pt")
+    calibrate_checkpoint(raw, [small_dataset], out=folder / "calibrated.pt")
+    return folder / "calibrated.pt"
+
+
+def test_calibration_is_stored_in_the_checkpoint_and_round_trips(calibrated: Path) -> None:
+    meta, state = read_checkpoint(calibrated)
+    raw_meta, raw_state = read_checkpoint(calibrated.parent / "raw.pt")
+    assert raw_meta.risk is None and meta.risk is not None
+    assert state.keys() == raw_state.keys() and all((state[k] == raw_state[k]).all() for k in state)
+    risk = meta.risk
+    assert risk.temperature > 0 and set(risk.class_means) == set(CLASSES)
+    assert risk.fit["train_films"] == 16 and risk.fit["val_films"] == 8
+    assert set(risk.thresholds) >= {"risk", "distance", "focus_ratio", "lung_area_min", "chest_distance"}
+    again = CheckpointMeta.from_dict(meta.to_dict())
+    assert again.risk == risk
+
+
+def test_a_calibrated_model_gives_error_risk_and_warnings(calibrated: Path, small_dataset: Path) -> None:
+    segmenter = LungSegmenter.from_checkpoint()
+    predictor = Predictor.from_checkpoint(calibrated, segmenter=segmenter)
+    films = [load_grayscale(str(r.path)) for r in read_manifest(small_dataset)[:4]]
+    for film in analyze_films(films, [predictor], segmenter):
+        p = film.predictions[0]
+        assert p.error_risk is not None and 0.0 <= p.error_risk <= 1.0 and p.error_risk_reason is None
+        assert p.signals is not None and 0.0 < p.signals.max_prob <= 1.0 and p.signals.lung_area is not None
+        assert all(w.message == MESSAGES[w.code] for w in p.warnings)
+    without_lungs = predictor.predict(films[:1])[0]  # no mask: lung signals missing, risk still given
+    assert without_lungs.error_risk is not None and without_lungs.signals.lung_focus is None  # type: ignore[union-attr]
+
+
+def test_an_old_checkpoint_keeps_loading_with_no_error_risk_and_a_reason(tmp_path: Path) -> None:
+    old = write_untrained_cnnx(tmp_path / "old.pt")
+    assert read_meta(old).risk is None
+    p = Predictor.from_checkpoint(old).predict([np.full((200, 200), 90, np.uint8)])[0]
+    assert p.error_risk is None and p.error_risk_reason == NO_RISK_MODEL and p.warnings == []
+    assert p.signals is None and p.pooled is not None
+
+
+def test_bad_shares_are_refused(small_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="target right share"):
+        calibrate_checkpoint(write_untrained_cnnx(tmp_path / "m.pt"), [small_dataset], target_right_share=1.5)
+
+
+# --------------------------------------------------------------------------- the bundled model
+@pytest.fixture(scope="module")
+def bundled() -> tuple[Predictor, LungSegmenter]:
+    segmenter = LungSegmenter.from_checkpoint()
+    predictor = Predictor.from_checkpoint(DEFAULT_CHECKPOINT, segmenter=segmenter)
+    if predictor.risk is None:
+        pytest.fail(f"the bundled model is not calibrated: {predictor.risk_reason}")
+    return predictor, segmenter
+
+
+def test_every_non_chest_image_is_warned(
+    bundled: tuple[Predictor, LungSegmenter], real_films: list[np.ndarray]
+) -> None:
+    predictor, segmenter = bundled
+    images = {**skimage_samples(), **synthetic(real_films[1])}
+    names = list(images)
+    results = analyze_films([images[n] for n in names], [predictor], segmenter)
+    unwarned = [n for n, f in zip(names, results, strict=True) if not f.predictions[0].warnings]
+    assert unwarned == []
+    not_chest = [n for n, f in zip(names, results, strict=True)
+                 if any(w.code == "not_frontal_chest_xray" for w in f.predictions[0].warnings)]  # fmt: skip
+    photos = [n for n in names if n.startswith("skimage:")]
+    assert len(set(photos) & set(not_chest)) >= math.ceil(0.8 * len(photos))  # measured: 20 of 24
+
+
+def test_real_chest_films_are_mostly_not_called_non_chest(
+    bundled: tuple[Predictor, LungSegmenter], real_records: list, adult_records: list
+) -> None:
+    predictor, segmenter = bundled
+    records = [r for r in [*real_records, *adult_records] if r.split == "test"][::25]
+    results = analyze_films([load_grayscale(str(r.path)) for r in records], [predictor], segmenter)
+    called = sum(any(w.code == "not_frontal_chest_xray" for w in f.predictions[0].warnings) for f in results)
+    assert called <= max(1, len(records) // 20)
