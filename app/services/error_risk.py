@@ -48,13 +48,18 @@ def stored_columns(out: ModelOutput) -> dict[str, Any]:
     }
 
 
-def view(result: PredictionResult) -> RiskView:
+def view(result: PredictionResult, *, lung_flagged: bool = False) -> RiskView:
+    """The stored error risk and warnings; `lung_flagged`: the result's lung focus is flagged at the service's
+    threshold (CXR_LUNG_FOCUS_THRESHOLD), which adds `outside_lungs` when the model's own cut-off did not, so
+    a flagged result always says so in its warnings (one rule for the flag wherever it is shown)."""
     if result.warnings is None and result.error_risk is None and result.error_risk_reason is None:
         return RiskView(None, STORED_BEFORE, [])
     warnings = [
         {"code": str(w["code"]), "message": str(w.get("message") or MESSAGES.get(str(w["code"]), w["code"]))}
         for w in result.warnings or []
     ]
+    if lung_flagged and all(w["code"] != "outside_lungs" for w in warnings):
+        warnings.append({"code": "outside_lungs", "message": MESSAGES["outside_lungs"]})
     return RiskView(result.error_risk, result.error_risk_reason, warnings)
 
 

@@ -125,6 +125,7 @@ def export_rows(
         r = v.result
         p = r.prediction
         focus = lung_focus.of_predicted_class(r, threshold)
+        flagged = focus is not None and focus.flagged
         rows.append(
             {
                 "verdict_id": v.id,
@@ -158,7 +159,7 @@ def export_rows(
                 "lung_focus_threshold": threshold if focus is not None else None,
                 "lungseg_sha256": r.lungseg_sha256,
                 "error_risk": r.error_risk,
-                "warnings": [w["code"] for w in error_risk.view(r).warnings],
+                "warnings": [w["code"] for w in error_risk.view(r, lung_flagged=flagged).warnings],
             }
         )
     return rows

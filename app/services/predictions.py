@@ -252,16 +252,17 @@ def result_views(prediction: Prediction, *, threshold: float) -> list[ResultView
     views = []
     for r in prediction.results:
         by_class = lung_focus.by_class(r, threshold)
+        focus = by_class.get(r.predicted_class) if by_class is not None else None
         views.append(
             ResultView(
                 result=r,
                 model=r.model,
                 overlays={c: overlay_url(prediction.id, r.model_id, c) for c in overlay_classes(r)},
-                lung_focus=by_class.get(r.predicted_class) if by_class is not None else None,
+                lung_focus=focus,
                 lung_focus_by_class=by_class,
                 lung_outline_url=lung_outline_url(prediction.id, r.model_id) if by_class is not None else None,
                 input_box=_box(r),
-                risk=error_risk.view(r),
+                risk=error_risk.view(r, lung_flagged=focus is not None and focus.flagged),
             )
         )
     return views

@@ -295,8 +295,8 @@ def worklist(
             model=r.model,
             verdict_count=int(n),
             latest_verdict=last_verdicts.get(last_id) if last_id is not None and (not blind or r.id in seen) else None,
-            lung_focus=lung_focus.of_predicted_class(r, threshold),
-            risk=error_risk.view(r),
+            lung_focus=(focus := lung_focus.of_predicted_class(r, threshold)),
+            risk=error_risk.view(r, lung_flagged=focus is not None and focus.flagged),
         )
         for r, n, last_id in rows
     ]

@@ -12,6 +12,7 @@ import csv
 import io
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -142,3 +143,25 @@ def test_results_stored_before_error_risk_read_as_not_available(
     new = env.upload(films["hannover"].data).json()
     order = [i["prediction_id"] for i in get(env, "/api/v1/predictions?reviewed=any").json()["items"]]
     assert order.index(new["id"]) < order.index(old["id"])  # results without a risk come last
+
+
+def test_a_result_flagged_at_the_service_threshold_says_so_in_its_warnings(
+    tmp_path: Path, films: dict[str, Film]
+) -> None:
+    """The lung-focus flag follows CXR_LUNG_FOCUS_THRESHOLD; whatever the model's own cut-off, a flagged
+    result carries `outside_lungs`, in the API, the worklist and the export, and an unflagged one only
+    when the model's cut-off put it there."""
+    results = {}
+    for threshold in (1.0, 0.0):
+        with ExitStack() as stack:
+            env = start_env(stack, tmp_path / str(threshold), lung_focus_threshold=threshold)
+            body = env.upload(films["kermany"].data).json()
+            (result,) = body["results"]
+            results[threshold] = result
+            assert result["lung_focus"]["flagged"] is (threshold == 1.0)
+            (item,) = get(env, "/api/v1/predictions?reviewed=any").json()["items"]
+            assert item["warnings"] == result["warnings"]
+    flagged_codes = [w["code"] for w in results[1.0]["warnings"]]
+    assert "outside_lungs" in flagged_codes
+    stored = [w["code"] for w in results[0.0]["warnings"]]
+    assert flagged_codes == stored + ([] if "outside_lungs" in stored else ["outside_lungs"])

@@ -250,7 +250,7 @@ def test_viewer_controls_and_verdict_fit_the_screen_on_a_flagged_case(
         context = chromium.new_context(viewport={"width": width, "height": height}, device_scale_factor=1)
         page = context.new_page()
         open_case(page, live_server, case_id)
-        assert page.is_visible("#lung-focus-warning")
+        assert page.is_visible("#lung-focus-warning, #risk-warnings")  # the tallest side pane: a warning box
         shots.take(page, f"viewer-{width}x{height}")
         for selector in ("#viewer .view-overlay .vw-port", "#vw-tools", "table.probs", "#approve-btn", "#reject-btn"):
             box = page.locator(selector).first.bounding_box()
