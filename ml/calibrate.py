@@ -22,6 +22,11 @@ Cut-offs (`fit_thresholds`), all chosen on validation films only:
   quantile, and ood_distance / feature_residual below
   `CHEST_MARGIN` × their maxima over the validation films.
 
+Which inputs the regression uses is chosen on validation too, by 5-fold cross-validation
+(`select_inputs`): every input (signs enforced) against confidence alone (max probability and entropy).
+The fit in-sample always looks at least as good with more inputs; out of fold it need not, and when the
+extra inputs do not help on films the fit has not seen, the smaller model is kept.
+
 The result is written into the checkpoint's meta (`risk`), atomically, weights untouched.
 """
 
@@ -146,6 +151,42 @@ def fit_thresholds(
     return replace(partial, risk=best)
 
 
+CONFIDENCE_INPUTS = ("max_prob", "entropy")
+CV_FOLDS = 5
+
+
+def _fit_subset(z: np.ndarray, y: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, float]:
+    """fit_logistic on the `keep` columns of standardised inputs; the others' coefficients are 0."""
+    coef = np.zeros(z.shape[1])
+    sub, intercept = fit_logistic(z[:, keep], y, signs=[s for s, k in zip(RISK_SIGNS, keep, strict=True) if k])
+    coef[keep] = sub
+    return coef, intercept
+
+
+def select_inputs(z: np.ndarray, wrong: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+    """Which inputs the error-risk regression keeps (a bool mask over RISK_INPUTS), by the out-of-fold AUROC
+    of `CV_FOLDS`-fold cross-validation on the validation films `z` (standardised); ties keep the smaller
+    model. Returns the mask and the figures."""
+    candidates = {
+        "all": np.ones(len(RISK_INPUTS), bool),
+        "confidence": np.array([name in CONFIDENCE_INPUTS for name in RISK_INPUTS]),
+    }
+    folds = np.random.default_rng(seed).permutation(len(z)) % CV_FOLDS
+    scores: dict[str, float | None] = {}
+    for name, keep in candidates.items():
+        out = np.zeros(len(z))
+        for k in range(CV_FOLDS):
+            train, test = folds != k, folds == k
+            if wrong[train].all() or not wrong[train].any():
+                out[test] = wrong[train].mean()
+                continue
+            coef, intercept = _fit_subset(z[train], wrong[train].astype(np.float64), keep)
+            out[test] = z[test] @ coef + intercept
+        scores[name] = auroc(out, wrong)
+    chosen = "all" if (scores["all"] or 0.0) > (scores["confidence"] or 0.0) else "confidence"
+    return candidates[chosen], {"chosen": chosen, "cv_auroc": scores, "folds": CV_FOLDS}
+
+
 def warned_shares(warned: np.ndarray, wrong: np.ndarray) -> dict[str, float | None]:
     return {
         "wrong_warned": float(warned[wrong].mean()) if wrong.any() else None,
@@ -211,8 +252,11 @@ def calibrate_checkpoint(
     x = input_matrix(signals)
     mean, std = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
     mean, std = np.nan_to_num(mean, nan=0.0), np.nan_to_num(std, nan=1.0)
+    selection: dict[str, Any] | None = None
     if wrong.any() and (~wrong).any():
-        coef, intercept = fit_logistic(standardise(x, mean, std), wrong.astype(np.float64), signs=RISK_SIGNS)
+        z = standardise(x, mean, std)
+        keep, selection = select_inputs(z, wrong)
+        coef, intercept = _fit_subset(z, wrong.astype(np.float64), keep)
     else:  # nothing to tell apart: the validation error rate for every film
         rate = float(np.clip(wrong.mean(), 1e-3, 1 - 1e-3))
         coef, intercept = np.zeros(len(RISK_INPUTS)), float(np.log(rate / (1 - rate)))
@@ -233,6 +277,7 @@ def calibrate_checkpoint(
             scaled_probabilities(logits, temperature).max(1)[full], ~wrong[full]
         ),
         "val_warned": warned_shares(warned, wrong),
+        "input_selection": selection,
         "settings": {
             "target_right_share": target_right_share,
             "ood_share": ood_share,

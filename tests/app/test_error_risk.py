@@ -64,7 +64,11 @@ def test_results_carry_error_risk_and_warnings_everywhere(env: Env, films: dict[
     check_result(bundled)
     old_style = by_model[ids[UNTRAINED_CNNX]]  # a checkpoint without calibration: null, with the reason
     assert old_style["error_risk"] is None and old_style["error_risk_reason"] == NO_RISK_MODEL
-    assert old_style["warnings"] == []
+    # no warnings of its own; only the service's lung-focus flag, when it is flagged
+    flagged = old_style["lung_focus"] is not None and old_style["lung_focus"]["flagged"]
+    assert old_style["warnings"] == (
+        [{"code": "outside_lungs", "message": MESSAGES["outside_lungs"]}] if flagged else []
+    )
 
     detail = get(env, f"/api/v1/predictions/{body['id']}").json()
     assert {r["model_id"]: (r["error_risk"], r["warnings"]) for r in detail["results"]} == {

@@ -204,3 +204,22 @@ def test_real_chest_films_are_mostly_not_called_non_chest(
     results = analyze_films([load_grayscale(str(r.path)) for r in records], [predictor], segmenter)
     called = sum(any(w.code == "not_frontal_chest_xray" for w in f.predictions[0].warnings) for f in results)
     assert called <= max(1, len(records) // 20)
+
+
+def test_input_selection_keeps_extra_inputs_only_when_they_help_out_of_fold() -> None:
+    from ml.calibrate import select_inputs
+    from ml.risk import RISK_INPUTS
+
+    rng = np.random.default_rng(0)
+    n = 400
+    z = rng.normal(size=(n, len(RISK_INPUTS)))
+    distance = RISK_INPUTS.index("log_class_distance")
+    # errors follow confidence alone: the other inputs are noise, the smaller model is kept
+    wrong = rng.random(n) < 1 / (1 + np.exp(2.0 * z[:, 0] + 1.0))
+    keep, figures = select_inputs(z, wrong)
+    assert figures["chosen"] == "confidence" and keep.sum() == 2
+    # errors follow the distance to the class mean: confidence alone cannot see them
+    wrong = rng.random(n) < 1 / (1 + np.exp(-2.5 * z[:, distance] + 1.0))
+    keep, figures = select_inputs(z, wrong)
+    assert figures["chosen"] == "all" and keep.all()
+    assert figures["cv_auroc"]["all"] > figures["cv_auroc"]["confidence"] + 0.1
