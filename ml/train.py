@@ -46,6 +46,7 @@ from ml.checkpoints import (
     file_sha256,
     load_init_weights,
     read_checkpoint,
+    read_meta,
     save_checkpoint,
 )
 from ml.config import TrainConfig
@@ -77,6 +78,12 @@ log = logging.getLogger(__name__)
 
 class TrainingCancelled(Exception):
     """Raised by a progress callback to stop training between steps."""
+
+
+def _needs_calibration(best: Path, *, trained: bool) -> bool:
+    """best.pt gets its error-risk calibration after this call trained an epoch, or when it has none (a
+    resumed run with nothing left to train leaves a calibrated best.pt untouched)."""
+    return best.is_file() and (trained or read_meta(best).risk is None)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -462,8 +469,8 @@ def train(config: TrainConfig, *, callback: Callable[[dict[str, Any]], None] | N
         if runtime.distributed:
             dist.barrier()
 
-    if is_main and config.calibrate and (out_dir / "best.pt").is_file():  # goes live with its own cut-offs
-        from ml.calibrate import calibrate_checkpoint
+    if is_main and config.calibrate and _needs_calibration(out_dir / "best.pt", trained=start_epoch <= config.epochs):
+        from ml.calibrate import calibrate_checkpoint  # goes live with its own cut-offs
 
         calibrate_checkpoint(out_dir / "best.pt", config.data_dirs, lungseg_checkpoint=config.lungseg_checkpoint,
                              batch_size=config.batch_size, log=print)  # fmt: skip

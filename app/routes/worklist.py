@@ -54,10 +54,15 @@ def worklist(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
     q: Annotated[
-        str | None, Query(max_length=200, description="case id, file name (or part of it) or image sha256 prefix")
+        str | None,
+        Query(
+            max_length=200,
+            pattern=r"^[^\x00-\x1f\x7f]*$",
+            description="case id, file name (or part of it) or image sha256 prefix (no control characters)",
+        ),
     ] = None,
 ) -> schemas.WorklistOut:
-    """Results waiting for review. `sort=priority`: least-confident first (see `priority` in the reply);
+    """Results waiting for review. `sort=priority`: highest error risk first (see `priority` in the reply);
     `sort=flagged`: results whose lung focus is flagged first, then the rest in priority order.
     Blind reading: `latest_verdict` is null for a reviewer until they have given their own verdict."""
     threshold = settings.lung_focus_threshold

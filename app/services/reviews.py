@@ -305,7 +305,7 @@ def worklist(
 
 def _search_clause(text: str) -> Any:
     """Case id, file name (substring, case-insensitive) or image sha256 prefix (≥ 4 hex digits)."""
-    needle = text.lstrip("#")
+    needle = "".join(c for c in text if c >= " " and c != "\x7f").lstrip("#")  # no NUL etc. (PostgreSQL refuses them)
     like = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     clauses: list[Any] = [func.lower(Prediction.filename).like(f"%{like.lower()}%", escape="\\")]
     if needle.isdigit() and is_row_id(int(needle)):
