@@ -178,10 +178,9 @@ def lung_parts(mask: np.ndarray) -> tuple[int, float, float]:
     h, w = m.shape
     rows = (np.arange(h) * PART_GRID // h)[:, None]
     cols = (np.arange(w) * PART_GRID // w)[None, :]
-    grid = np.zeros((PART_GRID, PART_GRID), np.float64)
-    counts = np.zeros_like(grid)
-    np.add.at(grid, (np.broadcast_to(rows, m.shape), np.broadcast_to(cols, m.shape)), m)
-    np.add.at(counts, (np.broadcast_to(rows, m.shape), np.broadcast_to(cols, m.shape)), 1.0)
+    cell = (rows * PART_GRID + cols).ravel()  # each pixel's grid cell; bincount sums exactly (0/1 values)
+    grid = np.bincount(cell, weights=m.ravel(), minlength=PART_GRID * PART_GRID).reshape(PART_GRID, PART_GRID)
+    counts = np.bincount(cell, minlength=PART_GRID * PART_GRID).reshape(PART_GRID, PART_GRID).astype(np.float64)
     cells = grid / np.maximum(counts, 1.0) >= 0.5
     label = np.zeros(cells.shape, np.int32)
     parts: list[tuple[int, float, float]] = []  # (size, mean row, mean column) in grid units
