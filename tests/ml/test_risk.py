@@ -223,3 +223,17 @@ def test_input_selection_keeps_extra_inputs_only_when_they_help_out_of_fold() ->
     keep, figures = select_inputs(z, wrong)
     assert figures["chosen"] == "all" and keep.all()
     assert figures["cv_auroc"]["all"] > figures["cv_auroc"]["confidence"] + 0.1
+
+
+def test_lung_parts_counts_8_connected_parts_with_their_centres() -> None:
+    from ml.risk import PART_GRID, lung_parts
+
+    two = np.zeros((256, 256), bool)
+    two[64:192, 32:96] = True  # left lung
+    two[64:192, 160:224] = True  # right lung
+    parts, share, layout = lung_parts(two)
+    assert (parts, share) == (2, 1.0)
+    assert layout == pytest.approx(32 / PART_GRID)  # centres 32 cells apart side by side, same height
+    diagonal = np.eye(PART_GRID, dtype=bool).repeat(4, 0).repeat(4, 1)  # touching only at corners
+    assert lung_parts(diagonal)[:2] == (1, 1.0)  # 8-connected: one part
+    assert lung_parts(np.zeros((100, 100), bool)) == (0, 0.0, -1.0)
