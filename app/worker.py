@@ -214,6 +214,8 @@ class JobRun:
                 if tail is not None:
                     for event in tail.read():
                         self.progress.apply(event)
+                        if event.get("type") == "epoch":  # each epoch's row and progress, however fast
+                            self.beat(force=True)
                 if code is not None:
                     break
                 self.beat()
