@@ -80,9 +80,19 @@ class Settings(BaseSettings):
     (under load the queue fills while the workers are busy, so batches form by themselves, and a
     lone request never waits); above 0, fuller batches when requests arrive spread out, at up to
     this much added latency."""
+    inference_idle_trim_seconds: float = Field(default=1.0, ge=0)
+    """After this long without work the executor gives its heaps' free pages back to the OS (glibc
+    malloc_trim), so the memory a burst of large batches took does not stay with the process; 0: never.
+    Uploads arriving closer together than this never pay for it."""
     inference_queue_films: int = Field(default=64, ge=1)
     """Films the executor queue holds (a `models=all` film counts once); an upload that does not fit
     is answered 503 with Retry-After, before anything is stored."""
+    malloc_mmap_threshold_bytes: int | None = Field(default=None, ge=0)
+    """glibc only: a fixed mmap threshold for the server process (heap blocks this large are mmap'ed and
+    returned to the OS on free). None keeps glibc's dynamic threshold. A fixed one keeps the RSS of a
+    process that runs torch in many threads from ratcheting up, but every large tensor buffer then
+    costs page faults: 128 KiB made a resnet18 forward ~35 % slower. With the executor only its few
+    threads run torch, so the dynamic default keeps the RSS flat (bench/load.py prints it)."""
     preload_models: bool = True
     """Load the active model's weights at start (the first prediction is then as fast as the rest)."""
 

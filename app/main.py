@@ -174,18 +174,14 @@ def _error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": "internal server error"}, status_code=500)
 
 
-MMAP_THRESHOLD_BYTES = 128 * 1024
-"""Heap blocks at least this large are mmap'ed and given back to the OS when freed (see below)."""
-
-
-def fix_malloc_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """Keep the server's memory from ratcheting up with concurrent predictions (glibc only).
+def fix_malloc_mmap_threshold(threshold: int) -> bool:
+    """A fixed glibc mmap threshold (`Settings.malloc_mmap_threshold_bytes`).
 
     glibc raises its mmap threshold each time a large mmap'ed block is freed (up to 32 MiB), after which
-    torch's tensor buffers come from the per-thread heaps, which keep their peak: 16 concurrent clients
-    grew the RSS by ~20 % over 1,000 predictions (bench/load.py) and it never came back. A fixed threshold
-    (which also switches the dynamic adjustment off) keeps large buffers mmap'ed, returned on free: the
-    RSS stays flat. Returns False where the C library has no mallopt (not glibc)."""
+    tensor buffers come from the per-thread heaps, which keep their peak. When torch ran in every request
+    thread, 16 concurrent clients grew the RSS by ~20 % over 1,000 predictions that way; a fixed threshold
+    (which also switches the dynamic adjustment off) keeps large buffers mmap'ed, returned on free, at
+    the price of page faults on every large buffer. Returns False where the C library has no mallopt."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
@@ -206,7 +202,8 @@ def build_context(settings: Settings, *, announce: Any = None) -> AppContext:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-    fix_malloc_mmap_threshold()
+    if settings.malloc_mmap_threshold_bytes is not None:
+        fix_malloc_mmap_threshold(settings.malloc_mmap_threshold_bytes)
     lungseg = settings.resolved_lungseg_checkpoint
     if not lungseg.is_file():  # every upload needs it: refuse to start rather than fail each request
         raise SettingsError(f"CXR_LUNGSEG_CHECKPOINT: lung segmenter checkpoint {lungseg} not found")

@@ -13,6 +13,11 @@ Threads: `workers` × torch's intra-op threads is meant to equal the cores (see 
 `inference_workers`, `torch_threads`): however many requests arrive, at most that many threads run
 torch, so a busy server never oversubscribes its CPU.
 
+Memory: torch's buffers come from the workers' heaps, which keep their peak (a batch of 8 films) after
+a burst. When the executor has been idle for `idle_trim_s`, one worker gives the heaps' free pages back
+to the OS (glibc `malloc_trim`); a steady stream of uploads never pays for it (the next forward would
+fault the pages in again).
+
 Back-pressure: the queue holds at most `max_queue` films. `submit(..., wait=False)` (the web
 service) refuses a film that does not fit with `OverloadedError` (HTTP 503 with Retry-After) before
 anything is written; `wait=True` (the batch command) blocks until there is room.
@@ -20,6 +25,7 @@ anything is written; `wait=True` (the batch command) blocks until there is room.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import threading
@@ -37,6 +43,16 @@ from ml.inference import FilmResult, Predictor, analyze_films
 from ml.lungseg import LungSegmenter
 
 log = logging.getLogger(__name__)
+
+
+def _malloc_trim() -> bool:
+    """Give the C heaps' free pages back to the OS (glibc); False where there is no malloc_trim."""
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
 
 
 @dataclass
@@ -63,10 +79,18 @@ class InferenceExecutor:
         max_wait_ms: float = 0.0,
         max_queue: int = 64,
         torch_threads: int | None = None,
+        idle_trim_s: float | None = None,
         name: str = "inference",
     ) -> None:
         if workers < 1 or max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError("workers, max_batch and max_queue must be >= 1 and max_wait_ms >= 0")
+        if idle_trim_s is not None and idle_trim_s <= 0:
+            raise ValueError("idle_trim_s must be > 0 (None: never trim)")
+        self.idle_trim_s = idle_trim_s
+        self._trim_due = False  # work ran since the last trim
+        self._last_done = 0.0  # when the last batch ended (monotonic)
+        self.trims = 0
+        """How many times an idle worker trimmed the heaps (for tests)."""
         self.workers, self.max_batch, self.max_queue = workers, max_batch, max_queue
         self.max_wait_s = max_wait_ms / 1000.0
         self.torch_threads = torch_threads
@@ -90,6 +114,7 @@ class InferenceExecutor:
             max_wait_ms=settings.inference_batch_wait_ms,
             max_queue=settings.inference_queue_films,
             torch_threads=settings.torch_threads,
+            idle_trim_s=settings.inference_idle_trim_seconds or None,
         )
 
     # -- submitting ----------------------------------------------------------------------------
@@ -156,7 +181,20 @@ class InferenceExecutor:
             while not self._queue:
                 if self._closed:
                     return None
-                self._cond.wait()
+                if not self._trim_due or self._busy:  # nothing to give back, or a batch is running
+                    self._cond.wait()
+                    continue
+                idle = time.monotonic() - self._last_done
+                if self.idle_trim_s is not None and idle < self.idle_trim_s:
+                    self._cond.wait(self.idle_trim_s - idle)
+                    continue
+                self._trim_due = False  # this worker trims; the others go back to waiting
+                self._cond.release()
+                try:
+                    trimmed = _malloc_trim()
+                finally:
+                    self._cond.acquire()
+                self.trims += trimmed
             first = self._queue.popleft()
             batch = [first]
             deadline = time.monotonic() + self.max_wait_s
@@ -189,6 +227,9 @@ class InferenceExecutor:
                     per_film = (time.perf_counter() - t0) / len(live)
                     self._film_seconds = 0.8 * self._film_seconds + 0.2 * per_film
                 self.batches = [*self.batches[-999:], len(live)]
+                if self.idle_trim_s is not None:
+                    self._trim_due, self._last_done = True, time.monotonic()
+                    self._cond.notify_all()  # idle workers start the idle clock from now
 
     @staticmethod
     def _resolve(jobs: list[_Job]) -> None:

@@ -5,6 +5,7 @@ with nothing written. Real bundled models and real films throughout (nothing her
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,6 +60,48 @@ def test_micro_batches_give_the_single_film_results(
     assert sorted(executor.batches) == [2, 4]  # six films queued at once: one full batch, then the rest
     for gray, result in zip(grays, results, strict=True):
         assert_same_result(result, analyze_film(gray, [predictor], segmenter))
+
+
+def wait_for(condition: Any, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_an_idle_executor_gives_its_heap_back_once_per_idle_spell(
+    grays: list[np.ndarray], predictor: Predictor, segmenter: LungSegmenter
+) -> None:
+    executor = InferenceExecutor(workers=2, max_batch=4, idle_trim_s=0.3)
+    try:
+        assert executor.trims == 0 and not wait_for(lambda: executor.trims > 0, 1.0)  # no work yet: nothing to give
+        executor.run(grays[:3], [predictor], segmenter)
+        assert wait_for(lambda: executor.trims == 1)
+        assert not wait_for(lambda: executor.trims > 1, 1.0)  # once per idle spell, by one of the two workers
+        executor.run(grays[:1], [predictor], segmenter)
+        assert wait_for(lambda: executor.trims == 2)
+    finally:
+        executor.close()
+
+
+def test_films_closer_together_than_the_idle_time_are_never_slowed_by_a_trim(
+    grays: list[np.ndarray], predictor: Predictor, segmenter: LungSegmenter
+) -> None:
+    executor = InferenceExecutor(workers=1, idle_trim_s=30.0)
+    never = InferenceExecutor(workers=1, idle_trim_s=None)  # CXR_INFERENCE_IDLE_TRIM_SECONDS=0
+    try:
+        for gray in grays:
+            executor.run([gray], [predictor], segmenter)
+            never.run([gray], [predictor], segmenter)
+        assert executor.trims == 0
+        assert not wait_for(lambda: never.trims > 0, 1.0)
+        with pytest.raises(ValueError, match="idle_trim_s"):
+            InferenceExecutor(idle_trim_s=0)
+    finally:
+        executor.close()
+        never.close()
 
 
 class BlockingSegmenter:
