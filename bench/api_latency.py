@@ -10,7 +10,7 @@ bundled default model, creates a reviewer and token with the CLI, then measures:
                   every upload is made unique (bytes after the JPEG end marker), so none is deduplicated
   api 8 clients   8 threads posting at once (per-request latency and throughput)
 
-Target: sequential API p50 <= 2 x (forward p50 + lung mask p50 + decode p50). The machine may be
+Target: sequential API p50 <= 1.3 x (forward p50 + lung mask p50 + decode p50). The machine may be
 shared (e.g. with a training run); the load average is printed so the numbers can be read in context.
 
 Usage: python bench/api_latency.py [--requests 40] [--concurrency 8] [--image PATH]
@@ -108,10 +108,10 @@ def main() -> int:
         f"throughput with {args.concurrency} clients: {len(concurrent) / wall:.2f} requests/s "
         f"(sequential: {1000 / summary(sequential)[2]:.2f} requests/s)"
     )
-    budget = 2 * (summary(forward_s)[0] + summary(lungs_s)[0] + summary(decode_s)[0])
+    budget = 1.3 * (summary(forward_s)[0] + summary(lungs_s)[0] + summary(decode_s)[0])
     api_p50 = summary(sequential)[0]
     verdict = "PASS" if api_p50 <= budget else "FAIL"
-    print(f"target: API p50 {api_p50:.1f} ms <= 2 x (forward + lung mask + decode) p50 = {budget:.1f} ms -> {verdict}")
+    print(f"target: API p50 {api_p50:.1f} ms <= 1.3 x (forward + mask + decode) p50 = {budget:.1f} ms -> {verdict}")
     return 0 if verdict == "PASS" else 1
 
 
