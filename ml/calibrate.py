@@ -23,9 +23,10 @@ Cut-offs (`fit_thresholds`), all chosen on validation films only:
   `CHEST_MARGIN` × their maxima over the validation films.
 
 Which inputs the regression uses is chosen on validation too, by 5-fold cross-validation
-(`select_inputs`): every input (signs enforced) against confidence alone (max probability and entropy).
-The fit in-sample always looks at least as good with more inputs; out of fold it need not, and when the
-extra inputs do not help on films the fit has not seen, the smaller model is kept.
+(`select_inputs`) among three nested models: confidence alone (max probability and entropy), confidence and
+the class called (`predicted_*`), and every input (signs enforced). The fit in-sample always looks at
+least as good with more inputs; out of fold it need not, and the larger model is kept only when it
+does better on films the fit has not seen (by more than `MIN_CV_GAIN`).
 
 The result is written into the checkpoint's meta (`risk`), atomically, weights untouched.
 """
@@ -152,7 +153,11 @@ def fit_thresholds(
 
 
 CONFIDENCE_INPUTS = ("max_prob", "entropy")
+CLASS_INPUTS = tuple(name for name in RISK_INPUTS if name.startswith("predicted_"))
 CV_FOLDS = 5
+MIN_CV_GAIN = 0.01
+"""A larger input set is chosen only when its out-of-fold AUROC beats the smaller one's by more than this:
+with ~100 wrong validation calls, a few noise inputs move it by about as much."""
 
 
 def _fit_subset(z: np.ndarray, y: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, float]:
@@ -167,9 +172,10 @@ def select_inputs(z: np.ndarray, wrong: np.ndarray, *, seed: int = 0) -> tuple[n
     """Which inputs the error-risk regression keeps (a bool mask over RISK_INPUTS), by the out-of-fold AUROC
     of `CV_FOLDS`-fold cross-validation on the validation films `z` (standardised); ties keep the smaller
     model. Returns the mask and the figures."""
-    candidates = {
-        "all": np.ones(len(RISK_INPUTS), bool),
+    candidates = {  # smallest first: a larger model must beat every smaller one out of fold
         "confidence": np.array([name in CONFIDENCE_INPUTS for name in RISK_INPUTS]),
+        "confidence+class": np.array([name in CONFIDENCE_INPUTS + CLASS_INPUTS for name in RISK_INPUTS]),
+        "all": np.ones(len(RISK_INPUTS), bool),
     }
     folds = np.random.default_rng(seed).permutation(len(z)) % CV_FOLDS
     scores: dict[str, float | None] = {}
@@ -183,7 +189,10 @@ def select_inputs(z: np.ndarray, wrong: np.ndarray, *, seed: int = 0) -> tuple[n
             coef, intercept = _fit_subset(z[train], wrong[train].astype(np.float64), keep)
             out[test] = z[test] @ coef + intercept
         scores[name] = auroc(out, wrong)
-    chosen = "all" if (scores["all"] or 0.0) > (scores["confidence"] or 0.0) else "confidence"
+    chosen = "confidence"
+    for name in candidates:
+        if (scores[name] or 0.0) > (scores[chosen] or 0.0) + MIN_CV_GAIN:
+            chosen = name
     return candidates[chosen], {"chosen": chosen, "cv_auroc": scores, "folds": CV_FOLDS}
 
 

@@ -218,7 +218,7 @@ def write_predictions_csv(
             )
 
 
-SIGNAL_NAMES = tuple(f.name for f in dataclasses.fields(Signals))
+SIGNAL_NAMES = tuple(f.name for f in dataclasses.fields(Signals) if f.name != "predicted_class")  # its own column
 
 
 def _signal_cells(p: Prediction) -> list[str]:

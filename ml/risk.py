@@ -28,9 +28,9 @@ its lung mask:
   Lung signals are None without a lung mask.
 
 `error_risk` is the estimated probability that the predicted class is wrong: a logistic regression
-over standardised `RISK_INPUTS` (log distances), fitted on the validation split with wrong = 1
-(`fit_logistic`: L2 penalty `L2_PENALTY`, Newton steps). A missing input (no lung mask) counts as its
-validation mean.
+over standardised `RISK_INPUTS` (log distances, and which class was called), fitted on the validation
+split with wrong = 1 (`fit_logistic`: L2 penalty `L2_PENALTY`, Newton steps). A missing input (no lung
+mask) counts as its validation mean.
 
 Warnings (`warnings_for`), each a `{code, message}`; the cut-offs (`Thresholds`) are fitted per model
 version on its own validation films (`ml.calibrate`):
@@ -75,13 +75,19 @@ RISK_INPUTS = (
     "feature_residual",
     "lung_focus",
     "lung_focus_ratio",
+    "predicted_bacterial",
+    "predicted_viral",
+    "predicted_covid19",
 )
-"""The logistic regression's inputs, computed from `Signals` by `risk_inputs`."""
-RISK_SIGNS = (-1, 1, 1, 1, 1, 1, -1, -1)
+"""The logistic regression's inputs, computed from `Signals` by `risk_inputs`. `predicted_<class>`: 1 when
+that is the predicted class, else 0 (normal is the baseline): how often a call is wrong depends on the
+class called (the bundled model's validation films: 40 % of its viral calls, 11 % of its normal and
+COVID-19 calls), which confidence alone does not carry."""
+RISK_SIGNS = (-1, 1, 1, 1, 1, 1, -1, -1, 0, 0, 0)
 """The direction each input may push the risk: more confidence, more lung focus never raise it; more
 entropy, energy, distance from the training films never lower it. An input whose fitted coefficient
 has the other sign is dropped (held at 0) and the rest refitted (`fit_logistic`), so a correlation of the
-validation films cannot make an unfamiliar film look safer."""
+validation films cannot make an unfamiliar film look safer. 0: either way (the predicted class)."""
 
 MESSAGES = {
     "out_of_distribution": "unlike the films this model was trained on",
@@ -123,8 +129,10 @@ class Signals:
     lung_parts: float | None = None
     lung_two_share: float | None = None
     lung_layout: float | None = None
+    predicted_class: str | None = None
+    """The class called (CLASSES); None in signals stored before it was recorded."""
 
-    def to_dict(self) -> dict[str, float | None]:
+    def to_dict(self) -> dict[str, float | str | None]:
         return asdict(self)
 
 
@@ -350,29 +358,36 @@ def signals_for(
                 class_distance=float(dist[i, k]),
                 ood_distance=float(dist[i][np.isfinite(dist[i])].min()),
                 feature_residual=float(residual[i]),
+                predicted_class=CLASSES[k],
                 **lung_values,
             )
         )
     return out
 
 
-def risk_inputs(s: Signals) -> list[float | None]:
-    """The values of `RISK_INPUTS` for one film (None: not available)."""
-    return [
-        s.max_prob,
-        s.entropy,
-        s.energy,
-        math.log(max(s.class_distance, 1e-6)),
-        math.log(max(s.ood_distance, 1e-6)),
-        s.feature_residual,
-        s.lung_focus,
-        s.lung_focus_ratio,
-    ]
+def risk_inputs(s: Signals) -> dict[str, float | None]:
+    """The values of `RISK_INPUTS` for one film, by name (None: not available)."""
+    called = {f"predicted_{c}": None if s.predicted_class is None else float(s.predicted_class == c) for c in CLASSES}
+    return {
+        "max_prob": s.max_prob,
+        "entropy": s.entropy,
+        "energy": s.energy,
+        "log_class_distance": math.log(max(s.class_distance, 1e-6)),
+        "log_ood_distance": math.log(max(s.ood_distance, 1e-6)),
+        "feature_residual": s.feature_residual,
+        "lung_focus": s.lung_focus,
+        "lung_focus_ratio": s.lung_focus_ratio,
+        **{name: called[name] for name in RISK_INPUTS if name.startswith("predicted_")},
+    }
 
 
-def input_matrix(signals: Sequence[Signals]) -> np.ndarray:
-    """N×len(RISK_INPUTS), NaN where an input is missing."""
-    return np.array([[np.nan if v is None else v for v in risk_inputs(s)] for s in signals], dtype=np.float64)
+def input_matrix(signals: Sequence[Signals], names: Sequence[str] = RISK_INPUTS) -> np.ndarray:
+    """N×len(names) (a checkpoint's own inputs: an earlier version's are a subset of RISK_INPUTS), NaN
+    where an input is missing."""
+    rows = [risk_inputs(s) for s in signals]
+    return np.array([[np.nan if (v := r[n]) is None else v for n in names] for r in rows], dtype=np.float64).reshape(
+        len(rows), len(names)
+    )
 
 
 def fit_logistic(
@@ -418,8 +433,10 @@ class RiskModel:
         self.meta = risk
         self.temperature = risk.temperature
         self.stats = FeatureStats.from_meta(risk)
-        if tuple(risk.inputs) != RISK_INPUTS:
-            raise ValueError(f"risk model inputs {risk.inputs} are not this version's {list(RISK_INPUTS)}")
+        unknown = [name for name in risk.inputs if name not in RISK_INPUTS]
+        if unknown:
+            raise ValueError(f"risk model inputs {unknown} are not among this version's {list(RISK_INPUTS)}")
+        self.inputs = tuple(risk.inputs)
         self.mean = np.array(risk.input_mean)
         self.std = np.array(risk.input_std)
         self.coef = np.array(risk.coef)
@@ -427,7 +444,7 @@ class RiskModel:
         self.thresholds = Thresholds.from_dict(risk.thresholds)
 
     def error_risk(self, signals: Sequence[Signals]) -> np.ndarray:
-        return error_risk(input_matrix(signals), self.mean, self.std, self.coef, self.intercept)
+        return error_risk(input_matrix(signals, self.inputs), self.mean, self.std, self.coef, self.intercept)
 
     def warnings(self, s: Signals, risk: float) -> list[RiskWarning]:
         return warnings_for(s, risk, self.thresholds)

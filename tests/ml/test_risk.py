@@ -166,6 +166,38 @@ def test_an_old_checkpoint_keeps_loading_with_no_error_risk_and_a_reason(tmp_pat
     assert p.signals is None and p.pooled is not None
 
 
+def test_a_calibration_of_an_earlier_version_keeps_its_own_inputs(calibrated: Path, small_dataset: Path) -> None:
+    """A risk section fitted before the class-called inputs existed names the eight it used: the model
+    reads those, by name, and gives the risk its coefficients give."""
+    from dataclasses import replace
+
+    from ml.risk import RISK_INPUTS, RiskModel, input_matrix, standardise
+
+    risk = read_meta(calibrated).risk
+    assert risk is not None and list(risk.inputs) == list(RISK_INPUTS)
+    old_names = [n for n in RISK_INPUTS if not n.startswith("predicted_")]
+    keep = [RISK_INPUTS.index(n) for n in old_names]
+    rng = np.random.default_rng(1)
+    old = replace(
+        risk,
+        inputs=old_names,
+        input_mean=[risk.input_mean[i] for i in keep],
+        input_std=[risk.input_std[i] for i in keep],
+        coef=list(rng.normal(size=len(keep))),
+    )
+    segmenter = LungSegmenter.from_checkpoint()
+    predictor = Predictor.from_checkpoint(calibrated, segmenter=segmenter)
+    films = [load_grayscale(str(r.path)) for r in read_manifest(small_dataset)[:3]]
+    signals = [f.predictions[0].signals for f in analyze_films(films, [predictor], segmenter)]
+    assert all(s is not None and s.predicted_class in CLASSES for s in signals)
+    x = input_matrix(signals, old_names)  # type: ignore[arg-type]
+    z = standardise(x, np.array(old.input_mean), np.array(old.input_std))
+    want = 1 / (1 + np.exp(-(z @ np.array(old.coef) + old.intercept)))
+    assert np.allclose(RiskModel(old).error_risk(signals), want)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not among"):
+        RiskModel(replace(risk, inputs=[*old_names[:-1], "an_input_from_the_future"]))
+
+
 def test_bad_shares_are_refused(small_dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="target right share"):
         calibrate_checkpoint(write_untrained_cnnx(tmp_path / "m.pt"), [small_dataset], target_right_share=1.5)
@@ -223,6 +255,16 @@ def test_input_selection_keeps_extra_inputs_only_when_they_help_out_of_fold() ->
     keep, figures = select_inputs(z, wrong)
     assert figures["chosen"] == "all" and keep.all()
     assert figures["cv_auroc"]["all"] > figures["cv_auroc"]["confidence"] + 0.1
+    # errors follow the class called (a viral call is wrong more often): confidence and the class
+    viral = RISK_INPUTS.index("predicted_viral")
+    z[:, viral] = rng.random(n) < 0.3
+    wrong = rng.random(n) < np.where(z[:, viral] > 0, 0.6, 0.1)
+    keep, figures = select_inputs(z, wrong)
+    assert figures["chosen"] == "confidence+class", figures
+    assert [RISK_INPUTS[i] for i in np.flatnonzero(keep)] == [
+        "max_prob", "entropy", "predicted_bacterial", "predicted_viral", "predicted_covid19"
+    ]  # fmt: skip
+    assert figures["cv_auroc"]["confidence+class"] > figures["cv_auroc"]["confidence"] + 0.1
 
 
 def test_lung_parts_counts_8_connected_parts_with_their_centres() -> None:
