@@ -253,8 +253,8 @@ def upload_submit(
         return again(exc.status_code, str(exc))
     except ImageDecodeError as exc:
         return again(_image_error_status(exc), str(exc))
-    if len(prediction.results) > 1:
-        return see_other(f"/cases/{prediction.id}/compare")
+    if len(prediction.results) > 1:  # asking to compare every model at upload is asking for the AI
+        return see_other(f"/cases/{prediction.id}/compare?ai=shown")
     return see_other(f"/cases/{prediction.id}")
 
 
@@ -352,20 +352,32 @@ def case_page(
 
 @pages.get("/cases/{prediction_id}/compare", response_model=None)
 def compare_page(
-    request: Request, prediction_id: int, session: SessionDep, settings: SettingsDep, user: PageUser
+    request: Request,
+    prediction_id: int,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: PageUser,
+    ai: Annotated[str | None, Query(description="'shown': show the AI even before one's own read")] = None,
 ) -> Response:
+    """Every model's maps side by side. Film first (the reader's mode): until the reader has given a
+    verdict on the case or asks for the AI (`?ai=shown`, what the case page's link carries once the AI is
+    shown there), the page shows the plain film and no probabilities, maps or warnings."""
     try:
         prediction = predictions.get_prediction(session=session, prediction_id=prediction_id)
     except ServiceError as exc:
         return error_page(request, user, exc.status_code, "Case not found", str(exc))
-    verdicts = reviews.visible_verdicts(user, reviews.verdict_history(session=session, prediction_id=prediction_id))
+    everything = reviews.verdict_history(session=session, prediction_id=prediction_id)
+    verdicts = reviews.visible_verdicts(user, everything)
     latest_by_model = {v.model_id: v.verdict for v in verdicts}
+    read = any(v.reviewer_id == user.id for v in everything)
+    held_back = reading.mode_for(user=user, settings=settings) == "film_first" and ai != "shown" and not read
     return render(
         request,
         "compare.html",
         user=user,
         prediction=prediction,
-        views=predictions.result_views(prediction, threshold=settings.lung_focus_threshold),
+        ai_held_back=held_back,
+        views=[] if held_back else predictions.result_views(prediction, threshold=settings.lung_focus_threshold),
         film_url=predictions.image_url(prediction.image.sha256),
         review_state=latest_by_model,
         lung_focus_threshold=settings.lung_focus_threshold,

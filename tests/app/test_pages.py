@@ -90,7 +90,7 @@ def upload(client: TestClient, data: bytes, name: str = "film.jpg", models: str 
 
 
 def case_id(location: str) -> int:
-    match = re.fullmatch(r"/cases/(\d+)(/compare)?", location)
+    match = re.fullmatch(r"/cases/(\d+)(/compare\?ai=shown)?", location)
     assert match, location
     return int(match.group(1))
 
@@ -332,7 +332,7 @@ def test_upload_without_csrf_token_is_refused(env: Env, reviewer: TestClient, fi
 # ------------------------------------------------------------------------------- compare
 def test_compare_all_models_shows_the_grid(env: Env, reviewer: TestClient, films: dict[str, Film]) -> None:
     r = upload(reviewer, films["kermany"].data, name="kermany.jpg", models="all")
-    assert r.status_code == 303 and r.headers["location"].endswith("/compare")
+    assert r.status_code == 303 and r.headers["location"].endswith("/compare?ai=shown")
     grid = reviewer.get(r.headers["location"])
     assert grid.status_code == 200 and grid.template.name == "compare.html"
     views = grid.context["views"]

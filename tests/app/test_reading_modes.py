@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
@@ -184,6 +185,46 @@ def test_blind_reading_in_the_api_worklist_and_export(env: Env, cases: list[dict
     after = env.client.get(url, headers=env.auth("reader2")).json()
     assert sorted(v["reviewer"] for v in after["verdicts"]) == ["reader2", "reviewer"] and after["hidden_verdicts"] == 0
     assert case["id"] in export_ids("reader2")
+
+
+def test_the_compare_page_holds_the_ai_back_until_ones_own_read_in_film_first(
+    env: Env, cases: list[dict[str, Any]]
+) -> None:
+    with env.session() as s:
+        reader = accounts.create_user(session=s, username="reader4", password="correct horse", role="reviewer")
+        token = accounts.create_api_token(session=s, user=reader).token
+    client = TestClient(env.app, follow_redirects=False)
+    login = client.get("/login")
+    r = client.post(
+        "/login", data={"username": "reader4", "password": "correct horse", "csrf_token": login.context["csrf_token"]}
+    )
+    assert r.status_code == 303, r.text
+    case = cases[3]
+    url = f"/cases/{case['id']}/compare"
+
+    held = client.get(url)  # opened by URL in film-first mode, before any read of one's own
+    assert held.status_code == 200 and held.context["ai_held_back"] is True
+    assert 'id="ai-held-back"' in held.text and case["image_url"] in held.text  # the plain film only
+    assert "/overlays/" not in held.text and 'id="compare-grid"' not in held.text
+    assert not re.search(r"\d(\.\d)? ?%", held.text)  # no probability, no lung focus
+
+    shown = client.get(f"{url}?ai=shown")  # Show AI (the case page's link carries it once the AI is shown)
+    assert shown.context["ai_held_back"] is False and 'id="compare-grid"' in shown.text
+    assert re.search(r"\d(\.\d)? ?%", shown.text)  # the probabilities the held-back page lacks
+    assert case["results"][0]["overlays"][case["results"][0]["predicted_class"]] in shown.text
+
+    verdict = {"model_id": case["results"][0]["model_id"], "verdict": "approve"}
+    r = env.client.post(
+        f"/api/v1/predictions/{case['id']}/verdicts", headers={"Authorization": f"Bearer {token}"}, json=verdict
+    )
+    assert r.status_code == 201, r.text
+    after = client.get(url)  # read: nothing is held back any more
+    assert after.context["ai_held_back"] is False and 'id="compare-grid"' in after.text
+
+    with env.session() as s:
+        reading.set_preference(session=s, user=s.get(User, reader.id), mode="ai_first")  # type: ignore[arg-type]
+    other = cases[0]
+    assert client.get(f"/cases/{other['id']}/compare").context["ai_held_back"] is False
 
 
 def test_export_filters(env: Env, cases: list[dict[str, Any]]) -> None:

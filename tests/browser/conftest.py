@@ -10,6 +10,7 @@ browser is ever downloaded. Its absence fails the test with the fix, it is not s
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -191,5 +192,33 @@ def page(chromium: Any) -> Iterator[Any]:
     page.errors, page.failed = errors, failed
     try:
         yield page
+    finally:
+        context.close()
+
+
+def log_in(
+    page: Any, server: LiveServer, path: str = "/worklist", username: str | None = None, password: str | None = None
+) -> None:
+    """Open `path`, log in on the page it sends to (the server's reviewer unless told), land on `path`."""
+    page.goto(f"{server.url}{path}")
+    page.fill("input[name=username]", username or server.username)
+    page.fill("input[name=password]", password or server.password)
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(re.escape(f"{server.url}{path}")))
+
+
+def upload_case(chromium: Any, server: LiveServer, film: Path) -> int:
+    """Upload `film` through the upload page (the active model) as the server's reviewer; the case id."""
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        log_in(page, server, "/upload")
+        page.set_input_files("input[type=file]", str(film))
+        page.click("#upload-form button[type=submit]")
+        page.wait_for_url(re.compile(r"/cases/\d+$"))
+        found = re.search(r"/cases/(\d+)", page.url)
+        assert found is not None, page.url
+        return int(found.group(1))
     finally:
         context.close()

@@ -22,7 +22,7 @@ from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.services import accounts
 from tests.app.conftest import Film
-from tests.browser.conftest import LiveServer, Shots, running_server
+from tests.browser.conftest import LiveServer, Shots, log_in, running_server, upload_case
 from tests.support.checkpoints import write_untrained_cnnx
 
 pytestmark = pytest.mark.browser
@@ -41,14 +41,6 @@ WORSE_METRICS = {
         },
     }
 }
-
-
-def log_in(page: Any, server: LiveServer, path: str, username: str, password: str) -> None:
-    page.goto(f"{server.url}{path}")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
-    page.wait_for_url(re.compile(re.escape(f"{server.url}{path}")))
 
 
 @pytest.fixture(scope="module")
@@ -70,16 +62,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 
 @pytest.fixture(scope="module")
 def case_id(live_server: LiveServer, chromium: Any, films: dict[str, Film]) -> int:
-    context = chromium.new_context()
-    page = context.new_page()
-    page.set_default_timeout(120_000)
-    log_in(page, live_server, "/upload", live_server.username, live_server.password)
-    page.set_input_files("input[type=file]", str(films["hannover"].path))
-    page.click("#upload-form button[type=submit]")
-    page.wait_for_url(re.compile(r"/cases/\d+$"))
-    case = int(re.search(r"/cases/(\d+)", page.url).group(1))
-    context.close()
-    return case
+    return upload_case(chromium, live_server, films["hannover"].path)
 
 
 def test_film_first_reveal_and_timing_are_recorded(

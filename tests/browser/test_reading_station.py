@@ -14,17 +14,9 @@ from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.services import accounts
 from tests.app.conftest import Film
-from tests.browser.conftest import LiveServer, Shots, running_server
+from tests.browser.conftest import LiveServer, Shots, log_in, running_server, upload_case
 
 pytestmark = pytest.mark.browser
-
-
-def log_in(page: Any, server: LiveServer, path: str = "/worklist") -> None:
-    page.goto(f"{server.url}{path}")
-    page.fill("input[name=username]", server.username)
-    page.fill("input[name=password]", server.password)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{server.url}{path}")
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +29,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 @pytest.fixture(scope="module")
 def case_id(live_server: LiveServer, chromium: Any, films: dict[str, Film]) -> int:
     """One Hannover film uploaded with the active model."""
-    context = chromium.new_context()
-    page = context.new_page()
-    page.set_default_timeout(120_000)
-    log_in(page, live_server, "/upload")
-    page.set_input_files("input[type=file]", str(films["hannover"].path))
-    page.click("#upload-form button[type=submit]")
-    page.wait_for_url(re.compile(r"/cases/\d+$"))
-    case = int(re.search(r"/cases/(\d+)", page.url).group(1))
-    context.close()
-    return case
+    return upload_case(chromium, live_server, films["hannover"].path)
 
 
 def test_back_after_logout_shows_no_film(page: Any, live_server: LiveServer, case_id: int) -> None:

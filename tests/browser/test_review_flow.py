@@ -45,7 +45,7 @@ def upload(page: Any, server: LiveServer, film: Path, *, compare: bool = False) 
     if compare:
         page.check("input[name=models][value=all]")
     page.click("#upload-form button[type=submit]")
-    page.wait_for_url(re.compile(r"/cases/\d+(/compare)?$"), timeout=120_000)
+    page.wait_for_url(re.compile(r"/cases/\d+(/compare\?ai=shown)?$"), timeout=120_000)
     return int(re.search(r"/cases/(\d+)", page.url).group(1))
 
 
@@ -97,7 +97,7 @@ def test_review_flow(page: Any, live_server: LiveServer, films: dict[str, Film],
 
     # Compare all models on a pediatric film: the Fig. 4 grid, every cell an image that loaded.
     compare_case = upload(page, server, films["kermany"].path, compare=True)
-    assert page.url == f"{server.url}/cases/{compare_case}/compare"
+    assert page.url == f"{server.url}/cases/{compare_case}/compare?ai=shown"
     rows = page.locator("#compare-grid tbody tr")
     assert rows.count() == 2
     widths = image_widths(page, "#compare-grid img:not(.lung-outline)")

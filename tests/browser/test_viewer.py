@@ -4,15 +4,14 @@ opacity, contours, colour map and flash change the heat map; everything by keybo
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.app.conftest import Film
-from tests.browser.conftest import LiveServer, Shots, running_server
-from tests.browser.test_reading_station import _inside, log_in
+from tests.browser.conftest import LiveServer, Shots, log_in, running_server, upload_case
+from tests.browser.test_reading_station import _inside
 
 pytestmark = pytest.mark.browser
 
@@ -40,16 +39,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 
 @pytest.fixture(scope="module")
 def case_id(live_server: LiveServer, chromium: Any, films: dict[str, Film]) -> int:
-    context = chromium.new_context()
-    page = context.new_page()
-    page.set_default_timeout(120_000)
-    log_in(page, live_server, "/upload")
-    page.set_input_files("input[type=file]", str(films["hannover"].path))
-    page.click("#upload-form button[type=submit]")
-    page.wait_for_url(re.compile(r"/cases/\d+$"))
-    case = int(re.search(r"/cases/(\d+)", page.url).group(1))
-    context.close()
-    return case
+    return upload_case(chromium, live_server, films["hannover"].path)
 
 
 def open_case(page: Any, server: LiveServer, case_id: int) -> None:
