@@ -185,18 +185,17 @@ def export_reviewed_uploads(
     for i, (sha, label) in enumerate(sorted(labels.items())):
         if i % 25 == 0:
             tick()
-        film = store.gray_path(sha)
         try:
-            store.film_png(sha)  # derived from the original on first use
+            gray = store.read_gray(sha)  # the decoded film: derived from the original on first use
         except (FileNotFoundError, ImageDecodeError):
             info["missing_files"] += 1
             continue
-        if sha in holdout["bytes"] or pixel_sha256(store.read_gray(sha)) in holdout["pixels"]:
+        if sha in holdout["bytes"] or pixel_sha256(gray) in holdout["pixels"]:
             info["excluded_holdout"] += 1
             continue
         rows.append(
             {
-                "path": str(film.resolve()),
+                "path": str(store.gray_path(sha).resolve()),
                 "label": label,
                 "source": UPLOAD_SOURCE,
                 "patient_id": f"upload-{sha[:16]}",  # no patient identity is stored; one film, one 'patient'
