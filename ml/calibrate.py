@@ -9,8 +9,10 @@ Two passes through the per-film pipeline (`ml.inference`), nothing trained by gr
    class is not the label, or not one of a partial label's candidates) and the warnings' cut-offs.
 
 Cut-offs (`fit_thresholds`), all chosen on validation films only:
-- `distance` (out_of_distribution): the (1 − `ood_share`) quantile of the right predictions' distance to
-  their class mean (default: 5 % of right validation calls warned by it);
+- `relative_distance` (out_of_distribution): the (1 − `ood_share`) quantile of the right predictions'
+  relative Mahalanobis distance (default: 5 % of right validation calls warned by it); `distance`, the
+  same quantile of their plain distance to the class mean, is kept beside it (the rule of sections
+  fitted before the relative distance, and what `evaluate` can compare it with);
 - `focus_ratio` (outside_lungs): the `focus_share` quantile of the right predictions' lung focus ratio
   (default 3 %);
 - `risk` (low_confidence): the lowest error-risk cut-off at which all warnings together mark at most
@@ -25,8 +27,11 @@ Cut-offs (`fit_thresholds`), all chosen on validation films only:
 Which inputs the regression uses is chosen on validation too, by 5-fold cross-validation
 (`select_inputs`) among three nested models: confidence alone (max probability and entropy), confidence and
 the class called (`predicted_*`), and every input (signs enforced). The fit in-sample always looks at
-least as good with more inputs; out of fold it need not, and the larger model is kept only when it
-does better on films the fit has not seen (by more than `MIN_CV_GAIN`).
+least as good with more inputs; out of fold it need not. Each set is scored by its mean AUROC over the
+folds, and the smallest set within one standard error of the best is kept (the one-standard-error rule,
+Hastie, Tibshirani & Friedman, *Elements of Statistical Learning* §7.10): with ~100 wrong validation calls a
+few inputs of pure noise can gain a point or two of AUROC by chance, and a fixed margin cannot tell that
+from a real gain; the folds' own spread can.
 
 The result is written into the checkpoint's meta (`risk`), atomically, weights untouched.
 """
@@ -128,6 +133,11 @@ def fit_thresholds(
     partial = Thresholds(
         risk=1.0 + 1e-9,
         distance=_quantile([s.class_distance for s in right], 1 - ood_share, np.inf),
+        relative_distance=(
+            _quantile([s.relative_distance for s in right], 1 - ood_share, np.inf)
+            if any(s.relative_distance is not None for s in signals)
+            else None
+        ),
         focus_ratio=_quantile([s.lung_focus_ratio for s in right], focus_share, 0.0),
         lung_area_min=0.5 * _quantile(areas, 0.005, 0.0),
         lung_area_max=min(0.9, CHEST_MARGIN * _quantile(areas, 0.995, 0.6)),
@@ -155,9 +165,6 @@ def fit_thresholds(
 CONFIDENCE_INPUTS = ("max_prob", "entropy")
 CLASS_INPUTS = tuple(name for name in RISK_INPUTS if name.startswith("predicted_"))
 CV_FOLDS = 5
-MIN_CV_GAIN = 0.01
-"""A larger input set is chosen only when its out-of-fold AUROC beats the smaller one's by more than this:
-with ~100 wrong validation calls, a few noise inputs move it by about as much."""
 
 
 def _fit_subset(z: np.ndarray, y: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, float]:
@@ -169,31 +176,34 @@ def _fit_subset(z: np.ndarray, y: np.ndarray, keep: np.ndarray) -> tuple[np.ndar
 
 
 def select_inputs(z: np.ndarray, wrong: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
-    """Which inputs the error-risk regression keeps (a bool mask over RISK_INPUTS), by the out-of-fold AUROC
-    of `CV_FOLDS`-fold cross-validation on the validation films `z` (standardised); ties keep the smaller
-    model. Returns the mask and the figures."""
-    candidates = {  # smallest first: a larger model must beat every smaller one out of fold
+    """Which inputs the error-risk regression keeps (a bool mask over RISK_INPUTS): `CV_FOLDS`-fold
+    cross-validation on the validation films `z` (standardised), each candidate scored by its folds' mean
+    AUROC; the smallest candidate within one standard error of the best is kept (module docstring).
+    Returns the mask and the figures."""
+    candidates = {  # smallest first
         "confidence": np.array([name in CONFIDENCE_INPUTS for name in RISK_INPUTS]),
         "confidence+class": np.array([name in CONFIDENCE_INPUTS + CLASS_INPUTS for name in RISK_INPUTS]),
         "all": np.ones(len(RISK_INPUTS), bool),
     }
     folds = np.random.default_rng(seed).permutation(len(z)) % CV_FOLDS
-    scores: dict[str, float | None] = {}
+    means: dict[str, float] = {}
+    errors: dict[str, float] = {}
     for name, keep in candidates.items():
-        out = np.zeros(len(z))
+        scores = []
         for k in range(CV_FOLDS):
             train, test = folds != k, folds == k
             if wrong[train].all() or not wrong[train].any():
-                out[test] = wrong[train].mean()
-                continue
-            coef, intercept = _fit_subset(z[train], wrong[train].astype(np.float64), keep)
-            out[test] = z[test] @ coef + intercept
-        scores[name] = auroc(out, wrong)
-    chosen = "confidence"
-    for name in candidates:
-        if (scores[name] or 0.0) > (scores[chosen] or 0.0) + MIN_CV_GAIN:
-            chosen = name
-    return candidates[chosen], {"chosen": chosen, "cv_auroc": scores, "folds": CV_FOLDS}
+                score = None
+            else:
+                coef, intercept = _fit_subset(z[train], wrong[train].astype(np.float64), keep)
+                score = auroc(z[test] @ coef + intercept, wrong[test])
+            scores.append(0.5 if score is None else score)  # a fold with nothing to tell apart: chance
+        means[name] = float(np.mean(scores))
+        errors[name] = float(np.std(scores, ddof=1) / np.sqrt(CV_FOLDS))
+    best = max(means, key=lambda name: means[name])
+    chosen = next(name for name in candidates if means[name] >= means[best] - errors[best])
+    figures = {"chosen": chosen, "cv_auroc": means, "cv_auroc_se": errors, "folds": CV_FOLDS, "rule": "one-se"}
+    return candidates[chosen], figures
 
 
 def warned_shares(warned: np.ndarray, wrong: np.ndarray) -> dict[str, float | None]:
@@ -305,6 +315,7 @@ def calibrate_checkpoint(
         feature_components=stats.components.tolist(),
         class_means={c: stats.class_means[j].tolist() for j, c in enumerate(stats.class_names)},
         precision=stats.precision.tolist(),
+        background_precision=stats.background_precision.tolist() if stats.background_precision is not None else [],
         inputs=list(RISK_INPUTS),
         input_mean=mean.tolist(),
         input_std=std.tolist(),

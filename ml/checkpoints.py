@@ -119,6 +119,10 @@ class RiskMeta:
     input_std: list[float]
     coef: list[float]
     intercept: float
+    background_precision: list[list[float]] = field(default_factory=list)
+    """P×P inverse of the shrunk covariance of all training films around their mean (the origin of the principal
+    coordinates), classes pooled: the "background" of the relative Mahalanobis distance. Empty in sections
+    fitted before it was recorded."""
     thresholds: dict[str, float] = field(default_factory=dict)
     """The warnings' cut-offs (`ml.risk.Thresholds` fields)."""
     fit: dict[str, Any] = field(default_factory=dict)
@@ -142,6 +146,7 @@ class RiskMeta:
                 input_std=[float(v) for v in values["input_std"]],
                 coef=[float(v) for v in values["coef"]],
                 intercept=float(values["intercept"]),
+                background_precision=[[float(v) for v in row] for row in values.get("background_precision") or []],
                 thresholds={str(k): float(v) for k, v in (values.get("thresholds") or {}).items()},
                 fit=dict(values.get("fit") or {}),
             )

@@ -14,6 +14,11 @@ its lung mask:
   are first projected on their P leading principal directions over the training films (P ≤ 128) and
   the covariance is shrunk towards its mean eigenvalue (`SHRINKAGE`), so it inverts stably with a
   few hundred films. Distances are divided by √P: about 1 for a typical training film;
+- `relative_distance`: the squared class distance minus the squared distance to all training films
+  together (one Gaussian around their mean, classes pooled, shrunk the same way), the relative
+  Mahalanobis distance of Ren et al. 2021. What a new hospital's films share — their whole cloud
+  moved away from the training films — raises both distances and cancels; what sets a film apart
+  from the films of the class it was called stays. None for sections fitted without the background;
 - `feature_residual`: the share of the centred feature's length outside those P directions (what
   the projection cannot see; large for inputs whose features point somewhere new);
 - `lung_focus`, `lung_focus_ratio`: the predicted class's lung focus (`ml.lung_focus`) and its ratio
@@ -35,7 +40,9 @@ mask) counts as its validation mean.
 Warnings (`warnings_for`), each a `{code, message}`; the cut-offs (`Thresholds`) are fitted per model
 version on its own validation films (`ml.calibrate`):
 - `low_confidence` ("low confidence"): error_risk ≥ `risk`;
-- `out_of_distribution` ("unlike the films this model was trained on"): class_distance ≥ `distance`;
+- `out_of_distribution` ("unlike the films this model was trained on"): relative_distance ≥
+  `relative_distance`; in sections fitted before the relative distance was recorded, class_distance ≥
+  `distance`;
 - `outside_lungs` ("evidence mostly outside the lungs"): lung focus < 0.5 and its ratio to chance
   ≤ `focus_ratio`;
 - `not_frontal_chest_xray` ("this does not look like a frontal chest X-ray"): the lung mask is not two
@@ -55,6 +62,7 @@ import numpy as np
 
 from ml import CLASSES
 from ml.checkpoints import RiskMeta
+from ml.lung_shape import lung_parts, lung_shape
 
 MAX_COMPONENTS = 128
 SHRINKAGE = 0.1
@@ -72,6 +80,7 @@ RISK_INPUTS = (
     "energy",
     "log_class_distance",
     "log_ood_distance",
+    "relative_distance",
     "feature_residual",
     "lung_focus",
     "lung_focus_ratio",
@@ -83,7 +92,7 @@ RISK_INPUTS = (
 that is the predicted class, else 0 (normal is the baseline): how often a call is wrong depends on the
 class called (the bundled model's validation films: 40 % of its viral calls, 11 % of its normal and
 COVID-19 calls), which confidence alone does not carry."""
-RISK_SIGNS = (-1, 1, 1, 1, 1, 1, -1, -1, 0, 0, 0)
+RISK_SIGNS = (-1, 1, 1, 1, 1, 1, 1, -1, -1, 0, 0, 0)
 """The direction each input may push the risk: more confidence, more lung focus never raise it; more
 entropy, energy, distance from the training films never lower it. An input whose fitted coefficient
 has the other sign is dropped (held at 0) and the rest refitted (`fit_logistic`), so a correlation of the
@@ -121,6 +130,7 @@ class Signals:
     class_distance: float
     ood_distance: float
     feature_residual: float
+    relative_distance: float | None = None
     lung_focus: float | None = None
     lung_focus_ratio: float | None = None
     lung_area: float | None = None
@@ -151,75 +161,17 @@ class Thresholds:
     lung_layout_min: float
     chest_distance: float
     chest_residual: float
+    relative_distance: float | None = None
+    """out_of_distribution's cut-off on `Signals.relative_distance`; None (sections fitted before it): the
+    class distance's cut-off `distance` is used instead."""
 
     @classmethod
     def from_dict(cls, d: Mapping[str, float]) -> Thresholds:
-        return cls(**{f.name: float(d[f.name]) for f in fields(cls)})
+        optional = {f.name for f in fields(cls) if f.default is None}
+        return cls(**{f.name: float(d[f.name]) for f in fields(cls) if f.name in d or f.name not in optional})
 
     def to_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}
-
-
-def lung_shape(mask: np.ndarray) -> tuple[float, float, float]:
-    """(area share, left/right balance, bounding-box fill) of a bool lung mask (module docstring)."""
-    m = np.asarray(mask).astype(bool)
-    area = float(m.mean())
-    if not m.any():
-        return area, 0.0, 0.0
-    half = m.shape[1] // 2
-    left, right = float(m[:, :half].sum()), float(m[:, m.shape[1] - half :].sum())
-    balance = min(left, right) / max(left, right)
-    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-    box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
-    return area, balance, float(m.sum() / box)
-
-
-PART_GRID = 64
-MIN_PART_SHARE = 0.005
-
-
-def _components(cells: np.ndarray) -> list[tuple[int, float, float]]:
-    """8-connected components of a bool grid as (size, mean row, mean column): every cell starts with its
-    own label and takes the largest label among its lung neighbours until nothing changes (a few dozen
-    whole-grid steps on a lung mask, instead of a Python flood fill cell by cell)."""
-    n_rows, n_cols = cells.shape
-    labels = np.where(cells, np.arange(1, cells.size + 1).reshape(cells.shape), 0)
-    while True:
-        padded = np.pad(labels, 1)
-        spread = np.max(
-            [padded[1 + a : 1 + a + n_rows, 1 + b : 1 + b + n_cols] for a in (-1, 0, 1) for b in (-1, 0, 1)], axis=0
-        )
-        spread = np.where(cells, spread, 0)
-        if np.array_equal(spread, labels):
-            break
-        labels = spread
-    found, index, sizes = np.unique(labels[cells], return_inverse=True, return_counts=True)
-    rows, cols = np.nonzero(cells)
-    mean_rows = np.bincount(index, weights=rows, minlength=len(found)) / sizes
-    mean_cols = np.bincount(index, weights=cols, minlength=len(found)) / sizes
-    return [(int(n), float(r), float(c)) for n, r, c in zip(sizes, mean_rows, mean_cols, strict=True)]
-
-
-def lung_parts(mask: np.ndarray) -> tuple[int, float, float]:
-    """(parts of at least MIN_PART_SHARE of the film, share of lung in the two largest parts, their
-    layout: horizontal minus vertical distance of their centres in film widths) of a bool lung mask,
-    8-connected on a PART_GRID×PART_GRID grid (a cell is lung when at least half of it is)."""
-    m = np.asarray(mask).astype(np.float32)
-    h, w = m.shape
-    rows = (np.arange(h) * PART_GRID // h)[:, None]
-    cols = (np.arange(w) * PART_GRID // w)[None, :]
-    cell = (rows * PART_GRID + cols).ravel()  # each pixel's grid cell; bincount sums exactly (0/1 values)
-    grid = np.bincount(cell, weights=m.ravel(), minlength=PART_GRID * PART_GRID).reshape(PART_GRID, PART_GRID)
-    counts = np.bincount(cell, minlength=PART_GRID * PART_GRID).reshape(PART_GRID, PART_GRID).astype(np.float64)
-    cells = grid / np.maximum(counts, 1.0) >= 0.5
-    parts = _components(cells)
-    parts.sort(reverse=True)
-    total = sum(p[0] for p in parts)
-    big = sum(p[0] >= MIN_PART_SHARE * PART_GRID * PART_GRID for p in parts)
-    if len(parts) < 2:
-        return big, 1.0 if parts else 0.0, -1.0
-    (_, r1, c1), (_, r2, c2) = parts[0], parts[1]
-    return big, (parts[0][0] + parts[1][0]) / total, (abs(c1 - c2) - abs(r1 - r2)) / PART_GRID
+        return {k: float(v) for k, v in asdict(self).items() if v is not None}
 
 
 def scaled_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -253,12 +205,23 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(math.exp((lo + hi) / 2))
 
 
+def _shrink(cov: np.ndarray) -> np.ndarray:
+    p = len(cov)
+    return (1 - SHRINKAGE) * cov + SHRINKAGE * (np.trace(cov) / p + 1e-12) * np.eye(p)
+
+
 class FeatureStats:
     """The training films' pooled features: mean, principal directions, class means, shared precision."""
 
     def __init__(
-        self, mean: np.ndarray, components: np.ndarray, class_means: Mapping[str, np.ndarray], precision: np.ndarray
+        self,
+        mean: np.ndarray,
+        components: np.ndarray,
+        class_means: Mapping[str, np.ndarray],
+        precision: np.ndarray,
+        background_precision: np.ndarray | None = None,
     ) -> None:
+        self.background_precision = None if background_precision is None else np.asarray(background_precision, float)
         self.mean = np.asarray(mean, dtype=np.float64)
         self.components = np.asarray(components, dtype=np.float64)
         self.class_names = [c for c in CLASSES if c in class_means]
@@ -284,8 +247,8 @@ class FeatureStats:
         rows = np.isin(y, present)
         within = z[rows] - np.stack([means[CLASSES[k]] for k in y[rows]])
         cov = within.T @ within / max(int(rows.sum()) - len(present), 1)
-        shrunk = (1 - SHRINKAGE) * cov + SHRINKAGE * (np.trace(cov) / p + 1e-12) * np.eye(p)
-        return cls(mean, components, means, np.linalg.inv(shrunk))
+        background = z.T @ z / max(len(z) - 1, 1)  # z is centred: the principal coordinates' origin is the mean
+        return cls(mean, components, means, np.linalg.inv(_shrink(cov)), np.linalg.inv(_shrink(background)))
 
     @classmethod
     def from_meta(cls, risk: RiskMeta) -> FeatureStats:
@@ -294,7 +257,17 @@ class FeatureStats:
             np.array(risk.feature_components),
             {k: np.array(v) for k, v in risk.class_means.items()},
             np.array(risk.precision),
+            np.array(risk.background_precision) if risk.background_precision else None,
         )
+
+    def background_distances(self, pooled: np.ndarray) -> np.ndarray | None:
+        """B×D features → B Mahalanobis distances / √P to all training films together; None without the
+        background statistics."""
+        if self.background_precision is None:
+            return None
+        z = (np.asarray(pooled, dtype=np.float64) - self.mean) @ self.components.T
+        squared = np.einsum("bp,pq,bq->b", z, self.background_precision, z)
+        return np.sqrt(np.clip(squared, 0, None) / len(self.components))
 
     def distances(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """B×D features → (B×K distances / √P to each CLASSES mean, inf for classes without one; B residual
@@ -327,6 +300,7 @@ def signals_for(
     active = np.isfinite(logits[0]) if len(logits) else np.ones(len(CLASSES), bool)
     n_active = max(int(active.sum()), 2)
     dist, residual = stats.distances(pooled)
+    background = stats.background_distances(pooled)
     out = []
     for i in range(len(logits)):
         p = probs[i][active]
@@ -358,6 +332,7 @@ def signals_for(
                 class_distance=float(dist[i, k]),
                 ood_distance=float(dist[i][np.isfinite(dist[i])].min()),
                 feature_residual=float(residual[i]),
+                relative_distance=None if background is None else float(dist[i, k] ** 2 - background[i] ** 2),
                 predicted_class=CLASSES[k],
                 **lung_values,
             )
@@ -374,6 +349,7 @@ def risk_inputs(s: Signals) -> dict[str, float | None]:
         "energy": s.energy,
         "log_class_distance": math.log(max(s.class_distance, 1e-6)),
         "log_ood_distance": math.log(max(s.ood_distance, 1e-6)),
+        "relative_distance": s.relative_distance,
         "feature_residual": s.feature_residual,
         "lung_focus": s.lung_focus,
         "lung_focus_ratio": s.lung_focus_ratio,
@@ -483,12 +459,18 @@ def not_chest_reasons(s: Signals, t: Thresholds) -> list[str]:
     return reasons
 
 
+def out_of_distribution(s: Signals, t: Thresholds) -> bool:
+    if t.relative_distance is not None and s.relative_distance is not None:
+        return s.relative_distance >= t.relative_distance
+    return s.class_distance >= t.distance
+
+
 def warnings_for(s: Signals, risk: float, t: Thresholds) -> list[RiskWarning]:
     """The warnings of one film, most serious first (module docstring)."""
     out = []
     if not_chest_reasons(s, t):
         out.append(warning("not_frontal_chest_xray"))
-    if s.class_distance >= t.distance:
+    if out_of_distribution(s, t):
         out.append(warning("out_of_distribution"))
     if risk >= t.risk:
         out.append(warning("low_confidence"))

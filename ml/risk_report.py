@@ -33,6 +33,7 @@ ORIENTATION = {
     "energy": 1,
     "class_distance": 1,
     "ood_distance": 1,
+    "relative_distance": 1,
     "feature_residual": 1,
     "lung_focus": -1,
     "lung_focus_ratio": -1,

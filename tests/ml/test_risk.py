@@ -4,6 +4,7 @@ tiny model, its round trip through the checkpoint, old checkpoints, and non-ches
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from ml.cli_risk import OOD_SHARE as CLI_OOD
 from ml.cli_risk import TARGET_RIGHT_SHARE as CLI_TARGET
 from ml.data import read_manifest
 from ml.inference import Predictor, analyze_films
+from ml.lung_shape import lung_parts, lung_shape
 from ml.lungseg import LungSegmenter
 from ml.metrics import auroc, expected_calibration_error
 from ml.risk import (
@@ -25,8 +27,6 @@ from ml.risk import (
     FeatureStats,
     fit_logistic,
     fit_temperature,
-    lung_parts,
-    lung_shape,
     scaled_probabilities,
 )
 from ml.transforms import load_grayscale
@@ -58,6 +58,50 @@ def test_mahalanobis_distance_grows_away_from_the_training_films() -> None:
     assert np.median(inside.min(1)) < 1.5 < np.median(outside.min(1))
     near, _ = stats.distances(centres[2:3])
     assert int(np.argmin(near[0])) == 2
+
+
+def test_relative_distance_ignores_a_shift_every_film_shares_but_not_a_film_off_its_class() -> None:
+    """A new hospital moves all its films the same way: the plain distance grows, the relative one (class
+    distance² − background distance²) stays near the training films'; a film between two classes' clouds,
+    called one of them, stands out in the relative distance."""
+    rng = np.random.default_rng(4)
+    centres = rng.normal(0, 3, (4, 32))
+    labels = np.repeat(np.arange(4), 150)
+    stats = FeatureStats.fit(centres[labels] + rng.normal(0, 1, (600, 32)), labels)
+    assert stats.background_precision is not None
+
+    def both(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        dist, _ = stats.distances(x)
+        background = stats.background_distances(x)
+        assert background is not None
+        return dist[:, k], dist[:, k] ** 2 - background**2
+
+    home = centres[0] + rng.normal(0, 1, (100, 32))
+    shifted = home + 0.5 * np.abs(rng.normal(0, 3, 32))  # every feature of the new hospital's films moves
+    between = (centres[0] + centres[1]) / 2 + rng.normal(0, 1, (100, 32))
+    plain_home, rel_home = both(home, 0)
+    plain_shift, rel_shift = both(shifted, 0)
+    _, rel_between = both(between, 0)
+    assert np.median(plain_shift) > 1.5 * np.median(plain_home)
+    assert abs(np.median(rel_shift) - np.median(rel_home)) < 0.5 * (np.median(rel_between) - np.median(rel_home))
+
+
+def test_out_of_distribution_uses_the_relative_distance_when_it_was_fitted() -> None:
+    from ml.risk import Signals, Thresholds, out_of_distribution
+
+    cuts = {"risk": 0.5, "distance": 1.0, "focus_ratio": 0.5, "lung_area_min": 0.1, "lung_area_max": 0.8,
+            "lung_balance_min": 0.2, "lung_fill_min": 0.2, "lung_two_share_min": 0.9, "lung_layout_min": 0.0,
+            "chest_distance": 9.0, "chest_residual": 0.9}  # fmt: skip
+    far_but_typical = Signals(0.9, 0.2, -3.0, class_distance=2.0, ood_distance=2.0, feature_residual=0.1,
+                              relative_distance=0.05)  # fmt: skip
+    near_but_off_class = replace(far_but_typical, class_distance=0.5, relative_distance=0.9)
+    old = Thresholds.from_dict(cuts)  # a section fitted before the relative distance: no cut-off for it
+    assert old.relative_distance is None and "relative_distance" not in old.to_dict()
+    assert out_of_distribution(far_but_typical, old) and not out_of_distribution(near_but_off_class, old)
+    new = Thresholds.from_dict({**cuts, "relative_distance": 0.3})
+    assert Thresholds.from_dict(new.to_dict()) == new
+    assert not out_of_distribution(far_but_typical, new) and out_of_distribution(near_but_off_class, new)
+    assert out_of_distribution(replace(far_but_typical, relative_distance=None), new)  # no signal: the old rule
 
 
 def test_a_class_without_training_films_has_no_mean() -> None:
@@ -140,7 +184,8 @@ def test_calibration_is_stored_in_the_checkpoint_and_round_trips(calibrated: Pat
     risk = meta.risk
     assert risk.temperature > 0 and set(risk.class_means) == set(CLASSES)
     assert risk.fit["train_films"] == 16 and risk.fit["val_films"] == 8
-    assert set(risk.thresholds) >= {"risk", "distance", "focus_ratio", "lung_area_min", "chest_distance"}
+    assert set(risk.thresholds) >= {"risk", "distance", "relative_distance", "focus_ratio", "lung_area_min"}
+    assert len(risk.background_precision) == len(risk.feature_components)
     again = CheckpointMeta.from_dict(meta.to_dict())
     assert again.risk == risk
 
@@ -169,7 +214,6 @@ def test_an_old_checkpoint_keeps_loading_with_no_error_risk_and_a_reason(tmp_pat
 def test_a_calibration_of_an_earlier_version_keeps_its_own_inputs(calibrated: Path, small_dataset: Path) -> None:
     """A risk section fitted before the class-called inputs existed names the eight it used: the model
     reads those, by name, and gives the risk its coefficients give."""
-    from dataclasses import replace
 
     from ml.risk import RISK_INPUTS, RiskModel, input_matrix, standardise
 
@@ -268,7 +312,7 @@ def test_input_selection_keeps_extra_inputs_only_when_they_help_out_of_fold() ->
 
 
 def test_lung_parts_counts_8_connected_parts_with_their_centres() -> None:
-    from ml.risk import PART_GRID, lung_parts
+    from ml.lung_shape import PART_GRID, lung_parts
 
     two = np.zeros((256, 256), bool)
     two[64:192, 32:96] = True  # left lung
