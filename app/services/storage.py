@@ -234,6 +234,10 @@ class FileStore:
     def thumbnail_path(self, image_sha: str, side: int) -> Path:
         return self._sharded("cache/thumbnails", image_sha, f"-{side}.jpg")
 
+    def values_path(self, image_sha: str, suffix: str) -> Path:
+        """A DICOM film's modality values (`suffix` '-v1.u16') or their description ('-v1.json')."""
+        return self._sharded("cache/values", image_sha, suffix)
+
     # -- writing ----------------------------------------------------------------------------
     def batch(self) -> WriteBatch:
         return WriteBatch(self)
