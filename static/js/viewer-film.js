@@ -63,7 +63,7 @@
   function loadValues(url, w, h) {
     return fetchOk(url, "film values").then(function (r) { return r.json(); }).then(function (d) {
       if (d.dtype !== "uint16" || d.width !== w || d.height !== h) throw new Error("film values do not fit the film");
-      if (d.voi !== null && d.voi !== "window") throw new Error("film values: VOI " + d.voi + " is drawn by the server");
+      if (d.voi !== null && d.voi !== "window") throw new Error("film values: the server draws VOI " + d.voi);
       return fetchOk(d.data_url, "film values").then(function (r) { return r.arrayBuffer(); }).then(function (buf) {
         var v = new Uint16Array(buf);
         if (v.length !== w * h) throw new Error("film values: " + v.length + " values for " + w + "×" + h);
@@ -96,7 +96,8 @@
      (the same grey levels as ml/imageio.py `_stretch`), or the grey levels as they are for an 8-bit film. */
   function defaultWindow(film) {
     if (!film.dicom) return { center: 127.5, width: 255 };
-    if (film.voi === "window" && film.windows.length) return { center: film.windows[0].center, width: film.windows[0].width };
+    var first = film.windows[0];
+    if (film.voi === "window" && first) return { center: first.center, width: first.width };
     return { center: (film.minimum + film.maximum) / 2 + 0.5, width: film.maximum - film.minimum + 1 };
   }
   /* The window spanning the film percentiles q0..q1 (of the brightness-ordered values), in the film's units. */
@@ -139,7 +140,8 @@
   }
 
   window.cxrFilm = {
-    loadImage: loadImage, pixelsOf: pixelsOf, lutOf: lutOf, eightBit: eightBit, loadValues: loadValues, cdfOf: cdfOf, defaultWindow: defaultWindow,
+    loadImage: loadImage, pixelsOf: pixelsOf, lutOf: lutOf, eightBit: eightBit, loadValues: loadValues,
+    cdfOf: cdfOf, defaultWindow: defaultWindow,
     percentileWindow: percentileWindow, step: step, limit: limit, levelSign: levelSign, table: table,
     readout: readout,
   };

@@ -11,9 +11,10 @@
 
    The film pixels are /api/v1/images/<sha>.png at full resolution (for DICOM: after its modality LUT and
    VOI, applied by the server); for a DICOM film they are then replaced by its modality values, windowed
-   in the file's units from the file's own window (static/js/viewer-film.js). The heat map's values are .../heat-maps/<model>/<cls>.png (8-bit grey,
-   0 = no evidence, 255 = the map's maximum); colours come from the legend strip of the chosen colour map
-   (/legend/colorbar.png?cmap=..., column i = value i), so page and server use one table.
+   in the file's units from the file's own window (static/js/viewer-film.js). The heat map's values are
+   .../heat-maps/<model>/<cls>.png (8-bit grey, 0 = no evidence, 255 = the map's maximum); colours come
+   from the legend strip of the chosen colour map (/legend/colorbar.png?cmap=..., column i = value i), so
+   page and server use one table.
    Keys (ignored while typing; listed by ? in templates/_viewer.html); the class keys and A R H F S L N
    stay in review.js. Colour map, opacity and contours are kept in localStorage; W/L and zoom are not. */
 (function () {
@@ -234,7 +235,9 @@
     }
     function adjustWindow(dWidth, dLevel) {  // in grey levels of an 8-bit film (DICOM: 256ths of its range)
       var s = film ? FILM.step(film) : 1, sign = film ? FILM.levelSign(film) : 1;
-      if (film) setWindow(FILM.limit(film, { center: state.center + dLevel * s * sign, width: state.width + dWidth * s }));
+      if (film) setWindow(FILM.limit(film, {
+        center: state.center + dLevel * s * sign, width: state.width + dWidth * s,
+      }));
       state.preset = "custom";
       drawFilmSoon();
     }
@@ -421,14 +424,11 @@
     tools.hidden = false;
     viewer.dataset.tool = state.tool;
     function useFilm(f) {  // the film's values: from the stored 8-bit film first, a DICOM's modality values next
-      var untouched = state.preset === "default";
       film = f;
       cdf = FILM.cdfOf(film);
       viewer.dataset.values = film.dicom ? "modality" : "8-bit";
-      if (untouched) setWindow(FILM.defaultWindow(film));
-      else if (state.preset !== "custom") { setPreset(state.preset); return; }
-      else setWindow(FILM.limit(film, FILM.defaultWindow(film)));  // a custom 8-bit window means nothing here
-      drawFilm();
+      if (PRESETS[state.preset]) setPreset(state.preset);  // a preset chosen meanwhile: over the new values
+      else setPreset("default");  // a window dragged on the 8-bit film means nothing in modality units
     }
     function filmReady() {
       var px;

@@ -340,3 +340,28 @@ def test_a_dicom_film_is_windowed_on_its_modality_values(page: Any, live_server:
     assert page.inner_text("#vw-wl") == "W 4096 · L 2048" and page.evaluate(SAME_AS_PNG) == 0
     assert any(u.endswith("/values.u16") for u in page.evaluate(RESOURCES))
     assert page.errors == [] and page.failed == []
+
+
+MEAN = """() => { const c = document.querySelector('#viewer .view-overlay canvas.vw-film');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i]; return s / (d.length / 4); }"""
+
+
+def test_a_monochrome1_dicom_is_windowed_in_its_rescaled_units(
+    page: Any, live_server: LiveServer, chromium: Any, tmp_path: Any
+) -> None:
+    """Stored 0..4088, slope 2, intercept −1000 (modality −1000..7176), low values bright: the first picture
+    is the stored rendering, the readout is in modality units and Shift+↑ still brightens."""
+    path = tmp_path / "mono1.dcm"
+    ramp = np.tile(np.arange(512) * 8, (384, 1))
+    path.write_bytes(windowed_dicom(ramp, 3000, 6000, photometric="MONOCHROME1", slope=2, intercept=-1000))
+    open_case(page, live_server, upload_case(chromium, live_server, path))
+    page.wait_for_function("() => document.querySelector('#viewer').dataset.values === 'modality'")
+    assert page.inner_text("#vw-wl") == "W 6000 · L 3000" and page.evaluate(SAME_AS_PNG) == 0
+    assert page.evaluate(PIXEL, [FILM, 0, 10]) > page.evaluate(PIXEL, [FILM, 511, 10])  # low stored = bright
+    before = page.evaluate(MEAN)
+    page.keyboard.press("Shift+ArrowUp")  # brighter: the level moves up the modality values (32 units a step)
+    assert int(data(page, "level")) == 3160, page.inner_text("#vw-wl")
+    page.wait_for_timeout(100)
+    assert page.evaluate(MEAN) > before + 2
+    assert page.errors == [] and page.failed == []
