@@ -361,7 +361,7 @@ def test_a_monochrome1_dicom_is_windowed_in_its_rescaled_units(
     assert page.evaluate(PIXEL, [FILM, 0, 10]) > page.evaluate(PIXEL, [FILM, 511, 10])  # low stored = bright
     before = page.evaluate(MEAN)
     page.keyboard.press("Shift+ArrowUp")  # brighter: the level moves up the modality values (32 units a step)
+    page.wait_for_function("() => document.querySelector('#viewer').dataset.level !== '3000'")  # next frame
     assert int(data(page, "level")) == 3160, page.inner_text("#vw-wl")
-    page.wait_for_timeout(100)
     assert page.evaluate(MEAN) > before + 2
     assert page.errors == [] and page.failed == []
