@@ -404,3 +404,37 @@ class AuditEntryOut(BaseModel):
     target_type: str
     target_id: int | None
     details: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------- viewer
+class VoiWindowOut(BaseModel):
+    center: float
+    width: float
+    explanation: str | None = Field(None, description="the file's WindowCenterWidthExplanation of this window")
+
+
+class FilmValuesOut(BaseModel):
+    """How to read a DICOM film's modality values (`data_url`: width×height little-endian uint16, row by
+    row from the top left, no header): modality value = `offset` + `scale` × the uint16. The uint16 runs
+    with brightness (dense tissue high), so where MONOCHROME1 was turned round `scale` is negative."""
+
+    width: int
+    height: int
+    dtype: Literal["uint16"] = "uint16"
+    byte_order: Literal["little"] = "little"
+    data_url: str
+    offset: float
+    scale: float
+    exact: bool = Field(description="every modality value is represented exactly (false: quantised to 65 536 levels)")
+    minimum: float = Field(description="the film's smallest modality value")
+    maximum: float = Field(description="the film's largest modality value")
+    inverted: bool = Field(description="MONOCHROME1: the uint16 runs against the modality values, so dense is bright")
+    rescale_slope: float = Field(description="stored value = (modality value − rescale_intercept) / rescale_slope")
+    rescale_intercept: float
+    windows: list[VoiWindowOut] = Field(
+        description="the file's own VOI windows, in modality units; the first is the default"
+    )
+    voi: str | None = Field(
+        description="how the 8-bit film was windowed: 'window' (the first of `windows`, linear), 'lut' (a VOI LUT), "
+        "another VOI LUT function ('sigmoid', 'linear_exact'), or null (minimum..maximum stretched)"
+    )

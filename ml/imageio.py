@@ -12,6 +12,9 @@ DICOM follows the display pipeline of PS3.3 C.11: modality LUT (RescaleSlope/Res
 VOI (WindowCenter/WindowWidth, or a VOI LUT) → 8 bits, then MONOCHROME1 is inverted so that dense
 tissue is bright as in every other film. Without a VOI the stored range is stretched to 0..255.
 No patient-identifying DICOM attribute is copied into `meta`.
+
+`decode_dicom_values` gives the viewer what the 8-bit film lost: the modality-LUT values before any
+VOI, at full resolution (uint16 plus an offset and scale back to modality units), and the file's windows.
 """
 
 from __future__ import annotations
@@ -140,7 +143,8 @@ def _reason(exc: BaseException) -> str:
     return text[:200]
 
 
-def _decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
+def _read_dicom(data: bytes, *, max_pixels: int) -> tuple[Any, np.ndarray]:
+    """The dataset and its decoded pixel array; the pixel limit is checked from the header first."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -163,6 +167,11 @@ def _decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) if "ds" in locals() else None
         detail = f" (transfer syntax {syntax.name})" if syntax is not None else ""
         raise InvalidImageError(f"the DICOM pixel data cannot be decoded{detail}: {_reason(exc)}") from exc
+    return ds, pixels
+
+
+def _decode_dicom(data: bytes, *, max_pixels: int) -> DecodedImage:
+    ds, pixels = _read_dicom(data, max_pixels=max_pixels)
     try:
         gray, meta = _dicom_to_gray(ds, pixels)
     except InvalidImageError:
@@ -246,3 +255,126 @@ def _stretch(values: np.ndarray) -> np.ndarray:
         return np.zeros(values.shape, dtype=np.uint8)
     scaled = (np.nan_to_num(values, nan=lo) - lo) / (hi - lo) * 255.0
     return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class ModalityValues:
+    """A DICOM film's modality-LUT values (before any VOI) at full resolution, for windowing by the viewer.
+
+    `values` is H×W uint16 with dense tissue bright (MONOCHROME1 turned round, as in the 8-bit film);
+    the modality value of a pixel is `offset + scale * values` (`scale` < 0 where the film was turned
+    round). Exact (`exact`) whenever the values fit 65 536 levels, as every 8–16-bit film does."""
+
+    values: np.ndarray
+    offset: float
+    scale: float
+    exact: bool
+    inverted: bool
+    """MONOCHROME1: low modality values are bright, so `values` run the other way (and `scale` < 0)."""
+    minimum: float
+    maximum: float
+    """The film's smallest and largest modality values."""
+    windows: list[dict[str, Any]]
+    """The file's own VOI windows in modality units: {center, width, explanation}, the first is the default."""
+    voi: str | None
+    """How the 8-bit film was windowed: 'window' (the first of `windows`, LINEAR), 'lut' (a VOI LUT),
+    another VOILUTFunction in lower case ('sigmoid', 'linear_exact'), or None (min..max stretched)."""
+    rescale_slope: float = 1.0
+    rescale_intercept: float = 0.0
+    """The file's RescaleSlope/Intercept: stored value = (modality value - intercept) / slope."""
+
+
+U16_LEVELS = 65535
+
+
+def decode_dicom_values(data: bytes, *, max_pixels: int) -> ModalityValues:
+    """A DICOM file's modality-LUT values (RescaleSlope/Intercept or a Modality LUT applied, no VOI)
+    of its first frame, with the file's VOI windows; `UnsupportedImageError` for a colour DICOM or a
+    file that is not DICOM (neither has more than its 8 bits), else the errors of `decode_image`."""
+    if sniff_format(data) != "dicom":
+        raise UnsupportedImageError("not a DICOM file: the film has only its 8-bit grey values")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # decode_image recorded them at upload
+        ds, pixels = _read_dicom(data, max_pixels=max_pixels)
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            pixels = pixels[0]  # the film, as in `_dicom_to_gray`
+        if int(ds.get("SamplesPerPixel", 1)) != 1 or pixels.ndim != 2:
+            raise UnsupportedImageError("a colour DICOM has only its 8-bit grey values")
+        try:
+            return _modality_values(ds, pixels)
+        except InvalidImageError:
+            raise
+        except Exception as exc:
+            raise InvalidImageError(f"the DICOM modality values cannot be computed: {_reason(exc)}") from exc
+
+
+def _modality_values(ds: Any, pixels: np.ndarray) -> ModalityValues:
+    from pydicom.pixels import apply_modality_lut
+
+    inverted = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1"
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    raw = np.asarray(pixels)
+    if "ModalityLUTSequence" not in ds and raw.dtype.kind in "iu" and raw.size:
+        # Linear rescale of integers: u = raw - its lowest (or highest - raw) is exact and affine.
+        lo, hi = int(raw.min()), int(raw.max())
+        if hi - lo <= U16_LEVELS:
+            rising = (slope > 0) != inverted  # does brightness grow with the stored value?
+            u = (raw.astype(np.int64) - lo) if rising else (hi - raw.astype(np.int64))
+            offset = slope * (lo if rising else hi) + intercept
+            scale = slope if rising else -slope
+            ends = sorted((slope * lo + intercept, slope * hi + intercept))
+            return _described(ds, u.astype(np.uint16), offset, scale, True, inverted, ends[0], ends[1])
+    values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        raise InvalidImageError("the DICOM image has no finite pixel values")
+    lo_v, hi_v = float(finite.min()), float(finite.max())
+    values = np.nan_to_num(values, nan=lo_v, posinf=hi_v, neginf=lo_v)
+    bright = -values if inverted else values
+    base = -hi_v if inverted else lo_v
+    exact = bool(np.all(values == np.round(values))) and hi_v - lo_v <= U16_LEVELS
+    step = 1.0 if exact or hi_v == lo_v else (hi_v - lo_v) / U16_LEVELS
+    u = np.clip(np.round((bright - base) / step), 0, U16_LEVELS).astype(np.uint16)
+    offset, scale = (hi_v, -step) if inverted else (lo_v, step)
+    return _described(ds, u, offset, scale, exact, inverted, lo_v, hi_v)
+
+
+def _described(
+    ds: Any, u: np.ndarray, offset: float, scale: float, exact: bool, inverted: bool, lo: float, hi: float
+) -> ModalityValues:
+    centers, widths = _all_values(ds.get("WindowCenter")), _all_values(ds.get("WindowWidth"))
+    explanations = [str(e) for e in _as_list(ds.get("WindowCenterWidthExplanation"))]
+    windows = [
+        {"center": c, "width": w, "explanation": explanations[i] if i < len(explanations) else None}
+        for i, (c, w) in enumerate(zip(centers, widths, strict=False))
+        if c is not None and w is not None and w >= 1
+    ]
+    voi_function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+    voi: str | None
+    if "VOILUTSequence" in ds:
+        voi = "lut"
+    elif windows and voi_function != "LINEAR":
+        voi = voi_function.lower()
+    elif windows and centers[0] is not None and widths[0] is not None and widths[0] >= 1:
+        voi = "window"  # what `_dicom_to_gray` used: the first pair
+    else:
+        voi = None
+    return ModalityValues(
+        values=np.ascontiguousarray(u, dtype=np.uint16), offset=float(offset), scale=float(scale), exact=exact,
+        inverted=inverted, minimum=float(lo), maximum=float(hi), windows=windows, voi=voi,
+        rescale_slope=float(ds.get("RescaleSlope", 1) or 1),
+        rescale_intercept=float(ds.get("RescaleIntercept", 0) or 0),
+    )  # fmt: skip
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return list(value)
+    return [value]
+
+
+def _all_values(value: Any) -> list[float | None]:
+    return [_first_value(v) for v in _as_list(value)]

@@ -86,6 +86,7 @@ TEMPLATE_GLOBALS: dict[str, Any] = {
     "image_url": predictions.image_url,
     "thumbnail_url": viewer.thumbnail_url,
     "heat_map_url": viewer.heat_map_url,
+    "film_values_url": viewer.film_values_url,
     "COLORMAPS": predictions.OVERLAY_COLORMAPS,
 }
 """What every template sees besides its context, by the name it uses."""

@@ -1,15 +1,19 @@
 """What the case page's viewer draws besides the stored film: a heat map's raw values (the page colours,
-fades and traces them itself) and the worklist's small film thumbnails.
+fades and traces them itself), a DICOM film's modality values and the worklist's small film thumbnails.
 
-Both are rendered once and kept on disk (disposable: re-rendered when missing). The film itself is the
+All are rendered once and kept on disk (disposable: re-rendered when missing). The film itself is the
 stored decoded grayscale PNG at full resolution (`predictions.film_png`): for DICOM uploads that is
-already the film after its modality LUT and VOI (window or VOI LUT, `ml.imageio`), so the browser's
-window/level starts from the rendering the modality asked for.
+the film after its modality LUT and VOI (window or VOI LUT, `ml.imageio`). For a DICOM film the viewer
+windows its modality values instead (`film_values`, from the kept original bytes), starting at the file's
+own window, so narrowing the window shows what the 8-bit rendering clipped.
 """
 
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
+from typing import Any
 
 from PIL import Image as PILImage
 from sqlalchemy import select
@@ -21,6 +25,7 @@ from app.services.predictions import API_PREFIX, get_result
 from app.services.storage import FileStore, is_sha256, write_atomic
 from ml import CLASSES
 from ml.cam.overlay import heat_values_png
+from ml.imageio import ImageDecodeError, UnsupportedImageError, decode_dicom_values
 from ml.lung_crop import Box
 
 HEAT_MAP_MAX_SIDE = 512
@@ -39,6 +44,80 @@ def heat_map_url(prediction_id: int, model_id: int, cls: str) -> str:
 def thumbnail_url(image_sha256: str) -> str:
     """Authenticated URL of a film's worklist thumbnail (JPEG, ≤ 20 KB)."""
     return f"{API_PREFIX}/images/{image_sha256}/thumbnail.jpg"
+
+
+def film_values_url(image_sha256: str) -> str:
+    """Authenticated URL of a DICOM film's modality-values description (JSON, `schemas.FilmValuesOut`)."""
+    return f"{API_PREFIX}/images/{image_sha256}/values.json"
+
+
+def film_values_data_url(image_sha256: str) -> str:
+    """Authenticated URL of a DICOM film's modality values themselves (little-endian uint16, no header)."""
+    return f"{API_PREFIX}/images/{image_sha256}/values.u16"
+
+
+VALUES_SUFFIXES = ("-v1.json", "-v1.u16")
+"""The cached description and data; the version changes with their layout."""
+
+
+def film_values(*, session: Session, store: FileStore, image_sha256: str) -> dict[str, Any]:
+    """The description of a DICOM film's modality values (`schemas.FilmValuesOut`); derived from the kept
+    original bytes with the upload's decoder on first read, then read from the disk cache. NotFoundError
+    for an unknown film and for a PNG/JPEG (or colour DICOM) one: it has only its 8-bit grey values."""
+    json_path, _ = _values_paths(session=session, store=store, image_sha256=image_sha256)
+    description: dict[str, Any] = json.loads(json_path.read_bytes())
+    return description
+
+
+def film_values_data(*, session: Session, store: FileStore, image_sha256: str) -> bytes:
+    """The modality values of a DICOM film: width×height little-endian uint16, row by row (`film_values`)."""
+    _, data_path = _values_paths(session=session, store=store, image_sha256=image_sha256)
+    return data_path.read_bytes()
+
+
+def _values_paths(*, session: Session, store: FileStore, image_sha256: str) -> tuple[Path, Path]:
+    image = session.scalar(select(Image).where(Image.sha256 == image_sha256)) if is_sha256(image_sha256) else None
+    if image is None:
+        raise NotFoundError("image not found")
+    if image.format != "dicom":
+        raise NotFoundError(
+            f"a {image.format.upper()} film has only its 8-bit grey values: modality values exist for DICOM uploads"
+        )
+    json_path, data_path = (store.values_path(image_sha256, suffix) for suffix in VALUES_SUFFIXES)
+    if json_path.is_file() and data_path.is_file():
+        return json_path, data_path
+    try:
+        original = store.original_path(image_sha256).read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError("image file missing from the data directory") from None
+    try:
+        mv = decode_dicom_values(original, max_pixels=1 << 62)  # its limits were checked on upload
+    except UnsupportedImageError as exc:
+        raise NotFoundError(str(exc)) from None
+    except ImageDecodeError as exc:
+        raise NotFoundError(f"the film's modality values cannot be read: {exc}") from None
+    description = {
+        "width": int(mv.values.shape[1]),
+        "height": int(mv.values.shape[0]),
+        "dtype": "uint16",
+        "byte_order": "little",
+        "data_url": film_values_data_url(image_sha256),
+        "offset": mv.offset,
+        "scale": mv.scale,
+        "exact": mv.exact,
+        "minimum": mv.minimum,
+        "maximum": mv.maximum,
+        "inverted": mv.inverted,
+        "rescale_slope": mv.rescale_slope,
+        "rescale_intercept": mv.rescale_intercept,
+        "windows": mv.windows,
+        "voi": mv.voi,
+    }
+    write_atomic(data_path, mv.values.astype("<u2", copy=False).tobytes())
+    write_atomic(
+        json_path, json.dumps(description).encode("utf-8")
+    )  # the data first: both are read once both are there
+    return json_path, data_path
 
 
 def heat_map_png(*, session: Session, store: FileStore, prediction_id: int, model_id: int, cls: str) -> bytes:

@@ -10,15 +10,18 @@
    stage shows a copy of the same film canvas; both share one state, so side by side stays in step.
 
    The film pixels are /api/v1/images/<sha>.png at full resolution (for DICOM: after its modality LUT and
-   VOI, applied by the server). The heat map's values are .../heat-maps/<model>/<cls>.png (8-bit grey,
-   0 = no evidence, 255 = the map's maximum); colours come from the legend strip of the chosen colour map
-   (/legend/colorbar.png?cmap=..., column i = value i), so page and server use one table.
+   VOI, applied by the server); for a DICOM film they are then replaced by its modality values, windowed
+   in the file's units from the file's own window (static/js/viewer-film.js). The heat map's values are
+   .../heat-maps/<model>/<cls>.png (8-bit grey, 0 = no evidence, 255 = the map's maximum); colours come
+   from the legend strip of the chosen colour map (/legend/colorbar.png?cmap=..., column i = value i), so
+   page and server use one table.
    Keys (ignored while typing; listed by ? in templates/_viewer.html); the class keys and A R H F S L N
    stay in review.js. Colour map, opacity and contours are kept in localStorage; W/L and zoom are not. */
 (function () {
   "use strict";
 
-  var PRESETS = {  // film percentiles the window spans (8-bit films have no Hounsfield units)
+  var FILM = window.cxrFilm;  // static/js/viewer-film.js: the film's values and their window/level
+  var PRESETS = {  // film percentiles the window spans (over the film's own histogram, 8 or 16 bits)
     lung: [0.005, 0.95],        // all but the brightest 5 %: contrast across the lung fields
     mediastinum: [0.30, 0.998], // the brighter two thirds: heart, mediastinum, the spine behind it
     bone: [0.55, 0.9995],       // the brightest part: ribs, clavicles, devices
@@ -50,34 +53,6 @@
     if (cmap === DEFAULT_CMAP) u.searchParams.delete("cmap"); else u.searchParams.set("cmap", cmap);
     return u.pathname + u.search;
   }
-  function loadImage(src) {
-    return new Promise(function (resolve, reject) {
-      var img = new Image();
-      img.onload = function () { resolve(img); };
-      img.onerror = function () { reject(new Error("could not load " + src)); };
-      img.src = src;
-    });
-  }
-  function pixelsOf(img) {  // the red channel of a grey image: one byte per pixel
-    var c = el("canvas");
-    c.width = img.naturalWidth;
-    c.height = img.naturalHeight;
-    var ctx = c.getContext("2d", { willReadFrequently: true });
-    ctx.drawImage(img, 0, 0);
-    var rgba = ctx.getImageData(0, 0, c.width, c.height).data;
-    var out = new Uint8Array(c.width * c.height);
-    for (var i = 0, j = 0; i < out.length; i++, j += 4) out[i] = rgba[j];
-    return { w: c.width, h: c.height, v: out };
-  }
-  function lutOf(img) {  // the legend strip: 256 columns, column i = the colour of value i
-    var c = el("canvas");
-    c.width = 256;
-    c.height = 1;
-    var ctx = c.getContext("2d", { willReadFrequently: true });
-    ctx.drawImage(img, 0, 0, 256, 1, 0, 0, 256, 1);
-    return ctx.getImageData(0, 0, 256, 1).data;
-  }
-
   /* ---------------------------------------------------------------- iso-lines (marching squares) */
   var CASES = {  // corner bits: top-left 8, top-right 4, bottom-right 2, bottom-left 1 → edge pairs
     1: [["L", "B"]], 2: [["B", "R"]], 3: [["L", "R"]], 4: [["T", "R"]], 5: [["T", "R"], ["L", "B"]],
@@ -114,7 +89,8 @@
     var tools = document.getElementById("vw-tools");
     var overlayImg = document.getElementById("overlay-main");
     var filmImg = viewer && viewer.querySelector(".view-film img");
-    if (!viewer || !tools || !overlayImg || !filmImg || !window.Promise) return;
+    if (!viewer || !tools || !overlayImg || !filmImg || !window.Promise || !FILM) return;
+    var loadImage = FILM.loadImage, pixelsOf = FILM.pixelsOf, lutOf = FILM.lutOf;
     var $ = function (id) { return document.getElementById(id); };
     var prefs = loadPrefs();
     var colormaps = (tools.dataset.colormaps || DEFAULT_CMAP).split(",");
@@ -223,36 +199,24 @@
 
     // --- the film through window/level
     var ctxA = filmA.getContext("2d"), ctxB = filmB.getContext("2d"), out = null, out32 = null, filmBStale = true;
-    function percentile(q) {
-      for (var i = 0; i < 256; i++) if (cdf[i] >= q) return i;
-      return 255;
-    }
+    function setWindow(win) { state.center = win.center; state.width = win.width; }
     function setPreset(name) {
       state.preset = name;
-      if (name === "default" || !cdf) { state.center = 127.5; state.width = 255; }
-      else if (PRESETS[name]) {
-        var lo = percentile(PRESETS[name][0]), hi = Math.max(lo + 8, percentile(PRESETS[name][1]));
-        state.center = (lo + hi) / 2;
-        state.width = hi - lo;
-      }
+      if (name === "default" || !cdf) setWindow(film ? FILM.defaultWindow(film) : { center: 127.5, width: 255 });
+      else if (PRESETS[name]) setWindow(FILM.percentileWindow(film, cdf, PRESETS[name][0], PRESETS[name][1]));
       drawFilm();
     }
     function drawFilm() {
       var sel = $("vw-preset");
       sel.value = state.preset;
-      $("vw-wl").textContent = "W " + Math.round(state.width) + " · L " + Math.round(state.center);
+      $("vw-wl").textContent = film ? FILM.readout(film, state.center, state.width)
+        : "W " + Math.round(state.width) + " · L " + Math.round(state.center);
       $("vw-invert").setAttribute("aria-pressed", String(state.invert));
       viewer.dataset.window = Math.round(state.width);
       viewer.dataset.level = Math.round(state.center);
       viewer.dataset.invert = String(state.invert);
       if (!film) return;
-      var lo = state.center - state.width / 2, table = new Uint32Array(256);
-      for (var v = 0; v < 256; v++) {
-        var g = Math.round(clamp((v - lo) / state.width, 0, 1) * 255);
-        if (state.invert) g = 255 - g;
-        table[v] = (255 << 24 | g << 16 | g << 8 | g) >>> 0;  // little-endian RGBA: A B G R
-      }
-      var src = film.v;
+      var table = FILM.table(film, state.center, state.width, state.invert), src = film.v;
       for (var i = 0; i < src.length; i++) out32[i] = table[src[i]];
       ctxA.putImageData(out, 0, 0);
       filmBStale = true;
@@ -269,9 +233,11 @@
       pendingFilm = true;
       window.requestAnimationFrame(function () { pendingFilm = false; drawFilm(); });
     }
-    function adjustWindow(dWidth, dLevel) {
-      state.width = clamp(state.width + dWidth, 2, 512);
-      state.center = clamp(state.center + dLevel, 0, 255);
+    function adjustWindow(dWidth, dLevel) {  // in grey levels of an 8-bit film (DICOM: 256ths of its range)
+      var s = film ? FILM.step(film) : 1, sign = film ? FILM.levelSign(film) : 1;
+      if (film) setWindow(FILM.limit(film, {
+        center: state.center + dLevel * s * sign, width: state.width + dWidth * s,
+      }));
       state.preset = "custom";
       drawFilmSoon();
     }
@@ -457,18 +423,29 @@
     // --- start: the film's pixels, the colour table, the shown class's map
     tools.hidden = false;
     viewer.dataset.tool = state.tool;
+    function useFilm(f) {  // the film's values: from the stored 8-bit film first, a DICOM's modality values next
+      film = f;
+      cdf = FILM.cdfOf(film);
+      viewer.dataset.values = film.dicom ? "modality" : "8-bit";
+      if (PRESETS[state.preset]) setPreset(state.preset);  // a preset chosen meanwhile: over the new values
+      else setPreset("default");  // a window dragged on the 8-bit film means nothing in modality units
+    }
     function filmReady() {
-      try { film = pixelsOf(filmImg); } catch (err) { return; }  // the plain images stay
-      [filmA, filmB].forEach(function (c) { c.width = film.w; c.height = film.h; });
-      out = ctxA.createImageData(film.w, film.h);
+      var px;
+      try { px = pixelsOf(filmImg); } catch (err) { return; }  // the plain images stay
+      [filmA, filmB].forEach(function (c) { c.width = px.w; c.height = px.h; });
+      out = ctxA.createImageData(px.w, px.h);
       out32 = new Uint32Array(out.data.buffer);
-      var hist = new Float64Array(256);
-      for (var i = 0; i < film.v.length; i++) hist[film.v[i]]++;
-      cdf = new Float64Array(256);
-      for (var s = 0, j = 0; j < 256; j++) { s += hist[j]; cdf[j] = s / film.v.length; }
+      useFilm(FILM.eightBit(px));
       viewer.classList.add("vw-ready");
-      drawFilm();
       place();
+      var valuesUrl = tools.dataset.valuesUrl;
+      if (valuesUrl) {
+        FILM.loadValues(valuesUrl, px.w, px.h).then(useFilm).catch(function (err) {
+          viewer.dataset.values = "8-bit";  // the stored film stays: windowed in its 8 bits
+          if (window.console) window.console.warn("viewer: " + err.message);
+        });
+      }
     }
     if (filmImg.complete && filmImg.naturalWidth) filmReady(); else filmImg.addEventListener("load", filmReady);
     setCmap(state.cmap);

@@ -10,14 +10,13 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from app.schemas import Colormap
 from app.services import predictions, viewer
 from ml import CLASSES
 from ml.cam.overlay import colormap_lut, display_map
 from tests.app.conftest import Env
+from tests.support.dicom_films import windowed_dicom
 
 
 def get(env: Env, url: str, params: dict[str, str] | None = None) -> httpx.Response:
@@ -118,24 +117,6 @@ def test_the_worklist_shows_thumbnails_not_films(env: Env, uploaded: dict) -> No
     assert page.status_code == 200
     assert "/thumbnail.jpg" in page.text
     assert f"/api/v1/images/{uploaded['kermany']['image_sha256']}.png" not in page.text
-
-
-def windowed_dicom(values: np.ndarray, center: float, width: float) -> bytes:
-    """A 16-bit MONOCHROME2 DICOM of `values` with one VOI window."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("film.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "DX", *values.shape, 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.WindowCenter, ds.WindowWidth = center, width
-    ds.PixelData = values.astype(np.uint16).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def test_a_dicom_films_viewer_source_is_its_voi_rendering(env: Env) -> None:

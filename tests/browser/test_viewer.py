@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.app.conftest import Film
 from tests.browser.conftest import LiveServer, Shots, log_in, running_server, upload_case
 from tests.browser.test_reading_station import _inside
+from tests.support.dicom_films import windowed_dicom
 
 pytestmark = pytest.mark.browser
 
@@ -30,6 +32,21 @@ STATS = """(sel) => {
 }"""
 
 
+RESOURCES = "() => performance.getEntriesByType('resource').map(e => e.name)"
+PIXEL = """([sel, x, y]) => document.querySelector(sel).getContext('2d').getImageData(x, y, 1, 1).data[0]"""
+SAME_AS_PNG = """() => {  // the windowed canvas against the stored 8-bit film, pixel for pixel: the mismatches
+  const img = document.querySelector('.view-film img'), c = document.createElement('canvas');
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const ctx = c.getContext('2d'); ctx.drawImage(img, 0, 0);
+  const a = ctx.getImageData(0, 0, c.width, c.height).data;
+  const f = document.querySelector('#viewer .view-overlay canvas.vw-film');
+  const b = f.getContext('2d').getImageData(0, 0, f.width, f.height).data;
+  let n = 0;
+  for (let i = 0; i < a.length; i += 4) if (a[i] !== b[i]) n++;
+  return n;
+}"""
+
+
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """The bundled model only, every result flagged for lung focus (threshold 100 %): the tallest case page."""
@@ -40,6 +57,15 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 @pytest.fixture(scope="module")
 def case_id(live_server: LiveServer, chromium: Any, films: dict[str, Film]) -> int:
     return upload_case(chromium, live_server, films["hannover"].path)
+
+
+@pytest.fixture(scope="module")
+def dicom_case(live_server: LiveServer, chromium: Any, tmp_path_factory: pytest.TempPathFactory) -> int:
+    """A 12-bit DICOM ramp (stored value = 8 × column, 0..4088) with the window 2048/4096: 16 stored
+    values per grey level of its 8-bit rendering."""
+    path = tmp_path_factory.mktemp("dicom") / "ramp.dcm"
+    path.write_bytes(windowed_dicom(np.tile(np.arange(512) * 8, (384, 1)), 2048, 4096))
+    return upload_case(chromium, live_server, path)
 
 
 def open_case(page: Any, server: LiveServer, case_id: int) -> None:
@@ -64,6 +90,8 @@ def test_window_level_and_invert_change_the_rendered_film(page: Any, live_server
     )
     assert [film["w"], film["h"]] == natural  # the full-resolution film, pixel for pixel
     assert (data(page, "window"), data(page, "level")) == ("255", "128")  # as stored
+    assert data(page, "values") == "8-bit"  # a PNG film: windowed in its own 8 bits, no values fetched
+    assert not any("/values." in u for u in page.evaluate(RESOURCES))
 
     page.keyboard.press("i")  # invert: every grey value g becomes 255 - g
     inverted = stats(page, FILM)
@@ -279,3 +307,61 @@ def test_worklist_thumbnails_are_small_cached_jpegs(page: Any, live_server: Live
         "/api/v1/images/" in u and u.endswith(".png")
         for u in page.evaluate("() => performance.getEntriesByType('resource').map(e => e.name)")
     )
+
+
+def test_a_dicom_film_is_windowed_on_its_modality_values(page: Any, live_server: LiveServer, dicom_case: int) -> None:
+    open_case(page, live_server, dicom_case)
+    page.wait_for_function("() => document.querySelector('#viewer').dataset.values === 'modality'")
+    assert page.inner_text("#vw-wl") == "W 4096 · L 2048"  # the file's own window, in its units
+    assert (data(page, "window"), data(page, "level")) == ("4096", "2048")
+    assert page.evaluate(SAME_AS_PNG) == 0  # the first picture is the stored 8-bit rendering
+    # stored 2048 and 2056 (columns 256 and 257): one grey level in the 8-bit rendering
+    assert page.evaluate(PIXEL, [FILM, 256, 10]) == page.evaluate(PIXEL, [FILM, 257, 10])
+
+    box = page.locator("#viewer .view-overlay .vw-port").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x - 200, y, steps=5)  # left: a narrower window, a 256th of the range (16 units) per pixel
+    page.mouse.up()
+    page.wait_for_function("() => document.querySelector('#vw-wl').textContent !== 'W 4096 · L 2048'")
+    assert int(data(page, "window")) == 902 and data(page, "level") == "2048", page.inner_text("#vw-wl")
+    page.wait_for_timeout(100)  # the redraw waits for the next animation frame
+    a, b = page.evaluate(PIXEL, [FILM, 256, 10]), page.evaluate(PIXEL, [FILM, 257, 10])
+    assert b - a >= 2, (a, b)  # what the 8-bit film had merged is now two grey levels apart
+    assert page.evaluate(SAME_AS_PNG) > 0
+
+    page.keyboard.press("i")  # invert works on the values too
+    assert page.evaluate(PIXEL, [FILM, 256, 10]) == 255 - a
+    page.keyboard.press("i")
+    page.keyboard.press("w")  # presets span the film's values: the lung preset is in modality units
+    assert page.input_value("#vw-preset") == "lung" and int(data(page, "window")) > 255
+    page.select_option("#vw-preset", "default")
+    assert page.inner_text("#vw-wl") == "W 4096 · L 2048" and page.evaluate(SAME_AS_PNG) == 0
+    assert any(u.endswith("/values.u16") for u in page.evaluate(RESOURCES))
+    assert page.errors == [] and page.failed == []
+
+
+MEAN = """() => { const c = document.querySelector('#viewer .view-overlay canvas.vw-film');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i]; return s / (d.length / 4); }"""
+
+
+def test_a_monochrome1_dicom_is_windowed_in_its_rescaled_units(
+    page: Any, live_server: LiveServer, chromium: Any, tmp_path: Any
+) -> None:
+    """Stored 0..4088, slope 2, intercept −1000 (modality −1000..7176), low values bright: the first picture
+    is the stored rendering, the readout is in modality units and Shift+↑ still brightens."""
+    path = tmp_path / "mono1.dcm"
+    ramp = np.tile(np.arange(512) * 8, (384, 1))
+    path.write_bytes(windowed_dicom(ramp, 3000, 6000, photometric="MONOCHROME1", slope=2, intercept=-1000))
+    open_case(page, live_server, upload_case(chromium, live_server, path))
+    page.wait_for_function("() => document.querySelector('#viewer').dataset.values === 'modality'")
+    assert page.inner_text("#vw-wl") == "W 6000 · L 3000" and page.evaluate(SAME_AS_PNG) == 0
+    assert page.evaluate(PIXEL, [FILM, 0, 10]) > page.evaluate(PIXEL, [FILM, 511, 10])  # low stored = bright
+    before = page.evaluate(MEAN)
+    page.keyboard.press("Shift+ArrowUp")  # brighter: the level moves up the modality values (32 units a step)
+    page.wait_for_function("() => document.querySelector('#viewer').dataset.level !== '3000'")  # next frame
+    assert int(data(page, "level")) == 3160, page.inner_text("#vw-wl")
+    assert page.evaluate(MEAN) > before + 2
+    assert page.errors == [] and page.failed == []

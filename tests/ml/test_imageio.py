@@ -15,6 +15,9 @@ from ml.imageio import (
     ImageTooLargeError,
     InvalidImageError,
     UnsupportedImageError,
+    _linear_window,
+    _stretch,
+    decode_dicom_values,
     decode_image,
     sniff_format,
 )
@@ -138,3 +141,40 @@ def test_dicom_window_rescale_and_monochrome1(synthetic_xray: np.ndarray) -> Non
 def test_dicom_meta_carries_no_patient_data(synthetic_xray: np.ndarray) -> None:
     out = decode_image(dicom(synthetic_xray, PatientName="Doe^Jane", PatientID="12345"), max_pixels=LIMIT)
     assert "Doe" not in repr(out.meta) and "12345" not in repr(out.meta)
+
+
+def test_dicom_values_are_the_modality_values_before_voi(synthetic_xray: np.ndarray) -> None:
+    stored = synthetic_xray.astype(np.uint16) * 16 + 3  # 12-bit, not starting at 0
+    data = dicom(stored, RescaleSlope=3, RescaleIntercept=-500, WindowCenter=[6000, 2000], WindowWidth=[8000, 900])
+    mv = decode_dicom_values(data, max_pixels=LIMIT)
+    assert mv.exact and not mv.inverted and mv.voi == "window" and mv.scale == 3
+    assert np.array_equal(mv.offset + mv.scale * mv.values.astype(float), stored * 3.0 - 500)
+    assert (mv.minimum, mv.maximum) == (int(stored.min()) * 3 - 500, int(stored.max()) * 3 - 500)
+    assert [(w["center"], w["width"]) for w in mv.windows] == [(6000, 8000), (2000, 900)]
+    assert np.array_equal(
+        _linear_window(mv.offset + mv.scale * mv.values, 6000, 8000), decode_image(data, max_pixels=LIMIT).gray
+    )
+
+
+def test_dicom_values_of_monochrome1_signed_and_unwindowed_films(synthetic_xray: np.ndarray) -> None:
+    stored = synthetic_xray.astype(np.uint16) * 16
+    mono1 = decode_dicom_values(dicom(stored, PhotometricInterpretation="MONOCHROME1"), max_pixels=LIMIT)
+    assert mono1.inverted and mono1.scale == -1 and mono1.voi is None and mono1.windows == []
+    assert np.array_equal(mono1.offset + mono1.scale * mono1.values.astype(float), stored)
+    assert np.array_equal(mono1.values, stored.max() - stored)  # dense (low stored values) bright
+    gray = decode_image(dicom(stored, PhotometricInterpretation="MONOCHROME1"), max_pixels=LIMIT).gray
+    assert np.array_equal(gray, 255 - _stretch(stored.astype(float)))
+    signed = stored.astype(np.int16) - 2048
+    data = dicom(signed.view(np.uint16), PixelRepresentation=1, BitsStored=16)
+    mv = decode_dicom_values(data, max_pixels=LIMIT)
+    assert mv.minimum == signed.min() and np.array_equal(mv.offset + mv.values.astype(float), signed)
+
+
+def test_dicom_values_refuse_what_has_only_8_bits(synthetic_xray: np.ndarray) -> None:
+    with pytest.raises(UnsupportedImageError, match="8-bit"):
+        decode_dicom_values(encode(Image.fromarray(synthetic_xray), "PNG"), max_pixels=LIMIT)
+    rgb = np.repeat(synthetic_xray[:, :, None], 3, axis=2)
+    rgb_attrs = {"SamplesPerPixel": 3, "PhotometricInterpretation": "RGB", "PlanarConfiguration": 0}
+    colour = dicom(rgb.reshape(rgb.shape[0], -1), Columns=rgb.shape[1], **rgb_attrs)
+    with pytest.raises(UnsupportedImageError, match="colour"):
+        decode_dicom_values(colour, max_pixels=LIMIT)

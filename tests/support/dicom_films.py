@@ -4,6 +4,9 @@
 "for presentation" instance with patient, study and series attributes, a view position, the
 orientation and imager pixel spacing a projection radiograph carries. Options make the bad inputs a
 PACS can hold: a lateral, another SOP class, an unsupported transfer syntax, no pixel module.
+
+`windowed_dicom(values, center, width, ...)` is a bare 16-bit secondary capture of given stored values
+(a ramp, a gradient) with VOI windows, optionally MONOCHROME1 and with a rescale: the viewer's DICOM films.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
+from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -102,6 +105,38 @@ def dicom_film(
         else:  # an encapsulated stream nothing here can decode
             ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + bytes(64)])
             ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def windowed_dicom(
+    values: np.ndarray,
+    center: float | list[float],
+    width: float | list[float],
+    *,
+    photometric: str = "MONOCHROME2",
+    slope: float | None = None,
+    intercept: float | None = None,
+    explanations: list[str] | None = None,
+) -> bytes:
+    """A 16-bit (12 stored) DX secondary capture of stored `values` with VOI window(s) `center`/`width`;
+    `slope`/`intercept` add a RescaleSlope/RescaleIntercept, `explanations` their explanation."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("film.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "DX", *values.shape, 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = center, width
+    if explanations is not None:
+        ds.WindowCenterWidthExplanation = explanations
+    if slope is not None or intercept is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope if slope is not None else 1, intercept or 0
+    ds.PixelData = values.astype(np.uint16).tobytes()
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
