@@ -8,7 +8,7 @@ for window/level over its full range). All authenticated and `no-store`, like ev
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.deps import CurrentUser, SessionDep, StoreDep
@@ -57,11 +57,18 @@ def get_film_values(
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}, **ERRORS},
 )
-def get_film_values_data(image_sha256: str, session: SessionDep, store: StoreDep, _user: CurrentUser) -> Response:
+def get_film_values_data(
+    image_sha256: str, request: Request, session: SessionDep, store: StoreDep, _user: CurrentUser
+) -> Response:
     """A DICOM film's modality values: width×height little-endian uint16 from the top left, no header;
-    modality value = offset + scale × uint16 (offset and scale in values.json). 404 for a PNG or JPEG film."""
-    data = viewer.film_values_data(session=session, store=store, image_sha256=image_sha256)
-    return Response(data, media_type="application/octet-stream", headers=IMAGE_CACHE_HEADERS)
+    modality value = offset + scale × uint16 (offset and scale in values.json). Sent gzip-encoded to a client
+    that accepts it (`Content-Encoding: gzip`; browsers decode it themselves). 404 for a PNG or JPEG film."""
+    gzipped = "gzip" in request.headers.get("accept-encoding", "").lower()
+    data = viewer.film_values_data(session=session, store=store, image_sha256=image_sha256, gzipped=gzipped)
+    headers = {**IMAGE_CACHE_HEADERS, "Vary": "Accept-Encoding"}
+    if gzipped:
+        headers["Content-Encoding"] = "gzip"
+    return Response(data, media_type="application/octet-stream", headers=headers)
 
 
 router = APIRouter()

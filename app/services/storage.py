@@ -8,7 +8,7 @@ Layout (sha = sha256 hex of the file's bytes):
     masks/<sha[:2]>/<sha>.png       the film's lung mask (1-bit PNG, 256×256, the film squashed to a square)
     cache/overlays/<..>/<key>.png   rendered overlays; disposable, re-rendered when missing
     cache/thumbnails/<sha[:2]>/<sha>-<side>.jpg   worklist thumbnails of a film; disposable too
-    cache/values/<sha[:2]>/<sha>-v1.u16|.json     a DICOM film's modality values for the viewer; disposable
+    cache/values/<sha[:2]>/<sha>-v2.u16.gz|.json  a DICOM film's modality values for the viewer; disposable
 
 Files are written to a temp name and `os.replace`d into place before the database row that names
 them is committed. A `WriteBatch` remembers what it newly created, so a failed commit can remove
@@ -236,7 +236,7 @@ class FileStore:
         return self._sharded("cache/thumbnails", image_sha, f"-{side}.jpg")
 
     def values_path(self, image_sha: str, suffix: str) -> Path:
-        """A DICOM film's modality values (`suffix` '-v1.u16') or their description ('-v1.json')."""
+        """A DICOM film's modality values (`suffix` '-v2.u16.gz', gzip) or their description ('-v2.json')."""
         return self._sharded("cache/values", image_sha, suffix)
 
     # -- writing ----------------------------------------------------------------------------

@@ -71,6 +71,12 @@ def test_a_12_bit_films_values_are_its_stored_values_with_the_files_window(env: 
     store = env.app.state.ctx.store
     assert all(store.values_path(sha, suffix).is_file() for suffix in viewer.VALUES_SUFFIXES)
     assert get(env, desc["data_url"]).content == u.tobytes()
+    # gzip-encoded to a client that accepts it (httpx does, and decodes it, as browsers do); plain otherwise
+    zipped = get(env, desc["data_url"])
+    assert zipped.headers["content-encoding"] == "gzip" and zipped.headers["vary"] == "Accept-Encoding"
+    assert int(zipped.headers["content-length"]) < len(u.tobytes()) / 2 and zipped.content == u.tobytes()
+    plain = env.client.get(desc["data_url"], headers={**env.auth("reviewer"), "Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.content == u.tobytes()
 
 
 def test_monochrome1_is_turned_round_so_dense_is_bright_and_the_rescale_is_applied(env: Env) -> None:
