@@ -179,6 +179,10 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/api/v1/images/{image_sha256}.png"): Entry(api_user()),
     ("GET", "/api/v1/predictions/{prediction_id}/heat-maps/{model_id}/{cls}.png"): Entry(api_user()),
     ("GET", "/api/v1/images/{image_sha256}/thumbnail.jpg"): Entry(api_user()),
+    # the site's film is a PNG: a signed-in reader gets the 404 that says it has only 8 bits (the DICOM
+    # answers are tests/app/test_film_values.py); nobody else learns even that
+    ("GET", "/api/v1/images/{image_sha256}/values.json"): Entry(api_user(404)),
+    ("GET", "/api/v1/images/{image_sha256}/values.u16"): Entry(api_user(404)),
     ("POST", "/api/v1/predictions/{prediction_id}/verdicts"): Entry(api_user(201), verdict_json),
     ("GET", "/api/v1/verdicts"): Entry(api_user()),
     ("GET", "/api/v1/users"): Entry(api_admin()),
