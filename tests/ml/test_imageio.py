@@ -8,8 +8,6 @@ import struct
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from ml.imageio import (
     ImageTooLargeError,
@@ -21,6 +19,7 @@ from ml.imageio import (
     decode_image,
     sniff_format,
 )
+from tests.support.dicom_films import secondary_capture
 
 LIMIT = 10_000_000
 
@@ -32,22 +31,10 @@ def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
 
 
 def dicom(pixels: np.ndarray, **attrs: object) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     bits = 16 if pixels.dtype == np.uint16 else 8
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels.tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    pixel_module = {"PhotometricInterpretation": "MONOCHROME2", "BitsAllocated": bits, "BitsStored": bits,
+                    "HighBit": bits - 1, "PixelRepresentation": 0}  # fmt: skip
+    return secondary_capture(pixels, **{**pixel_module, **attrs})
 
 
 def test_sniffing_ignores_names_and_uses_magic_bytes(synthetic_xray: np.ndarray) -> None:

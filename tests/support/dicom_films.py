@@ -110,6 +110,24 @@ def dicom_film(
     return buf.getvalue()
 
 
+def secondary_capture(pixels: np.ndarray, **attrs: object) -> bytes:
+    """A bare secondary-capture file of `pixels` (uncompressed, their own bytes) with `attrs` set on the
+    dataset (the pixel module's attributes among them)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("film.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = *pixels.shape, 1
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 def windowed_dicom(
     values: np.ndarray,
     center: float | list[float],
@@ -122,21 +140,18 @@ def windowed_dicom(
 ) -> bytes:
     """A 16-bit (12 stored) DX secondary capture of stored `values` with VOI window(s) `center`/`width`;
     `slope`/`intercept` add a RescaleSlope/RescaleIntercept, `explanations` their explanation."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("film.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "DX", *values.shape, 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.WindowCenter, ds.WindowWidth = center, width
+    attrs: dict[str, object] = {
+        "Modality": "DX",
+        "PhotometricInterpretation": photometric,
+        "BitsAllocated": 16,
+        "BitsStored": 12,
+        "HighBit": 11,
+        "PixelRepresentation": 0,
+        "WindowCenter": center,
+        "WindowWidth": width,
+    }
     if explanations is not None:
-        ds.WindowCenterWidthExplanation = explanations
+        attrs["WindowCenterWidthExplanation"] = explanations
     if slope is not None or intercept is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = slope if slope is not None else 1, intercept or 0
-    ds.PixelData = values.astype(np.uint16).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+        attrs["RescaleSlope"], attrs["RescaleIntercept"] = slope if slope is not None else 1, intercept or 0
+    return secondary_capture(values.astype(np.uint16), **attrs)
